@@ -1,0 +1,288 @@
+"""
+A small CouchDB client on treq: just what the gateway needs.
+
+Documents, C{_bulk_docs}, views, C{_local} documents, database and design-document creation,
+the server's welcome document and the continuous changes feed.  Errors become the typed
+exceptions below.  Credentials are sent as HTTP basic auth and never appear in C{repr}, logs
+or exception messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from base64 import b64encode
+from collections.abc import Mapping
+from io import BytesIO
+from typing import Any, cast
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
+
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.web.client import FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+
+Doc = dict[str, Any]
+
+USER_ENV = "COUCHGW_COUCH_USER"
+PASSWORD_ENV = "COUCHGW_COUCH_PASSWORD"
+
+
+class CouchError(Exception):
+    """CouchDB answered with an error status."""
+
+    def __init__(self, status: int, error: str = "", reason: str = "", what: str = "") -> None:
+        super().__init__(status, error, reason, what)
+        self.status = status
+        self.error = error
+        self.reason = reason
+        self.what = what
+
+    def __str__(self) -> str:
+        detail = ": ".join(part for part in (self.error, self.reason) if part)
+        return f"CouchDB answered {self.status} to {self.what}" + (f" ({detail})" if detail else "")
+
+
+class BadRequest(CouchError):
+    """400."""
+
+
+class Unauthorized(CouchError):
+    """401: missing or wrong credentials."""
+
+
+class Forbidden(CouchError):
+    """403: the credentials are not allowed to do this, or a validate function refused."""
+
+
+class NotFound(CouchError):
+    """404."""
+
+
+class Conflict(CouchError):
+    """409: the revision given is not the current one."""
+
+
+class PreconditionFailed(CouchError):
+    """412: for instance, the database exists already."""
+
+
+class ServerError(CouchError):
+    """5xx."""
+
+
+_ERRORS: dict[int, type[CouchError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    412: PreconditionFailed,
+}
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line for every new connection
+
+
+def connection_pool(reactor: Any, size: int = 20) -> HTTPConnectionPool:
+    """A pool of kept-alive connections for a L{Database}'s agent."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = size
+    pool._factory = _QuietFactory  # type: ignore[attr-defined]
+    return pool
+
+
+def error_for(status: int, body: Any, what: str) -> CouchError:
+    """The typed exception for an error answer."""
+    error = reason = ""
+    if isinstance(body, Mapping):
+        error, reason = str(body.get("error", "")), str(body.get("reason", ""))
+    kind = _ERRORS.get(status, ServerError if status >= 500 else CouchError)
+    return kind(status, error, reason, what)
+
+
+def split_credentials(
+    url: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, tuple[str, str] | None]:
+    """
+    Take the credentials out of a database URL.
+
+    @return: the URL without user info, and C{(user, password)} from the URL's user info or from
+        C{COUCHGW_COUCH_USER} / C{COUCHGW_COUCH_PASSWORD}, or L{None}.
+    """
+    environ = os.environ if environ is None else environ
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+    if parts.username is not None:
+        return clean, (unquote(parts.username), unquote(parts.password or ""))
+    if environ.get(USER_ENV):
+        return clean, (environ[USER_ENV], environ.get(PASSWORD_ENV, ""))
+    return clean, None
+
+
+def doc_path(doc_id: str) -> str:
+    """The URL path of a document id, keeping the C{_design/} and C{_local/} prefixes."""
+    for prefix in ("_design/", "_local/"):
+        if doc_id.startswith(prefix):
+            return prefix + quote(doc_id[len(prefix) :], safe="")
+    return quote(doc_id, safe="")
+
+
+def _query(params: Mapping[str, Any]) -> str:
+    """Query string: booleans and numbers as JSON, view keys JSON-encoded, strings as they are."""
+    items = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key in ("key", "keys", "startkey", "endkey", "start_key", "end_key") or not isinstance(
+            value, str
+        ):
+            value = json.dumps(value)
+        items.append((key, value))
+    return ("?" + urlencode(items)) if items else ""
+
+
+class Database:
+    """
+    One CouchDB database.
+
+    @param url: the database URL, with or without credentials in its user info.
+    @param agent: the L{IAgent} requests go through (for instance one with a persistent
+        connection pool, or a L{treq.testing.RequestTraversalAgent} in tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        agent: IAgent,
+        credentials: tuple[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        clean, from_url = split_credentials(url)
+        self.url = clean
+        self.name = clean.rsplit("/", 1)[-1]
+        self.server_url = clean.rsplit("/", 1)[0]
+        self._auth = credentials or from_url
+        self._agent = agent
+        self._http = HTTPClient(agent)
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<Database {self.url}>"
+
+    @property
+    def user(self) -> str | None:
+        return self._auth[0] if self._auth else None
+
+    def _url(self, path: str, params: Mapping[str, Any] | None) -> str:
+        """The URL of a path relative to the database (C{/...} for the server)."""
+        if path.startswith("/"):
+            url = self.server_url + path
+        else:
+            url = f"{self.url}/{path}" if path else self.url
+        return url + _query(params or {})
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Deferred[IResponse]:
+        """Send one request; the answer's body is read in full."""
+        headers = Headers({b"Accept": [b"application/json"]})
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            headers.addRawHeader(b"Content-Type", b"application/json")
+        return cast(
+            "Deferred[IResponse]",
+            self._http.request(
+                method,
+                self._url(path, params),
+                data=data,
+                headers=headers,
+                auth=self._auth,
+                timeout=self._timeout,
+            ),
+        )
+
+    @inlineCallbacks
+    def json(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> Any:
+        """Send one request and decode the JSON answer; an error status raises L{CouchError}."""
+        response = yield self.request(method, path, body, params)
+        content = yield response.content()
+        try:
+            decoded = json.loads(content) if content else None
+        except ValueError:
+            decoded = None
+        if response.code >= 400 and response.code not in ok:
+            raise error_for(response.code, decoded, f"{method} {path or self.name}")
+        return decoded
+
+    def welcome(self) -> Deferred[Doc]:
+        """The server's welcome document (C{GET /})."""
+        return self.json("GET", "/")
+
+    def info(self) -> Deferred[Doc]:
+        return self.json("GET", "")
+
+    @inlineCallbacks
+    def create(self) -> Any:
+        """Create the database; return C{True} if it was created, C{False} if it existed."""
+        try:
+            yield self.json("PUT", "")
+        except PreconditionFailed:
+            return False
+        return True
+
+    def get(self, doc_id: str, **params: Any) -> Deferred[Doc]:
+        return self.json("GET", doc_path(doc_id), params=params)
+
+    def put(self, doc: Doc) -> Deferred[Doc]:
+        """Write C{doc} (its C{_rev} must be current); answers C{{"ok", "id", "rev"}}."""
+        return self.json("PUT", doc_path(doc["_id"]), doc)
+
+    def post(self, doc: Doc) -> Deferred[Doc]:
+        return self.json("POST", "", doc)
+
+    def bulk_docs(self, docs: list[Doc], **options: Any) -> Deferred[list[Doc]]:
+        """Write many documents; the answer holds one result (or error) per document."""
+        return self.json("POST", "_bulk_docs", {"docs": docs, **options})
+
+    def view(self, ddoc: str, view: str, **params: Any) -> Deferred[Doc]:
+        return self.json(
+            "GET", f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}", params=params
+        )
+
+    def changes(self, params: Mapping[str, Any], body: Any = None) -> Deferred[IResponse]:
+        """
+        Open the changes feed; answers the unread response (C{deliverBody} reads it).
+
+        With a C{body}, the request is a POST (C{filter=_selector} takes its selector there).
+        It goes straight through the agent, without asking for compression: a gzipped
+        continuous feed is held back by the server's compressor.
+        """
+        headers = Headers({b"Accept": [b"application/json"]})
+        if self._auth is not None:
+            token = b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode("ascii")
+            headers.addRawHeader(b"Authorization", f"Basic {token}".encode("ascii"))
+        producer = None
+        if body is not None:
+            headers.addRawHeader(b"Content-Type", b"application/json")
+            producer = FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8")))
+        url = self._url("_changes", params).encode("utf-8")
+        return self._agent.request(b"GET" if body is None else b"POST", url, headers, producer)

@@ -1,0 +1,72 @@
+"""
+The design documents, kept as plain files in C{designdocs/} and pushed when they differ.
+
+Each folder under C{designdocs/} is one design document, C{_design/<folder>}.  Inside it, a file
+becomes a field named after the file without its extension and a sub-folder an object: so
+C{couchgw/views/due/map.js} is the C{views.due.map} function of C{_design/couchgw}.  C{.json}
+files are parsed; C{.js} and C{.txt} files are taken as text.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from couchgw.couch import Database, Doc, NotFound
+
+log = Logger()
+
+#: The gateway's own design document.
+DDOC = "couchgw"
+
+
+def _read(node: Traversable) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        name, _, ext = child.name.rpartition(".")
+        if child.is_dir():
+            fields[child.name] = _read(child)
+        elif ext == "json":
+            fields[name] = json.loads(child.read_text("utf-8"))
+        elif ext in ("js", "txt"):
+            fields[name] = child.read_text("utf-8").strip()
+    return fields
+
+
+def load() -> dict[str, Doc]:
+    """The design documents, by id."""
+    root = files("couchgw.designdocs")
+    return {
+        f"_design/{folder.name}": {"_id": f"_design/{folder.name}", **_read(folder)}
+        for folder in sorted(root.iterdir(), key=lambda c: c.name)
+        if folder.is_dir() and not folder.name.startswith(("_", "."))
+    }
+
+
+@inlineCallbacks
+def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
+    """
+    Write each design document that is missing or differs from the database's copy.
+
+    @return: a L{Deferred} firing with the ids written.
+    """
+    written = []
+    for doc_id, doc in (load() if docs is None else docs).items():
+        try:
+            current = yield db.get(doc_id)
+        except NotFound:
+            current = None
+        if current is not None:
+            rev = current.pop("_rev")
+            if current == doc:
+                continue
+            doc = {**doc, "_rev": rev}
+        yield db.put(doc)
+        written.append(doc_id)
+        log.info("design document {id} updated", id=doc_id)
+    return written

@@ -1,0 +1,175 @@
+"""
+The embedded CouchDB: PouchDB Server as a supervised child process.
+
+It is for trying couchgw and for tests; production points C{--couch} at Apache CouchDB.  PouchDB
+Server comes from the npm registry, pinned by couchgw's C{package.json} and C{package-lock.json}
+(C{npm ci} in the source folder installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from couchgw.timing import Backoff
+
+log = Logger()
+
+EXECUTABLE_ENV = "COUCHGW_POUCHDB_SERVER"
+
+
+class NotInstalled(Exception):
+    pass
+
+
+def find_executable(environ: dict[str, str] | None = None) -> str:
+    """
+    Where PouchDB Server is: C{$COUCHGW_POUCHDB_SERVER}, else C{node_modules/.bin/pouchdb-server}
+    in the current folder or in couchgw's source folder.
+
+    @raise NotInstalled: it is nowhere, or Node.js is missing.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    if shutil.which("node", path=environ.get("PATH")) is None:
+        raise NotInstalled("the embedded CouchDB needs Node.js (node) on the PATH; or pass --couch")
+    candidates = [environ[EXECUTABLE_ENV]] if environ.get(EXECUTABLE_ENV) else []
+    source = Path(__file__).resolve().parent.parent
+    candidates += [
+        str(Path.cwd() / "node_modules/.bin/pouchdb-server"),
+        str(source / "node_modules/.bin/pouchdb-server"),
+    ]
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise NotInstalled(
+        "the embedded CouchDB (PouchDB Server) is not installed: run `npm ci` in couchgw's "
+        "source folder, set COUCHGW_POUCHDB_SERVER, or pass --couch URL"
+    )
+
+
+class _Child(ProcessProtocol):
+    def __init__(self, owner: EmbeddedCouch) -> None:
+        self.owner = owner
+        self.ended: Deferred[None] = Deferred()
+        self._tail = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self._tail = (self._tail + data)[-2000:]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.owner._ended(self, reason, self._tail.decode("utf-8", "replace").strip())
+
+
+class EmbeddedCouch(Service):
+    """
+    Runs PouchDB Server on C{127.0.0.1:port} with its data in C{data_dir}, restarts it when it
+    dies, and stops it (SIGTERM, then SIGKILL after C{kill_after} seconds) when the service stops.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        data_dir: str,
+        port: int = 5984,
+        executable: str | None = None,
+        in_memory: bool = False,
+        kill_after: float = 10.0,
+    ) -> None:
+        self._reactor = reactor
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.executable = executable
+        self.in_memory = in_memory
+        self.kill_after = kill_after
+        self.restarts = 0
+        self._child: _Child | None = None
+        self._process: Any = None
+        self._backoff = Backoff(base=0.5, cap=30.0)
+        self._respawn: IDelayedCall | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def startService(self) -> None:
+        super().startService()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._respawn = None
+        executable = self.executable or find_executable()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [executable, "--port", str(self.port), "--host", "127.0.0.1", "--no-stdout-logs"]
+        if self.in_memory:
+            args.append("--in-memory")
+        else:
+            args += ["--dir", str(self.data_dir.resolve())]
+        self._child = _Child(self)
+        # PouchDB Server writes config.json and log.txt into its working folder.
+        self._process = self._reactor.spawnProcess(
+            self._child, executable, args, env=dict(os.environ), path=str(self.data_dir)
+        )
+        log.info(
+            "embedded CouchDB (PouchDB Server) starting at {url}, data in {dir}",
+            url=self.url,
+            dir=self.data_dir,
+        )
+
+    def _ended(self, child: _Child, reason: Failure, stderr: str) -> None:
+        if child is not self._child:
+            return
+        self._child = self._process = None
+        if not self.running:
+            return
+        self.restarts += 1
+        delay = self._backoff.next()
+        why = "exited" if reason.check(ProcessDone) else reason.getErrorMessage()
+        log.error(
+            "embedded CouchDB {why}{detail}; restarting in {delay:.1f}s",
+            why=why,
+            detail=f" ({stderr.splitlines()[-1]})" if stderr else "",
+            delay=delay,
+        )
+        self._respawn = self._reactor.callLater(delay, self._spawn)
+
+    def kill(self) -> None:
+        """Kill the child at once (as a crash would); the supervisor restarts it."""
+        if self._process is not None:
+            self._process.signalProcess("KILL")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._respawn is not None and self._respawn.active():
+            self._respawn.cancel()
+        child, process = self._child, self._process
+        if child is None or process is None:
+            return succeed(None)
+        try:
+            process.signalProcess("TERM")
+        except ProcessExitedAlready:
+            return succeed(None)
+
+        def kill() -> None:
+            try:
+                process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+        killer = self._reactor.callLater(self.kill_after, kill)
+
+        def ended(result: None) -> None:
+            if killer.active():
+                killer.cancel()
+
+        return child.ended.addCallback(ended)

@@ -1,0 +1,274 @@
+"""
+The changes-feed consumer: follows a database's continuous C{_changes} feed for ever.
+
+It reconnects with capped exponential backoff and jitter after an error, after the end of the
+stream, and when nothing (not even a heartbeat) arrived for twice the heartbeat interval.  It
+resumes from the last sequence it received.  L{ChangesFeed.pause} stops reading the socket
+(backpressure); changes already read wait in a small queue until L{ChangesFeed.resume}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import treq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+
+from couchgw.couch import Database, error_for
+from couchgw.framing import LineFramer
+from couchgw.timing import Backoff
+
+log = Logger()
+
+Change = dict[str, Any]
+
+
+_LOST = Failure(ConnectionError("connection lost"))
+
+
+class _FeedProtocol(Protocol):
+    def __init__(self, feed: ChangesFeed) -> None:
+        self._feed = feed
+
+    def dataReceived(self, data: bytes) -> None:
+        self._feed._data(self, data)
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        self._feed._lost(self, reason)
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+class ChangesFeed:
+    """
+    @param db: the database to follow.
+    @param on_change: called with each change (a dict with C{seq}, C{id}, C{doc}, ...).
+    @param filter_params: the filter, as C{_changes} parameters (e.g. C{{"filter": "ddoc/name"}}).
+    @param filter_body: a request body (a C{_selector} filter's selector), or L{None}.
+    @param since: where to start.
+    @param heartbeat: seconds between the server's heartbeats.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        on_change: Callable[[Change], object],
+        clock: IReactorTime,
+        filter_params: dict[str, Any],
+        filter_body: Any = None,
+        since: Any = None,
+        heartbeat: float = 10.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._db = db
+        self._on_change = on_change
+        self._clock = clock
+        self._filter_params = filter_params
+        self._filter_body = filter_body
+        self.since = since
+        self.heartbeat = heartbeat
+        self.backoff = backoff or Backoff()
+        #: C{stopped}, C{connecting}, C{connected} or C{waiting} (to reconnect).
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.last_data_at: float | None = None
+        self._framer = LineFramer()
+        self._queue: deque[bytes] = deque()
+        self._paused = False
+        self._protocol: _FeedProtocol | None = None
+        self._transport: IPushProducer | None = None
+        self._request: Deferred[IResponse] | None = None
+        self._timer: IDelayedCall | None = None
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.state == "stopped":
+            self._connect()
+
+    def stop(self) -> None:
+        self.state = "stopped"
+        self._cancel_timer()
+        if self._request is not None:
+            self._request.cancel()
+        self._drop()
+
+    def pause(self) -> None:
+        """Stop reading the socket; changes already read wait until L{resume}."""
+        if not self._paused:
+            self._paused = True
+            if self._transport is not None:
+                self._transport.pauseProducing()
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._drain()
+        if not self._paused and self._transport is not None:
+            self.last_data_at = self._clock.seconds()
+            self._transport.resumeProducing()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "feed": "continuous",
+            "heartbeat": int(self.heartbeat * 1000),
+            "include_docs": "true",
+            **self._filter_params,
+        }
+        if self.since is not None:
+            params["since"] = self.since
+        return params
+
+    def _connect(self) -> None:
+        self.state = "connecting"
+        self._framer = LineFramer()
+        self._queue.clear()
+        self.last_data_at = self._clock.seconds()
+        self._watch()
+        request = self._request = self._db.changes(self._params(), self._filter_body)
+        request.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, response: IResponse) -> Any:
+        self._request = None
+        if self.state == "stopped":
+            response.deliverBody(_Discard())
+            return None
+        if response.code != 200:
+            return treq.content(response).addBoth(
+                lambda body: self._failed(
+                    Failure(error_for(response.code, _decode(body), "GET _changes"))
+                )
+            )
+        self._cancel_timer()
+        self.state = "connected"
+        self.last_error = None
+        self.last_data_at = self._clock.seconds()
+        protocol = self._protocol = _FeedProtocol(self)
+        response.deliverBody(protocol)  # type: ignore[arg-type]
+        self._transport = protocol.transport  # type: ignore[assignment]
+        if self._paused and self._transport is not None:
+            self._transport.pauseProducing()
+        self._watch()
+        log.info("changes feed connected (since {since})", since=self.since)
+        return None
+
+    def _failed(self, failure: Failure) -> None:
+        self._request = None
+        if self.state == "stopped" or failure.check(CancelledError):
+            return
+        self._retry(failure.getErrorMessage() or failure.type.__name__)
+
+    def _lost(self, protocol: _FeedProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = self._transport = None
+        if self.state != "stopped":
+            self._retry("the feed ended" if self.last_error is None else self.last_error)
+
+    def _retry(self, why: str) -> None:
+        self._cancel_timer()
+        self.state = "waiting"
+        self.last_error = why
+        self.reconnects += 1
+        delay = self.backoff.next()
+        log.warn("changes feed: {why}; reconnecting in {delay:.1f}s", why=why, delay=delay)
+        self._timer = self._clock.callLater(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._timer = None
+        if self.state == "waiting":
+            self._connect()
+
+    def _drop(self, why: str | None = None) -> None:
+        """Abort the current connection (L{_lost} then reconnects, unless stopped)."""
+        if why is not None:
+            self.last_error = why
+        if self._transport is not None:
+            self._transport.stopProducing()
+
+    # -- watchdog --------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        self._cancel_timer()
+        self._timer = self._clock.callLater(self.heartbeat, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Drop a connection (or a connection attempt) that stayed silent too long."""
+        self._timer = None
+        idle = self._clock.seconds() - (self.last_data_at or 0)
+        if self.state == "connecting" and idle > 2 * self.heartbeat:
+            request, self._request = self._request, None
+            if request is not None:
+                request.cancel()
+            self._retry(f"no answer for {idle:.0f}s")
+            return
+        if self.state != "connected":
+            return
+        if not self._paused and idle > 2 * self.heartbeat:
+            self._drop(f"no data for {idle:.0f}s")
+            return
+        self._watch()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _data(self, protocol: _FeedProtocol, data: bytes) -> None:
+        if protocol is not self._protocol:
+            return
+        self.last_data_at = self._clock.seconds()
+        try:
+            self._queue.extend(self._framer.feed(data))
+        except ValueError as e:
+            self._drop(str(e))
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue and not self._paused and self.state != "stopped":
+            line = queue.popleft()
+            if not line.strip():
+                continue  # a heartbeat
+            try:
+                change = json.loads(line)
+            except ValueError:
+                self._drop("the feed sent a line that is not JSON")
+                return
+            if "seq" in change:
+                self.backoff.reset()
+                self.since = change["seq"]
+                self._on_change(change)
+            elif "last_seq" in change:
+                self.since = change["last_seq"]
+            elif "error" in change:
+                self.last_error = f"the feed answered {change.get('error')}: {change.get('reason')}"
+
+
+def _decode(body: Any) -> Any:
+    try:
+        return json.loads(body)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,350 @@
+"""
+SOAP targets, called through suds-community in a thread pool.
+
+The WSDL is loaded once per target.  suds clients are not thread-safe, so each thread calls
+through its own clone of the loaded client (L{clone}), made the first time that thread calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from suds import WebFault
+from suds.cache import NoCache
+from suds.client import Client, ServiceSelector
+from suds.options import Options
+from suds.sudsobject import Object as SudsObject
+from suds.transport import TransportError
+from suds.transport.https import HttpAuthenticated
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from couchgw.couch import split_credentials
+from couchgw.interfaces import Fault, IRunner, ITarget, Transient
+from couchgw.message import Rejected, _show
+
+log = Logger()
+
+
+def clone(client: Client, **options: Any) -> Client:
+    """
+    A client sharing C{client}'s loaded WSDL, with options and a transport of its own.
+
+    suds' own C{Client.clone()} deep-copies the options, which recurses until C{RecursionError}
+    on Python 3.11 (C{suds.properties} answers every attribute probe, C{__setstate__} included,
+    by looking itself up again).  This builds the clone the way C{Client.__init__} builds a
+    client, without reading the WSDL again.
+    """
+    new = Client.__new__(Client)
+    new.options = Options()
+    new.options.transport = HttpAuthenticated()
+    new.set_options(**options)
+    new.wsdl = client.wsdl
+    new.factory = client.factory
+    new.service = ServiceSelector(new, client.wsdl.services)
+    new.sd = client.sd
+    new.messages = {"tx": None, "rx": None}
+    return new
+
+
+def to_json(value: Any) -> Any:
+    """A SOAP answer (suds objects, text, dates, decimals, lists, binary) as plain JSON."""
+    if isinstance(value, SudsObject):
+        return {str(key): to_json(item) for key, item in value}
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, str):
+        return str(value)  # suds' Text is a str subclass
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    return str(value)
+
+
+_INTEGER = re.compile(r"[+-]?\d+\Z")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+_INTEGER_TYPES = {
+    "int",
+    "integer",
+    "long",
+    "short",
+    "byte",
+    "nonNegativeInteger",
+    "positiveInteger",
+    "nonPositiveInteger",
+    "negativeInteger",
+    "unsignedInt",
+    "unsignedLong",
+    "unsignedShort",
+    "unsignedByte",
+}
+_NUMBER_TYPES = {"float", "double", "decimal"}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    builtin: bool
+    required: bool
+    many: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "required": self.required, "many": self.many}
+
+    def check(self, value: Any) -> str | None:
+        """Why C{value} cannot be sent as this parameter, or L{None} if it can."""
+        if self.many and isinstance(value, list):
+            for item in value:
+                problem = self._check_one(item)
+                if problem:
+                    return f"{problem} (in the array)"
+            return None
+        return self._check_one(value)
+
+    def _check_one(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not self.builtin or self.type == "anyType":
+            return None if isinstance(value, (dict, list, str, int, float)) else "a value"
+        if self.type in _INTEGER_TYPES:
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, str) and bool(_INTEGER.match(value.strip()))
+            )
+            return None if ok else f"an integer ({self.type})"
+        if self.type in _NUMBER_TYPES:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+                isinstance(value, str) and bool(_NUMBER.match(value.strip()))
+            )
+            return None if ok else f"a number ({self.type})"
+        if self.type == "boolean":
+            ok = isinstance(value, bool) or value in ("true", "false", "1", "0")
+            return None if ok else "a boolean"
+        ok = isinstance(value, str) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+        )
+        return None if ok else f"a string ({self.type})"
+
+
+def _operations(client: Client) -> dict[str, list[Param]]:
+    """Each operation of the client's default port, with its parameters."""
+    _port, methods = client.sd[0].ports[0]
+    operations = {}
+    for method in methods:
+        name, params = method[0], method[1]
+        described = []
+        for param in params:
+            element = param[1]
+            resolved = element.resolve()
+            maximum = element.max
+            many = maximum is not None and (maximum == "unbounded" or int(maximum) > 1)
+            described.append(
+                Param(
+                    name=str(param[0]),
+                    type=str(resolved.name),
+                    builtin=bool(resolved.builtin()),
+                    required=bool(element.required()),
+                    many=many,
+                )
+            )
+        operations[str(name)] = described
+    return operations
+
+
+def _fault_text(error: WebFault) -> str:
+    fault = error.fault
+    code = getattr(fault, "faultcode", None)
+    text = getattr(fault, "faultstring", None) or str(error)
+    return f"{code}: {text}" if code else str(text)
+
+
+@implementer(ITarget)
+class SoapTarget:
+    """
+    A SOAP route.
+
+    @param url: the WSDL URL, or a callable answering it when the target loads.
+    @param runner: runs the blocking suds calls in threads.
+    @param timeout: seconds suds waits on the socket for each call.
+    @param default_operation: the operation of a message that names none.
+    """
+
+    kind = "soap"
+
+    def __init__(
+        self,
+        name: str,
+        url: str | Callable[[], str],
+        runner: IRunner,
+        timeout: float = 300.0,
+        default_operation: str | None = None,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self._runner = runner
+        self.timeout = timeout
+        self.default_operation = default_operation
+        self.state = "loading"
+        self.error: str | None = None
+        self.operations: dict[str, list[Param]] = {}
+        self._client: Client | None = None
+        self._generation = 0
+        self._local = threading.local()
+
+    @property
+    def concurrency(self) -> int:
+        return int(self._runner.size)
+
+    @property
+    def busy(self) -> int:
+        return int(self._runner.busy)
+
+    @property
+    def url(self) -> str | None:
+        """The WSDL URL without credentials (None until known)."""
+        try:
+            url = self._url() if callable(self._url) else self._url
+        except RuntimeError:
+            return None
+        return split_credentials(url, {})[0]
+
+    def load(self) -> Deferred[None]:
+        url = self._url() if callable(self._url) else self._url
+        d: Deferred[tuple[Client, dict[str, list[Param]]]] = self._runner.run(self._build, url)
+
+        def loaded(built: tuple[Client, dict[str, list[Param]]]) -> None:
+            self._client, self.operations = built
+            self._generation += 1
+            self.state, self.error = "ready", None
+            log.info(
+                "route {route}: WSDL loaded, operations {ops}",
+                route=self.name,
+                ops=", ".join(sorted(self.operations)),
+            )
+
+        def failed(failure: Any) -> Any:
+            self.state = "unavailable"
+            self.error = (
+                f"cannot load the WSDL: {failure.getErrorMessage() or failure.type.__name__}"
+            )
+            return failure
+
+        return d.addCallbacks(loaded, failed)
+
+    def _options(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "cache": NoCache()}
+
+    def _build(self, url: str) -> tuple[Client, dict[str, list[Param]]]:
+        client = Client(url, **self._options())
+        return client, _operations(client)
+
+    def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
+        operation = operation or self.default_operation
+        if operation is None:
+            raise Rejected(f"operation is missing, and route {self.name!r} names no default")
+        params = self.operations.get(operation)
+        if params is None:
+            raise Rejected(
+                f"route {self.name!r} has no operation {operation!r} "
+                f"(it has: {', '.join(sorted(self.operations))})"
+            )
+        names = [p.name for p in params]
+        takes = ", ".join(names) or "no arguments"
+        if isinstance(args, list):
+            if len(args) > len(params):
+                raise Rejected(
+                    f"operation {operation!r} takes at most {len(params)} argument(s) "
+                    f"({takes}), got {len(args)}"
+                )
+            named = dict(zip(names, args, strict=False))
+        else:
+            unknown = [key for key in args if key not in names]
+            if unknown:
+                raise Rejected(
+                    f"operation {operation!r} takes no argument "
+                    f"{', '.join(repr(k) for k in unknown)} (it takes: {takes})"
+                )
+            named = dict(args)
+        missing = [p.name for p in params if p.required and named.get(p.name) is None]
+        if missing:
+            raise Rejected(
+                f"operation {operation!r} needs argument(s) {', '.join(repr(m) for m in missing)}"
+            )
+        for param in params:
+            if param.name in named:
+                problem = param.check(named[param.name])
+                if problem:
+                    raise Rejected(
+                        f"argument {param.name!r} of operation {operation!r} must be {problem}, "
+                        f"not {_show(named[param.name])}"
+                    )
+        return operation, named
+
+    def call(self, prepared: Any, message_id: str) -> Deferred[Any]:
+        operation, kwargs = prepared
+        return self._runner.run(self._call, operation, kwargs)
+
+    def _thread_client(self) -> Client:
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            assert self._client is not None
+            local.client = clone(self._client, **self._options())
+            local.generation = self._generation
+        return local.client
+
+    def _call(self, operation: str, kwargs: dict[str, Any]) -> Any:
+        client = self._thread_client()
+        try:
+            answer = getattr(client.service, operation)(**kwargs)
+        except WebFault as e:
+            raise Fault(_fault_text(e)) from None
+        except TransportError as e:
+            if e.httpcode is None or e.httpcode >= 500:
+                raise Transient(f"HTTP {e.httpcode}: {e}") from None
+            raise RuntimeError(f"the target answered HTTP {e.httpcode}: {e}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise Transient(_oserror_text(e)) from None
+        return to_json(answer)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "state": self.state,
+            "error": self.error,
+            "url": self.url,
+            "concurrency": self.concurrency,
+            "default_operation": self.default_operation,
+            "operations": {
+                name: [p.describe() for p in params]
+                for name, params in sorted(self.operations.items())
+            },
+        }
+
+
+def _oserror_text(error: Exception) -> str:
+    reason = getattr(error, "reason", None)  # urllib's URLError wraps the socket error
+    if isinstance(reason, Exception):
+        error = reason
+    text = str(error) or type(error).__name__
+    if isinstance(error, TimeoutError):
+        return f"timed out: {text}"
+    return text

@@ -1,0 +1,263 @@
+"""
+The couchgw twistd plugin: options, and L{makeService}, which composes the whole service.
+
+    twistd -n couchgw --couch=http://127.0.0.1:5984/messages --target=http://host/Service?wsdl
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from couchgw.api import API
+from couchgw.couch import Database, connection_pool
+from couchgw.demo import DemoService
+from couchgw.embedded import EmbeddedCouch, NotInstalled, find_executable
+from couchgw.gateway import Gateway
+from couchgw.message import DEFAULT_ROUTE
+from couchgw.soap import SoapTarget
+from couchgw.threads import ThreadPoolService
+
+DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
+
+
+def _number(
+    option: str, kind: Callable[[str], Any], low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """A coercer for a numeric option, with an error that names the option and its range."""
+    bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise ValueError(f"--{option} must be {noun} {bound}, not {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "couchgw follows a CouchDB database's changes feed, forwards each message document to "
+        "the SOAP service it names (in a thread pool), and writes the outcome back into the "
+        "document. Without --couch it runs an embedded CouchDB (PouchDB Server); with "
+        "--target=demo, a demo SOAP service in the same process."
+    )
+
+    optParameters: list[list[Any]] = [
+        [
+            "couch",
+            None,
+            None,
+            "The message database URL, e.g. http://127.0.0.1:5984/messages. Credentials from its "
+            "user info or COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD. Omitted: the embedded "
+            "CouchDB, database 'messages'.",
+        ],
+        [
+            "target",
+            None,
+            "demo",
+            "The default route: a WSDL URL, or 'demo' for the bundled demo SOAP service.",
+        ],
+        ["http", None, DEFAULT_HTTP, "strports endpoint of the HTTP API."],
+        [
+            "threads",
+            None,
+            10,
+            "Threads for blocking SOAP calls (calls at once).",
+            _number("threads", int, 1, 1000),
+        ],
+        [
+            "max-inflight",
+            None,
+            100,
+            "Messages handled at once; when full, the feed is not read.",
+            _number("max-inflight", int, 1, 100000),
+        ],
+        [
+            "timeout",
+            None,
+            300.0,
+            "Seconds a SOAP call may wait on the target.",
+            _number("timeout", float, 0.1),
+        ],
+        [
+            "lease",
+            None,
+            600.0,
+            "Seconds a claim is valid (longer than --timeout); then another gateway may take over.",
+            _number("lease", float, 1),
+        ],
+        [
+            "retries",
+            None,
+            5,
+            "Calls made for one message before a transient error is final.",
+            _number("retries", int, 1, 1000),
+        ],
+        [
+            "sweep",
+            None,
+            30.0,
+            "Seconds between sweeps for work the feed did not bring.",
+            _number("sweep", float, 0.1),
+        ],
+        [
+            "heartbeat",
+            None,
+            10.0,
+            "Seconds between the changes feed's heartbeats.",
+            _number("heartbeat", float, 0.1, 3600),
+        ],
+        ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
+        ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
+        [
+            "embedded-port",
+            None,
+            5984,
+            "TCP port of the embedded CouchDB on 127.0.0.1.",
+            _number("embedded-port", int, 1, 65535),
+        ],
+        [
+            "demo-port",
+            None,
+            8471,
+            "TCP port of the demo SOAP service on 127.0.0.1 (0: any free port).",
+            _number("demo-port", int, 0, 65535),
+        ],
+        [
+            "demo-delay",
+            None,
+            0.1,
+            "Seconds the demo's activate takes per device.",
+            _number("demo-delay", float, 0),
+        ],
+    ]
+    optFlags: list[list[str | None]] = [
+        ["in-memory", None, "Keep the embedded CouchDB's data in memory only."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["timeout"] >= self["lease"]:
+            raise usage.UsageError(
+                f"--lease ({self['lease']:g}s) must be longer than --timeout ({self['timeout']:g}s)"
+            )
+        couch = self["couch"]
+        if couch is not None:
+            parts = urlsplit(couch)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise usage.UsageError("--couch must be an http:// or https:// URL")
+            if not parts.path.strip("/"):
+                raise usage.UsageError(
+                    "--couch must name the database, e.g. http://127.0.0.1:5984/messages"
+                )
+        target = self["target"]
+        if target != "demo" and not target.startswith(("http://", "https://", "file://")):
+            raise usage.UsageError(f"--target must be a WSDL URL or 'demo', not {target!r}")
+        try:
+            serverFromString(None, self["http"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise usage.UsageError(
+                f"--http {self['http']!r} is not a valid endpoint: {e}"
+            ) from None
+        if couch is None:
+            try:
+                self["pouchdb-server"] = find_executable()
+            except NotInstalled as e:
+                raise usage.UsageError(str(e)) from None
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse; a bad option ends the program with one line saying what is wrong."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            text = str(e).removeprefix("Parameter type enforcement failed: ")
+            raise SystemExit(f"twistd couchgw: {text} (see twistd couchgw --help)") from None
+
+
+class Stack(MultiService):
+    """A L{MultiService} that stops its children one at a time, last started first."""
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            yield service.stopService()
+
+
+class _Closer(Service):
+    """Closes an HTTP connection pool's idle connections at stop."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
+    """Build couchgw: the services below start in this order and stop in the reverse one."""
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    top = Stack()
+
+    couch = options["couch"]
+    if couch is None:
+        embedded = EmbeddedCouch(
+            reactor,
+            options["data"],
+            options["embedded-port"],
+            executable=options.get("pouchdb-server"),
+            in_memory=options["in-memory"],
+        )
+        embedded.setServiceParent(top)
+        couch = f"{embedded.url}/messages"
+
+    pool = connection_pool(reactor)
+    _Closer(pool).setServiceParent(top)
+    db = Database(couch, Agent(reactor, pool=pool))
+
+    threads = ThreadPoolService(reactor, options["threads"], name="couchgw-soap")
+    threads.setServiceParent(top)
+
+    target = options["target"]
+    wsdl: str | Callable[[], str] = target
+    if target == "demo":
+        demo = DemoService(reactor, options["demo-port"], options["demo-delay"])
+        demo.setServiceParent(top)
+        wsdl = lambda: demo.wsdl_url  # noqa: E731  (known once the demo listens)
+    routes = {DEFAULT_ROUTE: SoapTarget(DEFAULT_ROUTE, wsdl, threads, timeout=options["timeout"])}
+
+    gateway = Gateway(
+        db,
+        routes,
+        reactor,
+        gateway=options["gateway-id"],
+        lease=options["lease"],
+        retries=options["retries"],
+        max_inflight=options["max-inflight"],
+        sweep_interval=options["sweep"],
+        heartbeat=options["heartbeat"],
+    )
+    gateway.setServiceParent(top)
+
+    site = Site(API(gateway).app.resource())
+    site.displayTracebacks = False
+    strports.service(options["http"], site, reactor=reactor).setServiceParent(top)
+    return top

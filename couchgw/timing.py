@@ -1,0 +1,56 @@
+"""Times as couchgw writes them, and capped exponential backoff with jitter."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+
+def iso(seconds: float) -> str:
+    """
+    A POSIX time as ISO-8601 UTC with milliseconds, e.g. C{2026-11-28T05:48:43.123Z}.
+
+    Always the same width, so that these strings sort as the times do (the views rely on it).
+    """
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Backoff:
+    """
+    Capped exponential backoff with full jitter.
+
+    The n-th delay (from 0) is drawn uniformly from C{[0, min(cap, base * 2**n)]}, but never below
+    C{floor}.  L{reset} starts over after a success.
+    """
+
+    def __init__(
+        self,
+        base: float = 0.5,
+        cap: float = 30.0,
+        floor: float = 0.05,
+        uniform: Callable[[float, float], float] | None = None,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.floor = floor
+        self.attempts = 0
+        self._uniform = uniform or random.uniform
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest delay the given attempt may wait."""
+        return float(min(self.cap, self.base * 2 ** min(attempt, 62)))
+
+    def delay(self, attempt: int) -> float:
+        """A delay drawn for the given attempt (from 0)."""
+        return max(self.floor, self._uniform(0, self.ceiling(attempt)))
+
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        delay = self.delay(self.attempts)
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0

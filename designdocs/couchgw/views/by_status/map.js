@@ -1,0 +1,3 @@
+function (doc) {
+  if (doc.type === "message") emit(doc.status == null ? "new" : doc.status, null);
+}

@@ -1,0 +1,157 @@
+"""
+Real servers for the tests, started once per test run and stopped at exit.
+
+- CouchDB: PouchDB Server (in memory, on a free port) from the project's node_modules, or an
+  external Apache CouchDB named by C{COUCHGW_TEST_COUCH}, e.g.
+  C{COUCHGW_TEST_COUCH=http://admin:secret@127.0.0.1:5984}.
+- The demo SOAP service in a process of its own (C{python -m couchgw.demo}).
+
+Each test that writes uses a database of its own (L{new_db_url}).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from base64 import b64encode
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from couchgw.couch import split_credentials
+from couchgw.embedded import find_executable
+
+ROOT = Path(__file__).resolve().parent.parent
+COUCH_ENV = "COUCHGW_TEST_COUCH"
+_started: dict[str, Any] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Call C{check} until it answers something true; fail after C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """A blocking JSON request; answers (status, decoded body)."""
+    clean, auth = split_credentials(url, {})
+    request = urllib.request.Request(clean, method=method)
+    request.add_header("Accept", "application/json")
+    if auth is not None:
+        token = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, data, timeout=timeout) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_pouchdb(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """A new in-memory PouchDB Server; answers its URL and process (the caller stops it)."""
+    port = port or free_port()
+    folder = tempfile.mkdtemp(prefix="couchgw-pouchdb-")
+    process = subprocess.Popen(
+        [find_executable(), "--port", str(port), "--host", "127.0.0.1", "--in-memory", "-n"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http("GET", url, timeout=2)[0] == 200, 60, f"PouchDB Server at {url}")
+    return url, process
+
+
+def couch_url() -> str:
+    """The CouchDB server the tests use (with credentials in it where it needs them)."""
+    if "couch" not in _started:
+        external = os.environ.get(COUCH_ENV)
+        if external:
+            _started["couch"] = external.rstrip("/")
+        else:
+            url, process = start_pouchdb()
+            atexit.register(stop, process)
+            _started["couch"] = url
+    return str(_started["couch"])
+
+
+def is_pouchdb() -> bool:
+    return "express-pouchdb" in (http("GET", couch_url())[1] or {})
+
+
+def new_db_url(prefix: str = "test") -> str:
+    """A fresh database on the test server (created by whoever uses it first)."""
+    return f"{couch_url()}/{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def start_demo(delay: float = 0.1) -> tuple[str, subprocess.Popen[str]]:
+    """The demo SOAP service in its own process; answers its WSDL URL and process."""
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "couchgw.demo", "--port", "0", "--delay", str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("http://"):
+            return line.strip(), process
+    raise AssertionError("the demo service did not start")
+
+
+def demo_wsdl() -> str:
+    """A demo SOAP service shared by the tests that only read from it."""
+    if "demo" not in _started:
+        url, process = start_demo()
+        atexit.register(stop, process)
+        # Keep reading its output, so that it never blocks on a full pipe.
+        assert process.stdout is not None
+        stdout = process.stdout
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+        _started["demo"] = url
+    return str(_started["demo"])

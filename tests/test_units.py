@@ -1,0 +1,197 @@
+"""Unit tests of pure logic: framing, backoff, times, checkpoint, message transitions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from couchgw import message
+from couchgw.checkpoint import Checkpoint
+from couchgw.framing import LineFramer, LineTooLong
+from couchgw.timing import Backoff, iso
+
+# -- framing -----------------------------------------------------------------------------------
+
+
+def test_framer_many_lines_in_one_chunk() -> None:
+    framer = LineFramer()
+    assert framer.feed(b'{"a":1}\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
+    assert framer.pending == 0
+
+
+def test_framer_line_across_chunks() -> None:
+    framer = LineFramer()
+    assert framer.feed(b'{"se') == []
+    assert framer.feed(b'q":1') == []
+    assert framer.pending == 8
+    assert framer.feed(b'}\n{"seq"') == [b'{"seq":1}']
+    assert framer.feed(b":2}\n") == [b'{"seq":2}']
+
+
+def test_framer_heartbeats_are_blank_lines() -> None:
+    framer = LineFramer()
+    assert framer.feed(b"\n\n") == [b"", b""]
+    assert framer.feed(b'\n{"x":1}\n\n') == [b"", b'{"x":1}', b""]
+
+
+def test_framer_any_split_gives_the_same_lines() -> None:
+    stream = b"".join(b'{"seq":%d,"id":"doc-%d"}\n' % (i, i) + b"\n" * (i % 3) for i in range(200))
+    expected = stream.split(b"\n")[:-1]
+    rng = random.Random(7)
+    for _ in range(50):
+        framer, lines, at = LineFramer(), [], 0
+        while at < len(stream):
+            size = rng.randint(1, 40)
+            lines += framer.feed(stream[at : at + size])
+            at += size
+        assert lines == expected
+
+
+def test_framer_refuses_endless_line() -> None:
+    framer = LineFramer(max_length=10)
+    framer.feed(b"12345")
+    with pytest.raises(LineTooLong):
+        framer.feed(b"678901")
+    assert framer.pending == 0
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def test_iso_is_fixed_width_utc_with_milliseconds() -> None:
+    assert iso(0) == "1970-01-01T00:00:00.000Z"
+    assert iso(1795845123.4567) == "2026-11-28T05:52:03.456Z"
+    assert len({len(iso(t)) for t in (0, 1.5, 1e9, 1795845123.999)}) == 1
+
+
+def test_backoff_grows_exponentially_to_the_cap() -> None:
+    backoff = Backoff(base=1.0, cap=8.0, floor=0.0, uniform=lambda low, high: high)
+    assert [backoff.next() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    backoff.reset()
+    assert backoff.next() == 1.0
+
+
+def test_backoff_jitter_stays_within_bounds() -> None:
+    backoff = Backoff(base=0.5, cap=30.0, floor=0.05)
+    for attempt in range(40):
+        delay = backoff.next()
+        assert 0.05 <= delay <= min(30.0, 0.5 * 2**attempt)
+    assert len({round(backoff.delay(10), 6) for _ in range(20)}) > 1  # jittered
+
+
+# -- checkpoint --------------------------------------------------------------------------------
+
+
+def test_checkpoint_advances_only_over_finished_prefix() -> None:
+    checkpoint = Checkpoint("start")
+    a, b, c = (checkpoint.received(seq) for seq in ("1-x", "2-y", "3-z"))
+    checkpoint.done(c)
+    assert checkpoint.seq == "start"
+    checkpoint.done(a)
+    assert checkpoint.seq == "1-x"
+    checkpoint.done(b)
+    assert checkpoint.seq == "3-z"
+    assert len(checkpoint) == 0
+
+
+def test_checkpoint_random_completion_order() -> None:
+    rng = random.Random(3)
+    checkpoint = Checkpoint()
+    tokens = [checkpoint.received(i) for i in range(500)]
+    finished: set[int] = set()
+    for index in rng.sample(range(500), 500):
+        checkpoint.done(tokens[index])
+        finished.add(index)
+        prefix = 0
+        while prefix in finished:
+            prefix += 1
+        assert checkpoint.seq == (prefix - 1 if prefix else None)
+
+
+def test_checkpoint_skip_to_only_when_idle() -> None:
+    checkpoint = Checkpoint(5)
+    token = checkpoint.received(6)
+    checkpoint.skip_to(9)
+    assert checkpoint.seq == 5
+    checkpoint.done(token)
+    checkpoint.skip_to(9)
+    assert checkpoint.seq == 9
+
+
+# -- the message document ------------------------------------------------------------------------
+
+NOW = 1795845123.0
+
+
+def test_due_states() -> None:
+    new = {"_id": "m", "type": "message"}
+    assert message.due(new, NOW) == "new"
+    assert message.due({**new, "status": None}, NOW) == "new"
+    assert message.due({**new, "type": "note"}, NOW) is None
+    assert message.due({**new, "_deleted": True}, NOW) is None
+    assert message.due({"_id": "_design/x", "type": "message"}, NOW) is None
+    for status in sorted(message.TERMINAL) + ["something-a-client-wrote"]:
+        assert message.due({**new, "status": status}, NOW) is None
+    retrying = {**new, "status": "retrying"}
+    assert message.due({**retrying, "next_attempt_at": iso(NOW + 5)}, NOW) is None
+    assert message.due({**retrying, "next_attempt_at": iso(NOW - 5)}, NOW) == "retry"
+    claimed = {**new, "status": "dispatching"}
+    assert message.due({**claimed, "claim": {"by": "g", "until": iso(NOW + 5)}}, NOW) is None
+    assert message.due({**claimed, "claim": {"by": "g", "until": iso(NOW - 5)}}, NOW) == "takeover"
+    assert message.due({**claimed, "claim": "garbage"}, NOW) == "takeover"
+
+
+def test_new_message_must_not_carry_gateway_fields() -> None:
+    message.check_new({"_id": "m", "type": "message", "operation": "ping"})
+    with pytest.raises(message.Rejected, match="result, attempts"):
+        message.check_new({"_id": "m", "type": "message", "result": 1, "attempts": 3})
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"operation": "ping"}, message.Call("default", "ping", [])),
+        ({"operation": "ping", "text": "hi"}, message.Call("default", "ping", ["hi"])),
+        ({"operation": "a", "args": {"x": 1}, "text": "t"}, message.Call("default", "a", {"x": 1})),
+        ({"target": "r", "args": [1, 2]}, message.Call("r", None, [1, 2])),
+    ],
+)
+def test_call_of(doc: dict, expected: message.Call) -> None:
+    assert message.call_of({"_id": "m", "type": "message", **doc}) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ({"operation": 5}, "operation must be a non-empty string, not a number"),
+        ({"operation": ""}, "operation must be a non-empty string, not a string"),
+        ({"operation": "a", "args": "x=1"}, "args must be an object .* not a string"),
+        ({"operation": "a", "args": None}, "args must be an object .* not null"),
+        ({"operation": "a", "target": ["r"]}, "target must be a route name .* not an array"),
+    ],
+)
+def test_call_of_rejects(doc: dict, reason: str) -> None:
+    with pytest.raises(message.Rejected, match=reason):
+        message.call_of({"_id": "m", "type": "message", **doc})
+
+
+def test_transitions() -> None:
+    doc = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping", "keep": "me"}
+    claimed = message.apply(doc, message.claimed(doc, "gw-1", NOW, 60))
+    assert claimed["status"] == "dispatching"
+    assert claimed["claim"] == {"by": "gw-1", "until": iso(NOW + 60)}
+    assert claimed["attempts"] == 1
+    assert claimed["keep"] == "me"
+    retry = message.apply(claimed, message.retrying("transient", "refused", NOW, 10))
+    assert "claim" not in retry and retry["next_attempt_at"] == iso(NOW + 10)
+    assert message.due(retry, NOW + 11) == "retry"
+    again = message.apply(retry, message.claimed(retry, "gw-2", NOW + 11, 60))
+    assert again["attempts"] == 2 and "next_attempt_at" not in again
+    done = message.apply(again, message.forwarded({"answer": 42}, NOW + 12))
+    assert done["status"] == "forwarded" and done["result"] == {"answer": 42}
+    assert "claim" not in done and "error" not in done
+    assert done["completed_at"] == iso(NOW + 12)
+    assert message.due(done, NOW + 1000) is None
+    failed = message.apply(again, message.failed("fault", "no", NOW))
+    assert failed["error"] == {"kind": "fault", "message": "no"}
