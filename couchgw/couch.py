@@ -118,7 +118,7 @@ def split_credentials(
     if ":" in host:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
     if parts.username is not None:
         return clean, (unquote(parts.username), unquote(parts.password or ""))
     if environ.get(USER_ENV):
@@ -165,6 +165,7 @@ class Database:
         timeout: float = 30.0,
     ) -> None:
         clean, from_url = split_credentials(url)
+        clean = clean.rstrip("/")
         self.url = clean
         self.name = clean.rsplit("/", 1)[-1]
         self.server_url = clean.rsplit("/", 1)[0]

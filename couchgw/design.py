@@ -38,9 +38,17 @@ def _read(node: Traversable) -> dict[str, Any]:
     return fields
 
 
+def _root() -> Traversable:
+    """C{designdocs/}: packaged as C{couchgw.designdocs}, or beside C{couchgw/} in a source tree."""
+    try:
+        return files("couchgw.designdocs")
+    except ModuleNotFoundError:
+        return files("couchgw").joinpath("..", "designdocs")
+
+
 def load() -> dict[str, Doc]:
     """The design documents, by id."""
-    root = files("couchgw.designdocs")
+    root = _root()
     return {
         f"_design/{folder.name}": {"_id": f"_design/{folder.name}", **_read(folder)}
         for folder in sorted(root.iterdir(), key=lambda c: c.name)
@@ -56,7 +64,7 @@ def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
     @return: a L{Deferred} firing with the ids written.
     """
     written = []
-    for doc_id, doc in (load() if docs is None else docs).items():
+    for doc_id, doc in (DOCS if docs is None else docs).items():
         try:
             current = yield db.get(doc_id)
         except NotFound:
@@ -70,3 +78,7 @@ def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
         written.append(doc_id)
         log.info("design document {id} updated", id=doc_id)
     return written
+
+
+#: The design documents as this version of couchgw ships them.
+DOCS = load()

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     DeferredSemaphore,
     inlineCallbacks,
@@ -114,6 +115,7 @@ class Gateway(Service):
         self._timers: dict[str, IDelayedCall] = {}
         self._loops: list[LoopingCall] = []
         self._starting: Deferred[None] | None = None
+        self._loading: list[Deferred[None]] = []
         self._sweeping: Deferred[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class Gateway(Service):
     def startService(self) -> None:
         super().startService()
         self._starting = self._start()
-        self._starting.addErrback(lambda f: log.failure("gateway start-up failed", f))
+        self._starting.addErrback(_unless_cancelled, "gateway start-up failed")
 
     @inlineCallbacks
     def _start(self) -> Any:
@@ -165,8 +167,10 @@ class Gateway(Service):
             heartbeat=self.heartbeat,
         )
         self.feed.start()
-        for target in self.targets.values():
-            self._load(target)
+        self._loading = [
+            self._load(target).addErrback(_unless_cancelled, "loading a route failed")
+            for target in self.targets.values()
+        ]
         self._every(self.sweep_interval, self.sweep)
         self._every(self.checkpoint_interval, self.save_checkpoint, now=False)
 
@@ -202,8 +206,9 @@ class Gateway(Service):
     @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._starting is not None:
-            self._starting.cancel()
+        for starting in [self._starting, *self._loading]:
+            if starting is not None:
+                starting.cancel()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -525,6 +530,11 @@ def _route_status(target: ITarget) -> dict[str, Any]:
         "concurrency": target.concurrency,
         "busy": target.busy,
     }
+
+
+def _unless_cancelled(failure: Failure, what: str) -> None:
+    if not failure.check(CancelledError):
+        log.failure(what, failure)
 
 
 def _describe(error: BaseException) -> str:

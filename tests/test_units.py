@@ -131,7 +131,7 @@ def test_due_states() -> None:
     assert message.due({**new, "type": "note"}, NOW) is None
     assert message.due({**new, "_deleted": True}, NOW) is None
     assert message.due({"_id": "_design/x", "type": "message"}, NOW) is None
-    for status in sorted(message.TERMINAL) + ["something-a-client-wrote"]:
+    for status in [*sorted(message.TERMINAL), "something-a-client-wrote"]:
         assert message.due({**new, "status": status}, NOW) is None
     retrying = {**new, "status": "retrying"}
     assert message.due({**retrying, "next_attempt_at": iso(NOW + 5)}, NOW) is None

@@ -1,0 +1,50 @@
+"""The HTTP API, driven through StubTreq: no sockets, no reactor."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from couchgw.api import API
+
+
+class FakeGateway:
+    def __init__(self, problems: list[str]) -> None:
+        self._problems = problems
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def status(self) -> Any:
+        return succeed({"counts": {"forwarded": 3}, "in_flight": 1})
+
+
+class APITests(SynchronousTestCase):
+    def get(self, gateway: FakeGateway, path: str) -> tuple[int, str, Any]:
+        stub = StubTreq(API(gateway).app.resource())  # type: ignore[arg-type]
+        response = self.successResultOf(stub.get(f"http://localhost{path}"))
+        body = self.successResultOf(response.content())
+        content_type = response.headers.getRawHeaders(b"content-type")[0].decode()
+        return response.code, content_type, json.loads(body)
+
+    def test_health(self) -> None:
+        self.assertEqual(
+            self.get(FakeGateway(["feed down"]), "/health"),
+            (200, "application/json", {"status": "ok"}),
+        )
+
+    def test_ready_lists_the_reasons(self) -> None:
+        code, _, body = self.get(FakeGateway(["changes feed waiting: refused"]), "/ready")
+        self.assertEqual(code, 503)
+        self.assertEqual(body, {"ready": False, "problems": ["changes feed waiting: refused"]})
+        code, _, body = self.get(FakeGateway([]), "/ready")
+        self.assertEqual((code, body), (200, {"ready": True, "problems": []}))
+
+    def test_status(self) -> None:
+        code, content_type, body = self.get(FakeGateway([]), "/status")
+        self.assertEqual((code, content_type), (200, "application/json"))
+        self.assertEqual(body, {"counts": {"forwarded": 3}, "in_flight": 1})

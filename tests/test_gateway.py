@@ -1,0 +1,255 @@
+"""
+The gateway in this process against a real PouchDB Server (or $COUCHGW_TEST_COUCH) and the real
+demo SOAP service, over sockets.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent
+
+from couchgw import design
+from couchgw.couch import Conflict, Database, NotFound, connection_pool
+from couchgw.gateway import CHECKPOINT_ID, Gateway
+from couchgw.soap import SoapTarget
+from couchgw.threads import ThreadPoolService
+from couchgw.timing import Backoff
+from tests.servers import demo_wsdl, free_port, new_db_url
+
+
+class GatewayTestCase(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        pool = connection_pool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.db = Database(new_db_url(), Agent(reactor, pool=pool))
+        self.threads = ThreadPoolService(reactor, 4)
+        self.threads.startService()
+        self.addCleanup(self.threads.stopService)
+        self.gateways: list[Gateway] = []
+
+    def gateway(self, wsdl: str | None = None, **options: Any) -> Gateway:
+        target = SoapTarget("default", wsdl or demo_wsdl(), self.threads, timeout=10)
+        options.setdefault("heartbeat", 1.0)
+        options.setdefault("sweep_interval", 1.0)
+        gateway = Gateway(self.db, {"default": target}, reactor, **options)
+        gateway.startService()
+        self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
+        return gateway
+
+    @inlineCallbacks
+    def wait_for(self, check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+        """Poll C{check} (may answer a Deferred) until it answers something true."""
+        deadline = reactor.seconds() + timeout
+        last = None
+        while reactor.seconds() < deadline:
+            try:
+                last = yield check()
+            except NotFound:
+                last = None
+            if last:
+                return last
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"timed out waiting for {what} (last: {last!r})")
+
+    @inlineCallbacks
+    def terminal(self, doc_id: str, timeout: float = 30.0) -> Any:
+        @inlineCallbacks
+        def check() -> Any:
+            doc = yield self.db.get(doc_id)
+            return doc if doc.get("status") in ("forwarded", "failed", "rejected", "cancelled") else None
+
+        doc = yield self.wait_for(check, timeout, f"{doc_id} to finish")
+        return doc
+
+    @inlineCallbacks
+    def ready(self, gateway: Gateway) -> Any:
+        yield self.wait_for(lambda: not gateway.problems(), what="the gateway to be ready")
+
+
+class EndToEnd(GatewayTestCase):
+    @inlineCallbacks
+    def test_outcomes(self) -> Any:
+        """Forwarded, failed on a fault, rejected, cancelled, and other documents left alone."""
+        gateway = self.gateway()
+        yield self.ready(gateway)
+        docs = [
+            {"_id": "ok", "type": "message", "operation": "activate", "args": {"network": "north", "count": 2}},
+            {"_id": "text", "type": "message", "operation": "ping", "text": "hello"},
+            {"_id": "fault", "type": "message", "operation": "refuse", "args": ["maintenance"]},
+            {"_id": "unknown", "type": "message", "operation": "explode"},
+            {"_id": "badargs", "type": "message", "operation": "activate", "args": {"network": "n", "cont": 1}},
+            {"_id": "forged", "type": "message", "operation": "ping", "result": "fake"},
+            {"_id": "noroute", "type": "message", "operation": "ping", "target": "elsewhere"},
+            {"_id": "cancel", "type": "message", "operation": "ping", "cancel_requested": True},
+            {"_id": "note", "type": "note", "operation": "ping"},
+            {"_id": "set", "type": "message", "operation": "ping", "status": "held"},
+        ]
+        result = yield self.db.bulk_docs(docs)
+        assert all(r.get("ok") for r in result), result
+
+        ok = yield self.terminal("ok")
+        self.assertEqual(ok["status"], "forwarded")
+        self.assertEqual(ok["result"]["activated"], 2)
+        self.assertEqual(ok["result"]["devices"], {"string": ["north-0", "north-1"]})
+        self.assertEqual(ok["attempts"], 1)
+        self.assertNotIn("claim", ok)
+        for field in ("dispatched_at", "completed_at", "updated_at"):
+            self.assertRegex(ok[field], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+        text = yield self.terminal("text")
+        self.assertEqual((text["status"], text["result"]), ("forwarded", "hello"))
+
+        fault = yield self.terminal("fault")
+        self.assertEqual(fault["status"], "failed")
+        self.assertEqual(fault["error"]["kind"], "fault")
+        self.assertIn("maintenance", fault["error"]["message"])
+        self.assertEqual(fault["attempts"], 1)
+
+        expected = {
+            "unknown": "route 'default' has no operation 'explode' (it has: activate, ping, refuse)",
+            "badargs": "operation 'activate' takes no argument 'cont' (it takes: network, count)",
+            "forged": "fields written only by couchgw were set by the client: result",
+            "noroute": "there is no route 'elsewhere' (routes: default)",
+        }
+        for doc_id, reason in expected.items():
+            doc = yield self.terminal(doc_id)
+            self.assertEqual(doc["status"], "rejected", doc_id)
+            self.assertEqual(doc["error"], {"kind": "invalid", "message": reason})
+            self.assertNotIn("attempts", doc)
+
+        cancelled = yield self.terminal("cancel")
+        self.assertEqual(cancelled["status"], "cancelled")
+        self.assertNotIn("attempts", cancelled)
+
+        for doc_id in ("note", "set"):
+            doc = yield self.db.get(doc_id)
+            self.assertTrue(doc["_rev"].startswith("1-"), doc)
+
+    @inlineCallbacks
+    def test_backlog_written_while_stopped_and_restart(self) -> Any:
+        """Messages written before any gateway ran are forwarded; a restart redoes nothing."""
+        yield self.db.create()
+        yield self.db.bulk_docs(
+            [{"_id": f"m{i}", "type": "message", "operation": "ping", "text": str(i)} for i in range(20)]
+        )
+        gateway = self.gateway()
+        for i in range(20):
+            doc = yield self.terminal(f"m{i}")
+            self.assertEqual((doc["status"], doc["result"], doc["attempts"]), ("forwarded", str(i), 1))
+        yield gateway.stopService()
+        checkpoint = yield self.db.get(CHECKPOINT_ID)
+        self.assertIsNotNone(checkpoint["seq"])
+        by_status = yield self.db.view(design.DDOC, "by_status", group="true")
+        self.assertEqual(by_status["rows"], [{"key": "forwarded", "value": 20}])
+        docs = yield self.db.json("GET", "_all_docs", params={"include_docs": "true"})
+        revisions = {row["id"]: row["doc"]["_rev"] for row in docs["rows"]}
+
+        again = self.gateway(gateway="second")
+        yield self.ready(again)
+        swept = again.counts.copy()
+        yield again.sweep()
+        docs = yield self.db.json("GET", "_all_docs", params={"include_docs": "true"})
+        self.assertEqual({row["id"]: row["doc"]["_rev"] for row in docs["rows"]}, revisions)
+        self.assertEqual(again.counts, swept)
+
+    @inlineCallbacks
+    def test_write_back_keeps_a_client_edit(self) -> Any:
+        """A client edit made during the call survives the write-back (merge on 409)."""
+        gateway = self.gateway()
+        yield self.ready(gateway)
+        yield self.db.put(
+            {"_id": "slow", "type": "message", "operation": "activate", "args": {"network": "w", "count": 10}}
+        )
+
+        @inlineCallbacks
+        def claimed() -> Any:
+            doc = yield self.db.get("slow")
+            return doc if doc.get("status") == "dispatching" else None
+
+        doc = yield self.wait_for(claimed, what="the claim")
+        doc["client_note"] = "added during the call"
+        yield self.db.put(doc)
+        final = yield self.terminal("slow")
+        self.assertEqual(final["status"], "forwarded")
+        self.assertEqual(final["client_note"], "added during the call")
+        self.assertEqual(final["attempts"], 1)
+
+    @inlineCallbacks
+    def test_two_gateways_never_dispatch_twice(self) -> Any:
+        first = self.gateway(gateway="first")
+        second = self.gateway(gateway="second")
+        yield self.ready(first)
+        yield self.ready(second)
+        yield self.db.bulk_docs(
+            [{"_id": f"p{i:02d}", "type": "message", "operation": "ping", "text": "x"} for i in range(40)]
+        )
+        for i in range(40):
+            doc = yield self.terminal(f"p{i:02d}")
+            self.assertEqual((doc["status"], doc["attempts"]), ("forwarded", 1))
+        self.assertEqual(first.counts.get("forwarded", 0) + second.counts.get("forwarded", 0), 40)
+
+    @inlineCallbacks
+    def test_transient_errors_are_retried_then_fail(self) -> Any:
+        wsdl = Path(self.mktemp())
+        text = urllib.request.urlopen(demo_wsdl()).read().decode()
+        location = text.split('location="', 1)[1].split('"', 1)[0]
+        wsdl.write_text(text.replace(location, f"http://127.0.0.1:{free_port()}/"))
+        gateway = self.gateway(
+            wsdl.resolve().as_uri(),
+            retries=3,
+            retry_backoff=Backoff(base=0.1, cap=0.2, floor=0.05),
+        )
+        yield self.ready(gateway)
+        yield self.db.put({"_id": "down", "type": "message", "operation": "ping"})
+        doc = yield self.terminal("down")
+        self.assertEqual(doc["status"], "failed")
+        self.assertEqual(doc["attempts"], 3)
+        self.assertEqual(doc["error"]["kind"], "transient")
+        self.assertIn("refused", doc["error"]["message"])
+        self.assertIn("after 3 attempts", doc["error"]["message"])
+
+    @inlineCallbacks
+    def test_unready_route_leaves_messages_waiting(self) -> Any:
+        gateway = self.gateway(f"http://127.0.0.1:{free_port()}/?wsdl")
+        yield self.db.create()
+        yield self.db.put({"_id": "wait", "type": "message", "operation": "ping"})
+        yield self.wait_for(
+            lambda: any("route default unavailable" in p for p in gateway.problems()),
+            what="the route to be reported unavailable",
+        )
+        yield gateway.sweep()
+        doc = yield self.db.get("wait")
+        self.assertNotIn("status", doc)
+
+
+class DesignDocuments(GatewayTestCase):
+    @inlineCallbacks
+    def test_pushed_only_when_they_differ(self) -> Any:
+        yield self.db.create()
+        written = yield design.push(self.db)
+        self.assertEqual(written, ["_design/couchgw"])
+        written = yield design.push(self.db)
+        self.assertEqual(written, [])
+        doc = yield self.db.get("_design/couchgw")
+        doc["views"]["due"]["map"] = "function (doc) {}"
+        yield self.db.put(doc)
+        written = yield design.push(self.db)
+        self.assertEqual(written, ["_design/couchgw"])
+        current = yield self.db.get("_design/couchgw")
+        self.assertEqual(current["views"], design.load()["_design/couchgw"]["views"])
+
+    @inlineCallbacks
+    def test_typed_errors(self) -> Any:
+        yield self.db.create()
+        yield self.assertFailure(self.db.get("missing"), NotFound)
+        yield self.db.put({"_id": "d", "v": 1})
+        yield self.assertFailure(self.db.put({"_id": "d", "v": 2}), Conflict)

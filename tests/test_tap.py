@@ -1,0 +1,103 @@
+"""The twistd plugin: options and the service tree, on a memory reactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+
+from couchgw.couch import split_credentials
+from couchgw.demo import DemoService
+from couchgw.embedded import EmbeddedCouch
+from couchgw.gateway import Gateway, supports_selector
+from couchgw.tap import Options, makeService
+from couchgw.threads import ThreadPoolService
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_plugin_is_found() -> None:
+    import twisted.plugins
+
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+    assert makers["couchgw"].options is Options
+
+
+def test_defaults() -> None:
+    options = parse("--couch", "http://127.0.0.1:5984/messages")
+    assert options["target"] == "demo"
+    assert options["http"] == "tcp:8470:interface=127.0.0.1"
+    assert options["threads"] == 10
+    assert options["timeout"] < options["lease"]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--threads", "0"], "--threads must be a whole number from 1 to 1000, not '0'"),
+        (["--threads", "many"], "--threads must be a whole number from 1 to 1000, not 'many'"),
+        (["--timeout", "-1"], "--timeout must be a number at least 0.1, not '-1'"),
+        (["--timeout", "900"], "--lease (600s) must be longer than --timeout (900s)"),
+        (["--couch", "ftp://x/db"], "--couch must be an http:// or https:// URL"),
+        (["--couch", "http://127.0.0.1:5984"], "--couch must name the database"),
+        (["--target", "nonsense"], "--target must be a WSDL URL or 'demo', not 'nonsense'"),
+        (["--http", "tcp:notaport"], "--http 'tcp:notaport' is not a valid endpoint"),
+        (["--bogus"], "option --bogus not recognized"),
+    ],
+)
+def test_bad_option_is_one_line(args: list[str], error: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        parse("--couch", "http://127.0.0.1:5984/messages", *args)
+    text = str(raised.value)
+    assert text.startswith("twistd couchgw: ")
+    assert error in text
+    assert "\n" not in text
+
+
+def services(top: Any) -> list[Any]:
+    return list(top)
+
+
+def test_service_tree_with_external_couch() -> None:
+    options = parse(
+        "--couch", "http://user:secret@db.example:5984/msgs", "--target", "http://soap.example/?wsdl"
+    )
+    top = makeService(options, reactor=MemoryReactorClock())
+    kinds = [type(s) for s in services(top)]
+    assert EmbeddedCouch not in kinds and DemoService not in kinds
+    assert ThreadPoolService in kinds
+    gateway = next(s for s in services(top) if isinstance(s, Gateway))
+    assert gateway.db.url == "http://db.example:5984/msgs"
+    assert "secret" not in repr(gateway.db)
+    assert gateway.targets["default"].url == "http://soap.example/?wsdl"
+
+
+def test_service_tree_on_embedded_defaults(tmp_path: Any) -> None:
+    options = parse("--data", str(tmp_path), "--embedded-port", "5999")
+    top = makeService(options, reactor=MemoryReactorClock())
+    kinds = [type(s) for s in services(top)]
+    # Started in this order, stopped in the reverse one: the embedded CouchDB stops last.
+    assert kinds[0] is EmbeddedCouch
+    assert kinds.index(DemoService) < kinds.index(Gateway)
+    gateway = next(s for s in services(top) if isinstance(s, Gateway))
+    assert gateway.db.url == "http://127.0.0.1:5999/messages"
+
+
+def test_credentials_from_url_or_environment() -> None:
+    assert split_credentials("http://a%40b:p%3Ass@h:1/db", {}) == ("http://h:1/db", ("a@b", "p:ss"))
+    env = {"COUCHGW_COUCH_USER": "gw", "COUCHGW_COUCH_PASSWORD": "pw"}
+    assert split_credentials("https://h/db/", env) == ("https://h/db/", ("gw", "pw"))
+    assert split_credentials("http://h:5984/db", {}) == ("http://h:5984/db", None)
+
+
+def test_selector_only_on_apache_couchdb_2_and_later() -> None:
+    assert supports_selector({"couchdb": "Welcome", "version": "3.5.0"})
+    assert not supports_selector({"couchdb": "Welcome", "version": "1.7.2"})
+    assert not supports_selector({"express-pouchdb": "Welcome!", "version": "4.2.0"})
