@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -129,29 +128,35 @@ def new_db_url(prefix: str = "test") -> str:
     return f"{couch_url()}/{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def start_demo(delay: float = 0.1) -> tuple[str, subprocess.Popen[str]]:
-    """The demo SOAP service in its own process; answers its WSDL URL and process."""
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "couchgw.demo", "--port", "0", "--delay", str(delay)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("http://"):
-            return line.strip(), process
-    raise AssertionError("the demo service did not start")
+def start_demo(log: Path, delay: float = 0.1) -> tuple[str, subprocess.Popen[bytes]]:
+    """
+    The demo SOAP service in its own process, logging each call to C{log}; answers its WSDL URL
+    and process (the caller stops it).
+    """
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "couchgw.demo", "--port", "0", "--delay", str(delay)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def url() -> str | None:
+        for line in log.read_text().splitlines():
+            if line.startswith("http://"):
+                return line.strip()
+        if process.poll() is not None:
+            raise AssertionError(f"the demo service exited: {log.read_text()}")
+        return None
+
+    return wait_until(url, 30, "the demo service"), process
 
 
 def demo_wsdl() -> str:
     """A demo SOAP service shared by the tests that only read from it."""
     if "demo" not in _started:
-        url, process = start_demo()
+        folder = Path(tempfile.mkdtemp(prefix="couchgw-demo-"))
+        url, process = start_demo(folder / "demo.log")
         atexit.register(stop, process)
-        # Keep reading its output, so that it never blocks on a full pipe.
-        assert process.stdout is not None
-        stdout = process.stdout
-        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
         _started["demo"] = url
     return str(_started["demo"])

@@ -65,7 +65,11 @@ class GatewayTestCase(TestCase):
         @inlineCallbacks
         def check() -> Any:
             doc = yield self.db.get(doc_id)
-            return doc if doc.get("status") in ("forwarded", "failed", "rejected", "cancelled") else None
+            return (
+                doc
+                if doc.get("status") in ("forwarded", "failed", "rejected", "cancelled")
+                else None
+            )
 
         doc = yield self.wait_for(check, timeout, f"{doc_id} to finish")
         return doc
@@ -82,11 +86,21 @@ class EndToEnd(GatewayTestCase):
         gateway = self.gateway()
         yield self.ready(gateway)
         docs = [
-            {"_id": "ok", "type": "message", "operation": "activate", "args": {"network": "north", "count": 2}},
+            {
+                "_id": "ok",
+                "type": "message",
+                "operation": "activate",
+                "args": {"network": "north", "count": 2},
+            },
             {"_id": "text", "type": "message", "operation": "ping", "text": "hello"},
             {"_id": "fault", "type": "message", "operation": "refuse", "args": ["maintenance"]},
             {"_id": "unknown", "type": "message", "operation": "explode"},
-            {"_id": "badargs", "type": "message", "operation": "activate", "args": {"network": "n", "cont": 1}},
+            {
+                "_id": "badargs",
+                "type": "message",
+                "operation": "activate",
+                "args": {"network": "n", "cont": 1},
+            },
             {"_id": "forged", "type": "message", "operation": "ping", "result": "fake"},
             {"_id": "noroute", "type": "message", "operation": "ping", "target": "elsewhere"},
             {"_id": "cancel", "type": "message", "operation": "ping", "cancel_requested": True},
@@ -139,12 +153,17 @@ class EndToEnd(GatewayTestCase):
         """Messages written before any gateway ran are forwarded; a restart redoes nothing."""
         yield self.db.create()
         yield self.db.bulk_docs(
-            [{"_id": f"m{i}", "type": "message", "operation": "ping", "text": str(i)} for i in range(20)]
+            [
+                {"_id": f"m{i}", "type": "message", "operation": "ping", "text": str(i)}
+                for i in range(20)
+            ]
         )
         gateway = self.gateway()
         for i in range(20):
             doc = yield self.terminal(f"m{i}")
-            self.assertEqual((doc["status"], doc["result"], doc["attempts"]), ("forwarded", str(i), 1))
+            self.assertEqual(
+                (doc["status"], doc["result"], doc["attempts"]), ("forwarded", str(i), 1)
+            )
         yield gateway.stopService()
         checkpoint = yield self.db.get(CHECKPOINT_ID)
         self.assertIsNotNone(checkpoint["seq"])
@@ -167,7 +186,12 @@ class EndToEnd(GatewayTestCase):
         gateway = self.gateway()
         yield self.ready(gateway)
         yield self.db.put(
-            {"_id": "slow", "type": "message", "operation": "activate", "args": {"network": "w", "count": 10}}
+            {
+                "_id": "slow",
+                "type": "message",
+                "operation": "activate",
+                "args": {"network": "w", "count": 10},
+            }
         )
 
         @inlineCallbacks
@@ -190,7 +214,10 @@ class EndToEnd(GatewayTestCase):
         yield self.ready(first)
         yield self.ready(second)
         yield self.db.bulk_docs(
-            [{"_id": f"p{i:02d}", "type": "message", "operation": "ping", "text": "x"} for i in range(40)]
+            [
+                {"_id": f"p{i:02d}", "type": "message", "operation": "ping", "text": "x"}
+                for i in range(40)
+            ]
         )
         for i in range(40):
             doc = yield self.terminal(f"p{i:02d}")

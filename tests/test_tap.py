@@ -67,7 +67,10 @@ def services(top: Any) -> list[Any]:
 
 def test_service_tree_with_external_couch() -> None:
     options = parse(
-        "--couch", "http://user:secret@db.example:5984/msgs", "--target", "http://soap.example/?wsdl"
+        "--couch",
+        "http://user:secret@db.example:5984/msgs",
+        "--target",
+        "http://soap.example/?wsdl",
     )
     top = makeService(options, reactor=MemoryReactorClock())
     kinds = [type(s) for s in services(top)]

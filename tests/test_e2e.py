@@ -1,0 +1,186 @@
+"""
+couchgw as users run it: C{twistd -n couchgw} in a process of its own, messages posted with plain
+HTTP, against real servers.  Uses the installed package (C{make test} installs the wheel).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from couchgw.embedded import find_executable
+from tests.servers import ROOT, free_port, http, new_db_url, start_demo, stop, wait_until
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+TERMINAL = {"forwarded", "failed", "rejected", "cancelled"}
+
+
+class Twistd:
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.http_port = free_port()
+        self.log = folder / "couchgw.log"
+        env = {**os.environ, "COUCHGW_POUCHDB_SERVER": find_executable()}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    TWISTD,
+                    "--nodaemon",
+                    "--pidfile=",
+                    "couchgw",
+                    *args,
+                    "--http",
+                    f"tcp:{self.http_port}:interface=127.0.0.1",
+                ],
+                cwd=folder,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"couchgw exited:\n{self.log.read_text()}")
+            return http("GET", f"{self.api}/ready", timeout=2)[0] == 200
+
+        wait_until(ready, timeout, "couchgw to be ready")
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[Any]:
+    started: list[Twistd] = []
+
+    def start(*args: str) -> Twistd:
+        started.append(Twistd(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for gateway in started:
+        stop(gateway.process)
+
+
+def wait_terminal(db: str, ids: list[str], timeout: float) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        status, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+        docs = {row["id"]: row["doc"] for row in body["rows"] if row.get("doc")}
+        done = [d for d in docs.values() if d.get("status") in TERMINAL]
+        return docs if len(done) == len(ids) else None
+
+    return dict(wait_until(finished, timeout, f"{len(ids)} messages to finish"))
+
+
+def test_embedded_defaults(tmp_path: Path, gateways: Any) -> None:
+    """What `make run` does: embedded CouchDB and demo target; a curl-style POST is forwarded."""
+    couch_port = free_port()
+    gateway = gateways(
+        "--data",
+        str(tmp_path / "data"),
+        "--in-memory",
+        "--embedded-port",
+        str(couch_port),
+        "--demo-port",
+        "0",
+    )
+    gateway.wait_ready()
+    db = f"http://127.0.0.1:{couch_port}/messages"
+    status, body = http(
+        "POST",
+        db,
+        {"type": "message", "operation": "activate", "args": {"network": "north", "count": 3}},
+    )
+    assert status == 201, body
+    doc = wait_terminal(db, [body["id"]], 30)[body["id"]]
+    assert doc["status"] == "forwarded"
+    assert doc["result"]["activated"] == 3
+    status, state = http("GET", f"{gateway.api}/status")
+    assert status == 200
+    assert state["counts"] == {"forwarded": 1}
+    assert state["routes"]["default"]["state"] == "ready"
+    assert state["feed"]["state"] == "connected"
+    # twistd stops cleanly, then exits by the signal it was sent (as twistd does since 21.2).
+    assert gateway.terminate() == -signal.SIGTERM
+    assert "Server Shut Down." in gateway.log.read_text()
+    # The embedded CouchDB stopped with it.
+    with pytest.raises(OSError):
+        http("GET", f"http://127.0.0.1:{couch_port}/", timeout=2)
+
+
+def test_burst_of_slow_calls(tmp_path: Path, gateways: Any) -> None:
+    """200 one-second calls with 20 threads take about ten seconds, and none is made twice."""
+    wsdl, demo = start_demo(tmp_path / "demo.log", delay=0.1)
+    try:
+        db = new_db_url("burst")
+        gateway = gateways(
+            "--couch", db, "--target", wsdl, "--threads", "20", "--max-inflight", "40"
+        )
+        gateway.wait_ready()
+        ids = [f"burst-{i:03d}" for i in range(200)]
+        started = time.monotonic()
+        docs = [
+            {
+                "_id": i,
+                "type": "message",
+                "operation": "activate",
+                "args": {"network": i, "count": 10},
+            }
+            for i in ids
+        ]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs})
+        assert status == 201
+        finished = wait_terminal(db, ids, 90)
+        elapsed = time.monotonic() - started
+        print(f"\n200 x 1 s calls with 20 threads: {elapsed:.1f} s (ideal 10 s)")
+        assert {d["status"] for d in finished.values()} == {"forwarded"}
+        assert {d["attempts"] for d in finished.values()} == {1}
+        calls = Counter(
+            line.split("network=")[1].split()[0]
+            for line in (tmp_path / "demo.log").read_text().splitlines()
+            if "activate network=burst-" in line
+        )
+        assert set(calls) == set(ids)
+        assert max(calls.values()) == 1
+    finally:
+        stop(demo)
+
+
+def test_bad_option_exits_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [TWISTD, "--nodaemon", "--pidfile=", "couchgw", "--threads", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "twistd couchgw: --threads must be a whole number from 1 to 1000, not '0' (see twistd couchgw --help)"
+    ]
+
+
+def test_help_documents_every_option(tmp_path: Path) -> None:
+    from couchgw.tap import Options
+
+    done = subprocess.run(
+        [TWISTD, "couchgw", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    for name, *_ in Options.optParameters + Options.optFlags:
+        assert f"--{name}" in done.stdout
+    assert ROOT.exists()
