@@ -78,7 +78,7 @@ def gateways(tmp_path: Path) -> Iterator[Any]:
 
 def wait_terminal(db: str, ids: list[str], timeout: float) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
-        status, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+        _, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
         docs = {row["id"]: row["doc"] for row in body["rows"] if row.get("doc")}
         done = [d for d in docs.values() if d.get("status") in TERMINAL]
         return docs if len(done) == len(ids) else None
