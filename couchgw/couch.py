@@ -221,7 +221,6 @@ class Database:
         path: str,
         body: Any = None,
         params: Mapping[str, Any] | None = None,
-        ok: tuple[int, ...] = (),
     ) -> Any:
         """Send one request and decode the JSON answer; an error status raises L{CouchError}."""
         response = yield self.request(method, path, body, params)
@@ -230,7 +229,7 @@ class Database:
             decoded = json.loads(content) if content else None
         except ValueError:
             decoded = None
-        if response.code >= 400 and response.code not in ok:
+        if response.code >= 400:
             raise error_for(response.code, decoded, f"{method} {path or self.name}")
         return decoded
 

@@ -184,3 +184,21 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
     for name, *_ in Options.optParameters + Options.optFlags:
         assert f"--{name}" in done.stdout
     assert ROOT.exists()
+
+
+def test_designdocs_push_command(tmp_path: Path) -> None:
+    command = str(Path(sys.executable).parent / "couchgw")
+    db = new_db_url("push")
+    args = [command, "designdocs", "push", "--couch", db]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert (first.returncode, first.stdout) == (0, "pushed: _design/couchgw\n")
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout) == (0, "up to date: nothing to push\n")
+    dead = subprocess.run(
+        [command, "designdocs", "push", "--couch", f"http://127.0.0.1:{free_port()}/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dead.returncode == 1
+    assert dead.stderr.startswith("couchgw: ") and len(dead.stderr.strip().splitlines()) == 1
