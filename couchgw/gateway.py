@@ -356,7 +356,10 @@ class Gateway(Service):
                     written = yield self._dispatch(doc, target, prepared)
             if written is not None:
                 return
-            doc = yield self.db.get(doc["_id"])  # it changed under us: look again
+            try:
+                doc = yield self.db.get(doc["_id"])  # it changed under us: look again
+            except NotFound:
+                return  # deleted
         log.warn("gave up on {id}: it kept changing", id=doc["_id"])
 
     @inlineCallbacks
