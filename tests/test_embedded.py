@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from typing import Any
 
 import treq
@@ -38,7 +40,9 @@ class EmbeddedCouchTests(TestCase):
 
     @inlineCallbacks
     def test_restarted_when_it_dies_and_stopped_with_the_service(self) -> Any:
-        couch = EmbeddedCouch(reactor, self.mktemp(), free_port(), in_memory=True)
+        folder = tempfile.mkdtemp(prefix="couchgw-embedded-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        couch = EmbeddedCouch(reactor, folder, free_port(), in_memory=True)
         couch.startService()
         yield self.wait_for(lambda: self.answers(couch.url), "PouchDB Server to answer")
         couch.kill()

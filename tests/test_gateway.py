@@ -5,6 +5,8 @@ demo SOAP service, over sockets.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -226,7 +228,9 @@ class EndToEnd(GatewayTestCase):
 
     @inlineCallbacks
     def test_transient_errors_are_retried_then_fail(self) -> Any:
-        wsdl = Path(self.mktemp())
+        folder = tempfile.mkdtemp(prefix="couchgw-wsdl-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        wsdl = Path(folder) / "dead.wsdl"
         text = urllib.request.urlopen(demo_wsdl()).read().decode()
         location = text.split('location="', 1)[1].split('"', 1)[0]
         wsdl.write_text(text.replace(location, f"http://127.0.0.1:{free_port()}/"))
