@@ -35,11 +35,3 @@ class Checkpoint:
         pending = self._pending
         while pending and pending[0][1]:
             self.seq = pending.popleft()[0]
-
-    def skip_to(self, seq: Any) -> None:
-        """
-        Advance to C{seq} when nothing is pending, e.g. from a feed's C{last_seq} or a heartbeat
-        that carried no change.
-        """
-        if not self._pending:
-            self.seq = seq

@@ -148,6 +148,15 @@ def _query(params: Mapping[str, Any]) -> str:
     return ("?" + urlencode(items)) if items else ""
 
 
+def _encode(body: Any) -> tuple[Headers, bytes | None]:
+    """The headers and bytes of a JSON request (no body when C{body} is None)."""
+    headers = Headers({b"Accept": [b"application/json"]})
+    if body is None:
+        return headers, None
+    headers.addRawHeader(b"Content-Type", b"application/json")
+    return headers, json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
 class Database:
     """
     One CouchDB database.
@@ -197,11 +206,7 @@ class Database:
         params: Mapping[str, Any] | None = None,
     ) -> Deferred[IResponse]:
         """Send one request; the answer's body is read in full."""
-        headers = Headers({b"Accept": [b"application/json"]})
-        data = None
-        if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-            headers.addRawHeader(b"Content-Type", b"application/json")
+        headers, data = _encode(body)
         return cast(
             "Deferred[IResponse]",
             self._http.request(
@@ -276,13 +281,10 @@ class Database:
         It goes straight through the agent, without asking for compression: a gzipped
         continuous feed is held back by the server's compressor.
         """
-        headers = Headers({b"Accept": [b"application/json"]})
+        headers, data = _encode(body)
         if self._auth is not None:
             token = b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode("ascii")
             headers.addRawHeader(b"Authorization", f"Basic {token}".encode("ascii"))
-        producer = None
-        if body is not None:
-            headers.addRawHeader(b"Content-Type", b"application/json")
-            producer = FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8")))
+        producer = None if data is None else FileBodyProducer(BytesIO(data))
         url = self._url("_changes", params).encode("utf-8")
         return self._agent.request(b"GET" if body is None else b"POST", url, headers, producer)

@@ -112,6 +112,7 @@ class Gateway(Service):
             name: DeferredSemaphore(max(1, t.concurrency)) for name, t in self.targets.items()
         }
         self._saved_seq: Any = None
+        self._checkpoint_doc: Doc = {"_id": CHECKPOINT_ID}
         self._timers: dict[str, IDelayedCall] = {}
         self._loops: list[LoopingCall] = []
         self._starting: Deferred[None] | None = None
@@ -152,6 +153,7 @@ class Gateway(Service):
         self.couch_error = None
         self.checkpoint = Checkpoint(saved.get("seq"))
         self._saved_seq = self.checkpoint.seq
+        self._checkpoint_doc = {"_id": CHECKPOINT_ID, **saved}
         if supports_selector(welcome):
             params: dict[str, Any] = {"filter": "_selector"}
             body: Any = {"selector": NEW_MESSAGES_SELECTOR}
@@ -457,7 +459,7 @@ class Gateway(Service):
                 yield deferLater(self.clock, delay, lambda: None)
 
     def _retry_later(self, doc: Doc) -> None:
-        at = message._parse_time(doc.get("next_attempt_at")) or self.clock.seconds()
+        at = message.parse_time(doc.get("next_attempt_at")) or self.clock.seconds()
         doc_id = doc["_id"]
 
         def fire() -> None:
@@ -484,12 +486,14 @@ class Gateway(Service):
         seq = self.checkpoint.seq
         if seq is None or seq == self._saved_seq:
             return
+        doc = {**self._checkpoint_doc, "seq": seq, "gateway": self.id}
         try:
+            result = yield self.db.put(doc)
+        except Conflict:  # another gateway sharing the checkpoint wrote it: write over its revision
             current = yield self.db.get(CHECKPOINT_ID)
-        except NotFound:
-            current = {"_id": CHECKPOINT_ID}
-        current.update(seq=seq, gateway=self.id)
-        yield self.db.put(current)
+            doc["_rev"] = current["_rev"]
+            result = yield self.db.put(doc)
+        self._checkpoint_doc = {**doc, "_rev": result["rev"]}
         self._saved_seq = seq
 
     # -- status ----------------------------------------------------------------------------------
@@ -505,11 +509,12 @@ class Gateway(Service):
             counts = None
             log.warn("cannot count messages: {error}", error=_describe(e))
         feed = self.feed
+        problems = self.problems()
         return {
             "gateway": self.id,
             "database": self.db.url,
-            "ready": not self.problems(),
-            "problems": self.problems(),
+            "ready": not problems,
+            "problems": problems,
             "counts": counts,
             "finished_here": dict(self.counts),
             "in_flight": len(self.active),
@@ -528,8 +533,10 @@ class Gateway(Service):
 
 
 def _route_status(target: ITarget) -> dict[str, Any]:
-    described = target.describe()
-    return {key: described[key] for key in ("kind", "state", "error") if key in described} | {
+    return {
+        "kind": target.kind,
+        "state": target.state,
+        "error": target.error,
         "concurrency": target.concurrency,
         "busy": target.busy,
     }

@@ -8,6 +8,7 @@ alone, so handling the same change twice is harmless.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from couchgw.couch import Doc
@@ -51,9 +52,8 @@ def is_message(doc: Any) -> bool:
     )
 
 
-def _parse_time(value: Any) -> float | None:
-    from datetime import datetime
-
+def parse_time(value: Any) -> float | None:
+    """A time couchgw wrote (ISO-8601) as POSIX seconds, or None if it is not one."""
     if not isinstance(value, str):
         return None
     try:
@@ -74,11 +74,11 @@ def due(doc: Any, now: float) -> str | None:
     if status is None:
         return "new"
     if status == "retrying":
-        at = _parse_time(doc.get("next_attempt_at"))
+        at = parse_time(doc.get("next_attempt_at"))
         return "retry" if at is None or at <= now else None
     if status == "dispatching":
         claim = doc.get("claim")
-        until = _parse_time(claim.get("until")) if isinstance(claim, dict) else None
+        until = parse_time(claim.get("until")) if isinstance(claim, dict) else None
         return "takeover" if until is None or until <= now else None
     return None
 
@@ -96,16 +96,16 @@ def call_of(doc: Doc) -> Call:
     """The call a message asks for, checked for shape (not yet against the target)."""
     route = doc.get("target", DEFAULT_ROUTE)
     if not isinstance(route, str) or not route:
-        raise Rejected(f"target must be a route name (a non-empty string), not {_show(route)}")
+        raise Rejected(f"target must be a route name (a non-empty string), not {json_kind(route)}")
     operation = doc.get("operation")
     if operation is not None and (not isinstance(operation, str) or not operation):
-        raise Rejected(f"operation must be a non-empty string, not {_show(operation)}")
+        raise Rejected(f"operation must be a non-empty string, not {json_kind(operation)}")
     if "args" in doc:
         args = doc["args"]
         if not isinstance(args, (dict, list)):
             raise Rejected(
                 f"args must be an object (keyword arguments) or an array (positional arguments), "
-                f"not {_show(args)}"
+                f"not {json_kind(args)}"
             )
     elif "text" in doc:
         args = [doc["text"]]
@@ -114,8 +114,9 @@ def call_of(doc: Doc) -> Call:
     return Call(route, operation, args)
 
 
-def _show(value: Any) -> str:
-    kind = {
+def json_kind(value: Any) -> str:
+    """What kind of JSON value this is, for error messages: "a string", "an array", ..."""
+    return {
         bool: "a boolean",
         int: "a number",
         float: "a number",
@@ -124,7 +125,6 @@ def _show(value: Any) -> str:
         dict: "an object",
         type(None): "null",
     }.get(type(value), type(value).__name__)
-    return kind
 
 
 # -- transitions: the fields each one writes (None removes a field) ----------------------------

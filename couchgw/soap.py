@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from couchgw.couch import split_credentials
 from couchgw.interfaces import Fault, IRunner, ITarget, Transient
-from couchgw.message import Rejected, _show
+from couchgw.message import Rejected, json_kind
 
 log = Logger()
 
@@ -295,7 +295,7 @@ class SoapTarget:
                 if problem:
                     raise Rejected(
                         f"argument {param.name!r} of operation {operation!r} must be {problem}, "
-                        f"not {_show(named[param.name])}"
+                        f"not {json_kind(named[param.name])}"
                     )
         return operation, named
 

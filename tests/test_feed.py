@@ -87,6 +87,14 @@ def connect(db: FakeDatabase) -> Response:
     return response
 
 
+def assert_reconnects(db: FakeDatabase, clock: Clock, requests: int = 2) -> None:
+    """The next request goes out after the first backoff delay (1 s), not before."""
+    clock.advance(0.99)
+    assert len(db.requests) == requests - 1
+    clock.advance(0.02)
+    assert len(db.requests) == requests
+
+
 def test_requests_a_continuous_filtered_feed_from_the_checkpoint() -> None:
     feed, db, _clock, _ = make_feed(since="12-opaque")
     feed.start()
@@ -129,11 +137,7 @@ def test_reconnects_from_last_seq_with_backoff_after_the_end() -> None:
     response.send({"seq": "7-x", "id": "a"})
     response.end()
     assert feed.state == "waiting"
-    assert len(db.requests) == 1
-    clock.advance(0.99)
-    assert len(db.requests) == 1
-    clock.advance(0.02)
-    assert len(db.requests) == 2
+    assert_reconnects(db, clock)
     assert db.requests[1][0]["since"] == "7-x"
 
 
@@ -164,8 +168,7 @@ def test_error_status_reconnects() -> None:
     db.requests[0][2].callback(Response(401, b'{"error":"unauthorized","reason":"nope"}'))
     assert feed.state == "waiting"
     assert "401" in (feed.last_error or "")
-    clock.advance(1.0)
-    assert len(db.requests) == 2
+    assert_reconnects(db, clock)
 
 
 def test_silence_drops_the_connection() -> None:
@@ -182,8 +185,7 @@ def test_silence_drops_the_connection() -> None:
     assert response.transport.stopped
     response.end()
     assert "no data" in (feed.last_error or "")
-    clock.advance(1.0)
-    assert len(db.requests) == 2
+    assert_reconnects(db, clock)
 
 
 def test_no_answer_to_the_request_is_retried() -> None:
@@ -192,8 +194,7 @@ def test_no_answer_to_the_request_is_retried() -> None:
     clock.advance(21)
     assert feed.state == "waiting"
     assert "no answer" in (feed.last_error or "")
-    clock.advance(1.0)
-    assert len(db.requests) == 2
+    assert_reconnects(db, clock)
 
 
 def test_pause_stops_reading_and_holds_parsed_lines() -> None:

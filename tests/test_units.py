@@ -109,16 +109,6 @@ def test_checkpoint_random_completion_order() -> None:
         assert checkpoint.seq == (prefix - 1 if prefix else None)
 
 
-def test_checkpoint_skip_to_only_when_idle() -> None:
-    checkpoint = Checkpoint(5)
-    token = checkpoint.received(6)
-    checkpoint.skip_to(9)
-    assert checkpoint.seq == 5
-    checkpoint.done(token)
-    checkpoint.skip_to(9)
-    assert checkpoint.seq == 9
-
-
 # -- the message document ------------------------------------------------------------------------
 
 NOW = 1795845123.0
