@@ -72,6 +72,10 @@ class ServerError(CouchError):
     """5xx."""
 
 
+class Undecodable(CouchError):
+    """The answer is not JSON Python can read (for instance, nested too deeply)."""
+
+
 _ERRORS: dict[int, type[CouchError]] = {
     400: BadRequest,
     401: Unauthorized,
@@ -124,6 +128,37 @@ def split_credentials(
     if environ.get(USER_ENV):
         return clean, (environ[USER_ENV], environ.get(PASSWORD_ENV, ""))
     return clean, None
+
+
+def check_access(url: str, timeout: float = 5.0) -> None:
+    """
+    Ask the database once, blocking (at start-up, before the reactor runs), whether it lets
+    these credentials in.
+
+    @raise Unauthorized: CouchDB refused the credentials (401).
+    @raise Forbidden: it knows them but they may not use the database (403).
+    Anything else (CouchDB down, the database missing) is left for the running service.
+    """
+    import urllib.error
+    import urllib.request
+
+    clean, auth = split_credentials(url)
+    request = urllib.request.Request(clean, headers={"Accept": "application/json"})
+    if auth is not None:
+        token = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            try:
+                body = json.loads(e.read())
+            except ValueError:
+                body = None
+            raise error_for(e.code, body, f"GET {urlsplit(clean).path or '/'}") from None
+    except (OSError, ValueError):
+        return
 
 
 def doc_path(doc_id: str) -> str:
@@ -232,6 +267,10 @@ class Database:
         content = yield response.content()
         try:
             decoded = json.loads(content) if content else None
+        except RecursionError:
+            raise Undecodable(
+                response.code, "undecodable", "nested too deeply", f"{method} {path}"
+            ) from None
         except ValueError:
             decoded = None
         if response.code >= 400:
@@ -267,6 +306,21 @@ class Database:
     def bulk_docs(self, docs: list[Doc], **options: Any) -> Deferred[list[Doc]]:
         """Write many documents; the answer holds one result (or error) per document."""
         return self.json("POST", "_bulk_docs", {"docs": docs, **options})
+
+    def all_docs(self, keys: list[str], **params: Any) -> Deferred[Doc]:
+        """C{_all_docs} for the given ids (with C{include_docs=True}, their documents)."""
+        return self.json("POST", "_all_docs", {"keys": keys}, params)
+
+    def update(
+        self, ddoc: str, handler: str, doc_id: str, body: Any, **params: Any
+    ) -> Deferred[Any]:
+        """Call a design document's update handler on a document (it changes it in place)."""
+        return self.json(
+            "PUT",
+            f"_design/{quote(ddoc, safe='')}/_update/{quote(handler, safe='')}/" + doc_path(doc_id),
+            body,
+            params,
+        )
 
     def view(self, ddoc: str, view: str, **params: Any) -> Deferred[Doc]:
         return self.json(

@@ -21,9 +21,10 @@ from spyne.service import Service as SpyneService
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
+
+from couchgw.threads import ThreadPoolService
 
 log = Logger()
 
@@ -91,7 +92,7 @@ class DemoService(Service):
         self._reactor = reactor
         self._port_number = port
         self._delay = delay
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="couchgw-demo")
+        self._threads = ThreadPoolService(reactor, threads, name="couchgw-demo")
         self._port: IListeningPort | None = None
 
     @property
@@ -103,16 +104,16 @@ class DemoService(Service):
     def startService(self) -> None:
         super().startService()
         reactor: IReactorTCP = self._reactor
-        resource = WSGIResource(self._reactor, self._pool, application(self._delay))
+        resource = WSGIResource(self._reactor, self._threads.pool, application(self._delay))
         site: Any = Site(resource)
         self._port = reactor.listenTCP(self._port_number, site, interface="127.0.0.1")
-        self._pool.start()
+        self._threads.startService()
         log.info("demo SOAP service at {url}", url=self.wsdl_url)
 
     def stopService(self) -> Any:
         super().stopService()
         port, self._port = self._port, None
-        self._pool.stop()
+        self._threads.stopService()
         if port is not None:
             return port.stopListening()
         return None

@@ -10,6 +10,7 @@ resumes from the last sequence it received.  L{ChangesFeed.pause} stops reading 
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from couchgw.couch import Database, error_for
-from couchgw.framing import LineFramer
+from couchgw.framing import LineFramer, Oversize
 from couchgw.timing import Backoff
 
 log = Logger()
@@ -58,6 +59,11 @@ class ChangesFeed:
     @param filter_body: a request body (a C{_selector} filter's selector), or L{None}.
     @param since: where to start.
     @param heartbeat: seconds between the server's heartbeats.
+    @param on_missing: called when the feed answers 404 (the database is gone); the feed
+        keeps trying to reconnect.
+    @param max_line: the longest change (in bytes) decoded.  A longer one, or one nested too
+        deeply to decode, is passed on without its document, as C{{"seq", "id", "changes",
+        "unreadable": "too large" or "too deep"}}.
     """
 
     def __init__(
@@ -70,6 +76,8 @@ class ChangesFeed:
         since: Any = None,
         heartbeat: float = 10.0,
         backoff: Backoff | None = None,
+        max_line: int = 16 * 1024 * 1024,
+        on_missing: Callable[[], object] | None = None,
     ) -> None:
         self._db = db
         self._on_change = on_change
@@ -84,8 +92,10 @@ class ChangesFeed:
         self.last_error: str | None = None
         self.reconnects = 0
         self.last_data_at: float | None = None
-        self._framer = LineFramer()
-        self._queue: deque[bytes] = deque()
+        self.max_line = max_line
+        self._on_missing = on_missing
+        self._framer = LineFramer(max_line)
+        self._queue: deque[bytes | Oversize] = deque()
         self._paused = False
         self._protocol: _FeedProtocol | None = None
         self._transport: IPushProducer | None = None
@@ -140,7 +150,7 @@ class ChangesFeed:
 
     def _connect(self) -> None:
         self.state = "connecting"
-        self._framer = LineFramer()
+        self._framer = LineFramer(self.max_line)
         self._queue.clear()
         self.last_data_at = self._clock.seconds()
         self._watch()
@@ -153,11 +163,13 @@ class ChangesFeed:
             response.deliverBody(_Discard())
             return None
         if response.code != 200:
-            return treq.content(response).addBoth(
-                lambda body: self._failed(
-                    Failure(error_for(response.code, _decode(body), "GET _changes"))
-                )
-            )
+
+            def failed(body: Any) -> None:
+                self._failed(Failure(error_for(response.code, _decode(body), "GET _changes")))
+                if response.code == 404 and self._on_missing is not None:
+                    self._on_missing()
+
+            return treq.content(response).addBoth(failed)
         self._cancel_timer()
         self.state = "connected"
         self.last_error = None
@@ -239,23 +251,26 @@ class ChangesFeed:
         if protocol is not self._protocol:
             return
         self.last_data_at = self._clock.seconds()
-        try:
-            self._queue.extend(self._framer.feed(data))
-        except ValueError as e:
-            self._drop(str(e))
-            return
+        self._queue.extend(self._framer.feed(data))
         self._drain()
 
     def _drain(self) -> None:
         queue = self._queue
         while queue and not self._paused and self.state != "stopped":
             line = queue.popleft()
-            if not line.strip():
+            if isinstance(line, Oversize):
+                change = _unreadable(line.head, line.tail, "too large")
+            elif not line.strip():
                 continue  # a heartbeat
-            try:
-                change = json.loads(line)
-            except ValueError:
-                self._drop("the feed sent a line that is not JSON")
+            else:
+                try:
+                    change = json.loads(line)
+                except RecursionError:
+                    change = _unreadable(line[:8192], line[-512:], "too deep")
+                except ValueError:
+                    change = None
+            if not isinstance(change, dict):
+                self._drop("the feed sent a line that cannot be read")
                 return
             if "seq" in change:
                 self.backoff.reset()
@@ -265,6 +280,32 @@ class ChangesFeed:
                 self.since = change["last_seq"]
             elif "error" in change:
                 self.last_error = f"the feed answered {change.get('error')}: {change.get('reason')}"
+
+
+_STRING = rb'"(?:[^"\\]|\\.)*"'
+_ID = re.compile(rb'"id":(' + _STRING + rb")")
+_REV = re.compile(rb'"changes":\[\{"rev":(' + _STRING + rb")")
+_SEQ_FIRST = re.compile(rb'^\{"seq":(' + _STRING + rb"|-?\d+)")
+_SEQ_LAST = re.compile(rb'"seq":(' + _STRING + rb"|-?\d+)\}\s*$")
+
+
+def _unreadable(head: bytes, tail: bytes, why: str) -> Change | None:
+    """
+    A change whose document cannot be read, from the first and last bytes of its line: its seq,
+    id and revision (CouchDB writes the seq first, PouchDB last).
+    """
+    seq = _SEQ_FIRST.search(head) or _SEQ_LAST.search(tail)
+    doc_id, rev = _ID.search(head), _REV.search(head)
+    if seq is None or doc_id is None:
+        return None
+    change: Change = {
+        "seq": json.loads(seq.group(1)),
+        "id": json.loads(doc_id.group(1)),
+        "unreadable": why,
+    }
+    if rev is not None:
+        change["changes"] = [{"rev": json.loads(rev.group(1))}]
+    return change
 
 
 def _decode(body: Any) -> Any:

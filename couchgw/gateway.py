@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
+    DeferredList,
     DeferredSemaphore,
     inlineCallbacks,
     maybeDeferred,
@@ -35,9 +37,9 @@ from couchgw import design, message
 from couchgw.checkpoint import Checkpoint
 from couchgw.couch import Conflict, CouchError, Database, Doc, NotFound
 from couchgw.feed import Change, ChangesFeed
-from couchgw.interfaces import Fault, ITarget, Transient
+from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
 from couchgw.message import Rejected
-from couchgw.timing import Backoff
+from couchgw.timing import Backoff, iso
 
 log = Logger()
 
@@ -45,7 +47,11 @@ CHECKPOINT_ID = "_local/couchgw-checkpoint"
 #: The C{_selector} filter equivalent to C{_design/couchgw}'s C{new} filter.
 NEW_MESSAGES_SELECTOR = {
     "type": "message",
-    "$or": [{"status": {"$exists": False}}, {"status": None}],
+    "$or": [
+        {"status": {"$exists": False}},
+        {"status": None},
+        {"status": {"$nin": sorted(message.STATUSES)}},
+    ],
 }
 
 
@@ -64,15 +70,23 @@ def supports_selector(welcome: Mapping[str, Any]) -> bool:
         return False
 
 
+#: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
+CALL_MARGIN = 5.0
+#: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
+UNREADABLE_DEPTH = 100
+
+
 class Gateway(Service):
     """
     @param db: the message database.
     @param targets: the routes, by name.
-    @param lease: seconds a claim is valid.
+    @param lease: seconds a claim is valid; a running call renews it every third of that.
     @param retries: calls made to a target for one message before a transient error is final.
     @param max_inflight: messages handled at once; when full, the feed is not read.
     @param sweep_interval: seconds between sweeps over the C{due} view.
     @param heartbeat: seconds between the feed's heartbeats.
+    @param grace: seconds a stop waits for calls in flight before it gives their messages back.
+    @param max_bytes: the largest message (as compact JSON) accepted; larger ones are rejected.
     """
 
     def __init__(
@@ -89,6 +103,8 @@ class Gateway(Service):
         sweep_interval: float = 30.0,
         heartbeat: float = 10.0,
         checkpoint_interval: float = 5.0,
+        grace: float = 30.0,
+        max_bytes: int = 1024 * 1024,
     ) -> None:
         self.db = db
         self.targets = dict(targets)
@@ -101,10 +117,14 @@ class Gateway(Service):
         self.sweep_interval = sweep_interval
         self.heartbeat = heartbeat
         self.checkpoint_interval = checkpoint_interval
+        self.grace = grace
+        self.max_bytes = max_bytes
         self.checkpoint = Checkpoint()
         self.feed: ChangesFeed | None = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
         self.active: dict[str, Deferred[None]] = {}
+        #: The claims of calls in flight, by document id.
+        self.claims: dict[str, _Claim] = {}
         #: Why the gateway is not ready to work (empty when it is).
         self.couch_error: str | None = "not connected yet"
         self.counts: dict[str, int] = {}
@@ -116,18 +136,24 @@ class Gateway(Service):
         self._timers: dict[str, IDelayedCall] = {}
         self._loops: list[LoopingCall] = []
         self._starting: Deferred[None] | None = None
-        self._loading: list[Deferred[None]] = []
+        self._loading: dict[str, Deferred[None]] = {}
         self._sweeping: Deferred[None] | None = None
+        self._closed = False
 
     # -- life cycle ------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._starting = self._start()
+        self._closed = False
+        self._begin(first=True)
+
+    def _begin(self, first: bool) -> None:
+        self._starting = self._open(first)
         self._starting.addErrback(_unless_cancelled, "gateway start-up failed")
 
     @inlineCallbacks
-    def _start(self) -> Any:
+    def _open(self, first: bool) -> Any:
+        """Get the database ready (created, design documents pushed), then follow it."""
         backoff = Backoff(base=0.25, cap=10.0)
         while self.running:
             try:
@@ -167,28 +193,53 @@ class Gateway(Service):
             body,
             since=self.checkpoint.seq,
             heartbeat=self.heartbeat,
+            max_line=self.max_bytes + 64 * 1024,
+            on_missing=self._database_gone,
         )
         self.feed.start()
-        self._loading = [
-            self._load(target).addErrback(_unless_cancelled, "loading a route failed")
-            for target in self.targets.values()
-        ]
-        self._every(self.sweep_interval, self.sweep)
-        self._every(self.checkpoint_interval, self.save_checkpoint, now=False)
+        if first:
+            for target in self.targets.values():
+                self._reload(target)
+            self._every(self.sweep_interval, self.sweep)
+            self._every(self.checkpoint_interval, self.save_checkpoint, now=False)
+        else:
+            self.sweep_soon()
+
+    def _database_gone(self) -> None:
+        """The feed found no database: create it again and follow the new one from its start."""
+        if self.feed is None or not self.running:
+            return
+        log.warn("database {db} is gone; creating it again", db=self.db.url)
+        self.feed.stop()
+        self.feed = None
+        self.couch_error = f"database {self.db.url} is missing"
+        self._begin(first=False)
 
     def _every(self, interval: float, f: Any, now: bool = True) -> None:
         def guarded() -> Deferred[None]:
             d: Deferred[None] = maybeDeferred(f)
-            return d.addErrback(lambda fail: log.failure("{f} failed", fail, f=f.__name__))
+            return d.addErrback(_log_error, f"{f.__name__} failed")
 
         loop = LoopingCall(guarded)
         loop.clock = self.clock
         loop.start(interval, now=now)
         self._loops.append(loop)
 
+    def _reload(self, target: ITarget) -> None:
+        """(Re)load a route until it is ready, then sweep for its waiting messages."""
+        if target.name not in self._loading:
+            d = self._load(target)
+            self._loading[target.name] = d
+            d.addErrback(_unless_cancelled, "loading a route failed")
+
+            def loaded(_: Any) -> None:
+                del self._loading[target.name]
+
+            d.addBoth(loaded)
+
     @inlineCallbacks
     def _load(self, target: ITarget) -> Any:
-        backoff = Backoff(base=1.0, cap=60.0)
+        backoff = Backoff(base=1.0, cap=15.0)
         while self.running:
             try:
                 yield target.load()
@@ -205,10 +256,20 @@ class Gateway(Service):
                 self.sweep_soon()
                 return
 
+    def _route_down(self, target: ITarget, reason: str) -> None:
+        if target.state == "ready":
+            log.warn("route {route} is unreachable: {reason}", route=target.name, reason=reason)
+            target.unavailable(f"unreachable: {reason}")
+        self._reload(target)
+
     @inlineCallbacks
     def stopService(self) -> Any:
+        """
+        Stop taking work; let calls in flight end within C{grace} seconds; give the messages
+        of calls still running back (C{retrying}, due at once); save the checkpoint.
+        """
         super().stopService()
-        for starting in [self._starting, *self._loading]:
+        for starting in [self._starting, *self._loading.values()]:
             if starting is not None:
                 starting.cancel()
         for loop in self._loops:
@@ -223,8 +284,25 @@ class Gateway(Service):
             self.feed.stop()
         if self._sweeping is not None:
             yield self._sweeping
+        if self.active:
+            log.info(
+                "stopping: waiting up to {grace:g}s for {n} message(s) in flight",
+                grace=self.grace,
+                n=len(self.active),
+            )
+            yield _first(DeferredList(list(self.active.values())), self.grace, self.clock)
+        if self.claims:
+            log.warn(
+                "stopping: giving back {n} message(s) whose calls are still running",
+                n=len(self.claims),
+            )
+            yield DeferredList([claim.give_back() for claim in list(self.claims.values())])
+        self._closed = True
         if self.couch_error is None:
-            yield self.save_checkpoint()
+            try:
+                yield self.save_checkpoint()
+            except Exception as e:
+                log.warn("cannot save the checkpoint: {error}", error=_describe(e))
 
     # -- readiness -------------------------------------------------------------------------------
 
@@ -248,12 +326,21 @@ class Gateway(Service):
     # -- the doorbell ----------------------------------------------------------------------------
 
     def _changed(self, change: Change) -> None:
-        token = self.checkpoint.received(change["seq"])
+        checkpoint = self.checkpoint
+        token = checkpoint.received(change["seq"])
         doc = change.get("doc")
-        if change.get("deleted") or not message.is_message(doc):
-            self.checkpoint.done(token)
+        if "unreadable" in change:
+            rev = (change.get("changes") or [{}])[0].get("rev")
+            handled = self._track(
+                change["id"],
+                lambda: self._reject_unreadable(change["id"], rev, change["unreadable"]),
+            )
+        elif change.get("deleted") or not message.is_message(doc):
+            checkpoint.done(token)
             return
-        self.submit(doc).addBoth(lambda _: self.checkpoint.done(token))  # type: ignore[arg-type]
+        else:
+            handled = self.submit(doc)  # type: ignore[arg-type]
+        handled.addBoth(lambda _: checkpoint.done(token))
 
     def submit(self, doc: Doc) -> Deferred[None]:
         """
@@ -261,7 +348,9 @@ class Gateway(Service):
 
         A document already being handled is not handled twice at once.
         """
-        doc_id = doc["_id"]
+        return self._track(doc["_id"], lambda: self._handle(doc))
+
+    def _track(self, doc_id: str, work: Callable[[], Deferred[Any]]) -> Deferred[None]:
         if doc_id in self.active:
             return succeed(None)
         finished: Deferred[None] = Deferred()
@@ -270,12 +359,12 @@ class Gateway(Service):
 
         def end(result: Any) -> None:
             if isinstance(result, Failure):
-                log.failure("handling {id} failed", result, id=doc_id)
+                _log_error(result, f"cannot handle {doc_id} now (the sweep tries again)")
             del self.active[doc_id]
             self._throttle()
             finished.callback(None)
 
-        self._handle(doc).addBoth(end)
+        maybeDeferred(work).addBoth(end)
         return finished
 
     def _throttle(self) -> None:
@@ -293,7 +382,24 @@ class Gateway(Service):
 
     def _sweep_now(self) -> None:
         del self._timers["sweep"]
-        self.sweep().addErrback(lambda f: log.failure("sweep failed", f))
+        self.sweep().addErrback(_log_error, "sweep failed")
+
+    def _wake_at(self, when: float) -> None:
+        """Sweep at C{when} (one timer, for the earliest retry that is due)."""
+        timer = self._timers.get("wake")
+        if timer is not None and timer.active():
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+
+        def wake() -> None:
+            self._timers.pop("wake", None)
+            self.sweep_soon()
+
+        self._timers["wake"] = self.clock.callLater(max(0.0, when - self.clock.seconds()), wake)
+
+    def _room(self) -> bool:
+        return bool(self.running) and len(self.active) < self.max_inflight
 
     @inlineCallbacks
     def sweep(self) -> Any:
@@ -304,21 +410,29 @@ class Gateway(Service):
         try:
             now_ms = int(self.clock.seconds() * 1000)
             page = max(self.max_inflight, 10)
-            params: dict[str, Any] = {"endkey": now_ms, "include_docs": "true", "limit": page}
+            params: dict[str, Any] = {"endkey": now_ms, "limit": page}
             for _ in range(10):
-                room = self.max_inflight - len(self.active)
-                if room <= 0:
+                if not self._room():
                     break
                 result = yield self.db.view(design.DDOC, "due", **params)
                 rows = result.get("rows", [])
+                readable = []
                 for row in rows:
-                    doc = row.get("doc")
-                    if (
-                        doc
-                        and doc["_id"] not in self.active
-                        and len(self.active) < self.max_inflight
-                    ):
-                        self.submit(doc)
+                    if row["id"] in self.active:
+                        continue
+                    why = self._unreadable(row)
+                    if why is None:
+                        readable.append(row["id"])
+                    elif self._room():
+                        self._track(
+                            row["id"], partial(self._reject_unreadable, row["id"], None, why)
+                        )
+                if readable:
+                    found = yield self.db.all_docs(readable, include_docs=True)
+                    for row in found.get("rows", []):
+                        doc = row.get("doc")
+                        if doc and doc["_id"] not in self.active and self._room():
+                            self.submit(doc)
                 if len(rows) < page:
                     break
                 last = rows[-1]
@@ -327,11 +441,39 @@ class Gateway(Service):
             sweeping, self._sweeping = self._sweeping, None
             sweeping.callback(None)
 
+    def _unreadable(self, row: Mapping[str, Any]) -> str | None:
+        """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
+        value = row.get("value")
+        if row.get("key") != 0 or not isinstance(value, list) or len(value) != 2:
+            return None
+        size, depth = value
+        if isinstance(size, int) and size > self.max_bytes:
+            return "too large"
+        if isinstance(depth, int) and depth >= UNREADABLE_DEPTH:
+            return "too deep"
+        return None
+
     # -- handling one message ----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _reject_unreadable(self, doc_id: str, rev: str | None, why: str) -> Any:
+        """Reject a new message in place, without reading it (too large or too deep)."""
+        reason = message.too_large(self.max_bytes) if why == "too large" else message.undecodable()
+        fields = {
+            k: v for k, v in message.rejected(reason, self.clock.seconds()).items() if v is not None
+        }
+        try:
+            yield self.db.update(design.DDOC, "reject", doc_id, fields, rev=rev)
+        except (Conflict, NotFound):
+            return  # it changed or went: what is due now comes through the feed or the sweep
+        self._count(fields)
+        log.info("{id} rejected: {reason}", id=doc_id, reason=reason)
 
     @inlineCallbacks
     def _handle(self, doc: Doc) -> Any:
         for _ in range(20):
+            if not self.running:
+                return
             now = self.clock.seconds()
             due = message.due(doc, now)
             if due is None:
@@ -341,12 +483,12 @@ class Gateway(Service):
             else:
                 try:
                     if due == "new":
-                        message.check_new(doc)
+                        message.check_new(doc, self.max_bytes)
                     call = message.call_of(doc)
                     target = self.targets.get(call.route)
                     if target is None:
                         raise Rejected(
-                            f"there is no route {call.route!r} "
+                            f"there is no route {message.short(call.route)} "
                             f"(routes: {', '.join(sorted(self.targets))})"
                         )
                     if target.state != "ready":
@@ -382,34 +524,53 @@ class Gateway(Service):
         """Claim, call, write back; answer None if the claim lost (the document changed)."""
         slots = self._slots[target.name]
         yield slots.acquire()
+        slot_held = True
         try:
-            if not self.running:
-                return doc  # stopping: leave it for the next start
+            if not self.running or target.state != "ready":
+                return doc  # stopping, or the route went down: leave it for later
             claimed = yield self._transition(
                 doc, message.claimed(doc, self.id, self.clock.seconds(), self.lease)
             )
             if claimed is None:
                 return None
-            started = self.clock.seconds()
+            claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
             try:
-                answer = yield target.call(prepared, claimed["_id"])
-            except Exception as e:
-                fields = self._failure(claimed, e)
-            else:
-                fields = message.forwarded(answer, self.clock.seconds())
-            log.info(
-                "{id} {status} on route {route} after {duration:.3f}s",
-                id=claimed["_id"],
-                status=fields["status"],
-                route=target.name,
-                duration=self.clock.seconds() - started,
-            )
-            final = yield self._write_back(claimed, fields)
-            if final is not None and final.get("status") == "retrying":
-                self._retry_later(final)
-            return claimed
+                started = self.clock.seconds()
+                call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"])
+                call.addBoth(_release, slots)  # the slot is free once the call has really ended
+                slot_held = False
+                try:
+                    answer = yield _first(
+                        call,
+                        target.timeout + CALL_MARGIN,
+                        self.clock,
+                        Transient(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
+                    )
+                except Exception as e:
+                    if isinstance(e, Unreachable):
+                        self._route_down(target, str(e))
+                    fields = self._failure(claimed, e)
+                else:
+                    fields = message.forwarded(answer, self.clock.seconds())
+                log.info(
+                    "{id} {status} on route {route} after {duration:.3f}s",
+                    id=claimed["_id"],
+                    status=fields["status"],
+                    route=target.name,
+                    duration=self.clock.seconds() - started,
+                )
+                final = yield claim.finish(fields)
+                if final is not None and final.get("status") == "retrying":
+                    at = message.parse_time(final.get("next_attempt_at"))
+                    self._wake_at(at if at is not None else self.clock.seconds())
+                return claimed
+            finally:
+                claim.stop()
+                if self.claims.get(claimed["_id"]) is claim:
+                    del self.claims[claimed["_id"]]
         finally:
-            slots.release()
+            if slot_held:
+                slots.release()
 
     def _failure(self, doc: Doc, error: Exception) -> dict[str, Any]:
         now = self.clock.seconds()
@@ -425,56 +586,17 @@ class Gateway(Service):
             return message.failed("transient", f"{error} (after {attempts} attempts)", now)
         return message.failed("error", _describe(error), now)
 
-    @inlineCallbacks
-    def _write_back(self, claimed: Doc, fields: dict[str, Any]) -> Any:
-        """
-        Write an outcome over our claim, merging into the current revision on a conflict (a
-        client's edits are kept); give up only if the claim is no longer ours.  CouchDB being
-        unreachable is waited out, so an answer is never lost while the gateway runs.
-        """
-        doc = claimed
-        backoff = Backoff(base=0.5, cap=30.0)
-        while True:
-            try:
-                written = yield self._transition(doc, fields)
-                if written is not None:
-                    return written
-                doc = yield self.db.get(claimed["_id"])
-                if doc.get("status") != "dispatching" or doc.get("claim") != claimed.get("claim"):
-                    log.warn(
-                        "{id}: the claim was lost before the answer was written; answer dropped",
-                        id=claimed["_id"],
-                    )
-                    return None
-            except (CouchError, ConnectionError, OSError) as e:
-                if isinstance(e, CouchError) and e.status < 500 and e.status not in (401, 403):
-                    raise
-                delay = backoff.next()
-                log.warn(
-                    "{id}: cannot write the outcome ({error}); trying again in {delay:.1f}s",
-                    id=claimed["_id"],
-                    error=_describe(e),
-                    delay=delay,
-                )
-                yield deferLater(self.clock, delay, lambda: None)
+    def holds(self, doc: Doc, claimed: Doc) -> bool:
+        """Whether C{doc} is still under the claim this gateway wrote as C{claimed}."""
+        claim = doc.get("claim")
+        return (
+            doc.get("status") == "dispatching"
+            and isinstance(claim, dict)
+            and claim.get("by") == self.id
+            and doc.get("attempts") == claimed.get("attempts")
+        )
 
-    def _retry_later(self, doc: Doc) -> None:
-        at = message.parse_time(doc.get("next_attempt_at")) or self.clock.seconds()
-        doc_id = doc["_id"]
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            self.db.get(doc_id).addCallback(self.submit).addErrback(
-                lambda f: log.failure("retry of {id} failed", f, id=doc_id)
-            )
-
-        key = f"retry:{doc_id}"
-        old = self._timers.pop(key, None)
-        if old is not None and old.active():
-            old.cancel()
-        self._timers[key] = self.clock.callLater(max(0.0, at - self.clock.seconds()), fire)
-
-    def _count(self, doc: Doc) -> None:
+    def _count(self, doc: Mapping[str, Any]) -> None:
         status = doc["status"]
         self.counts[status] = self.counts.get(status, 0) + 1
 
@@ -518,6 +640,7 @@ class Gateway(Service):
             "counts": counts,
             "finished_here": dict(self.counts),
             "in_flight": len(self.active),
+            "calls": len(self.claims),
             "threads_busy": sum(t.busy for t in self.targets.values()),
             "max_inflight": self.max_inflight,
             "feed": {
@@ -530,6 +653,150 @@ class Gateway(Service):
             "checkpoint": {"seq": self.checkpoint.seq, "pending": len(self.checkpoint)},
             "routes": {name: _route_status(t) for name, t in sorted(self.targets.items())},
         }
+
+
+class _Claim:
+    """
+    A claim on a message whose call is in flight: renews the lease every third of it, and
+    writes the outcome over the claim without clobbering a client's edits.
+    """
+
+    def __init__(self, gateway: Gateway, doc: Doc) -> None:
+        self.gateway = gateway
+        self.claimed = doc
+        #: The latest revision this claim wrote.
+        self.doc = doc
+        self._renewing: Deferred[Any] | None = None
+        self._loop = LoopingCall(self._renew)
+        self._loop.clock = gateway.clock
+        self._loop.start(gateway.lease / 3, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    @inlineCallbacks
+    def _renew(self) -> Any:
+        gateway = self.gateway
+        now = gateway.clock.seconds()
+        fields = {
+            "claim": {"by": gateway.id, "until": iso(now + gateway.lease)},
+            "updated_at": iso(now),
+        }
+        self._renewing = self._write(fields, retry=False)
+        try:
+            yield self._renewing
+        except Exception as e:
+            log.warn(
+                "{id}: cannot renew the lease ({error}); trying again later",
+                id=self.doc["_id"],
+                error=_describe(e),
+            )
+        finally:
+            self._renewing = None
+
+    @inlineCallbacks
+    def finish(self, fields: dict[str, Any]) -> Any:
+        """Write the outcome; answer the document written, or None if the claim was lost."""
+        self.stop()
+        if self._renewing is not None:
+            try:
+                yield self._renewing
+            except Exception:
+                pass
+        written = yield self._write(fields, retry=True)
+        return written
+
+    def give_back(self) -> Deferred[Any]:
+        """At stop, with the call still running: make the message due again at once."""
+        self.stop()
+        now = self.gateway.clock.seconds()
+        fields = message.retrying(
+            "interrupted", "couchgw stopped before the call ended; its outcome is unknown", now, 0
+        )
+        return self._write(fields, retry=False).addErrback(
+            _log_error, f"cannot give {self.doc['_id']} back"
+        )
+
+    @inlineCallbacks
+    def _write(self, fields: dict[str, Any], retry: bool) -> Any:
+        """
+        Write C{fields} over the claim, merging into the current revision on a conflict; give
+        up if the claim is no longer ours.  With C{retry}, CouchDB errors are waited out for as
+        long as the gateway runs (an answer is never dropped while it could be written).
+        """
+        gateway = self.gateway
+        doc_id = self.claimed["_id"]
+        doc = self.doc
+        backoff = Backoff(base=0.5, cap=30.0)
+        while True:
+            try:
+                written = yield gateway._transition(doc, fields)
+                if written is not None:
+                    self.doc = written
+                    return written
+                doc = yield gateway.db.get(doc_id)
+                if not gateway.holds(doc, self.claimed):
+                    log.warn("{id}: the claim was lost; its outcome is dropped", id=doc_id)
+                    return None
+            except (CouchError, ConnectionError, OSError) as e:
+                if (
+                    not retry
+                    or gateway._closed
+                    or (isinstance(e, CouchError) and e.status < 500 and e.status not in (401, 403))
+                ):
+                    raise
+                delay = backoff.next()
+                log.warn(
+                    "{id}: cannot write the outcome ({error}); trying again in {delay:.1f}s",
+                    id=doc_id,
+                    error=_describe(e),
+                    delay=delay,
+                )
+                yield deferLater(gateway.clock, delay, lambda: None)
+
+
+def _first(
+    d: Deferred[Any], seconds: float, clock: IReactorTime, error: Exception | None = None
+) -> Deferred[Any]:
+    """
+    A Deferred with C{d}'s result, or, after C{seconds}, C{error} (or None if no error is
+    given).  C{d} itself is not cancelled: a call in a thread cannot be stopped.
+    """
+    out: Deferred[Any] = Deferred()
+
+    def late() -> None:
+        if error is None:
+            out.callback(None)
+        else:
+            out.errback(error)
+
+    timer = clock.callLater(seconds, late)
+
+    def done(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+    d.addBoth(done)
+    return out
+
+
+def _release(result: Any, slots: DeferredSemaphore) -> Any:
+    slots.release()
+    return result
+
+
+def _log_error(failure: Failure, what: str) -> None:
+    """Log an expected error (CouchDB or the network) in one line, anything else in full."""
+    if failure.check(CouchError, ConnectionError, OSError, TimeoutError):
+        log.warn("{what}: {error}", what=what, error=_describe(failure.value))
+    elif not failure.check(CancelledError):
+        log.failure(what, failure)
 
 
 def _route_status(target: ITarget) -> dict[str, Any]:

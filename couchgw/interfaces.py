@@ -15,6 +15,13 @@ class Transient(Exception):
     """The call failed in a way that may pass (connection refused or reset, timeout, HTTP 5xx)."""
 
 
+class Unreachable(Transient):
+    """
+    The target could not be reached at all (connection refused, host unknown or unreachable):
+    the route is down, not just this call.
+    """
+
+
 class ITarget(Interface):
     """A system messages are forwarded to (a route's dispatcher)."""
 
@@ -24,9 +31,13 @@ class ITarget(Interface):
     error = Attribute("Why the target is not ready, or None.")
     concurrency = Attribute("How many calls may run at once.")
     busy = Attribute("How many calls are running now.")
+    timeout = Attribute("Seconds a call may take; the gateway gives up on it a little later.")
 
     def load() -> Any:
         """Get ready (e.g. fetch the WSDL); a Deferred that fails if the target is unavailable."""
+
+    def unavailable(reason: str) -> None:
+        """The target was found unreachable: not ready until it loads again."""
 
     def prepare(operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         """
@@ -38,7 +49,8 @@ class ITarget(Interface):
     def call(prepared: Any, message_id: str) -> Any:
         """
         Make the call; a Deferred firing with the answer as plain JSON, or failing with
-        L{Fault}, L{Transient}, L{couchgw.message.Rejected}, or another error (final).
+        L{Fault}, L{Transient} (L{Unreachable}), L{couchgw.message.Rejected}, or another error
+        (final).  It fires only once the call has really ended (its thread is free again).
         """
 
     def describe() -> dict[str, Any]:

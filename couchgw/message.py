@@ -7,6 +7,9 @@ alone, so handling the same change twice is harmless.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +30,12 @@ GATEWAY_FIELDS = (
     "updated_at",
 )
 TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled"})
+#: Every status couchgw writes; any other value a client set is invalid.
+STATUSES = TERMINAL | {"dispatching", "retrying"}
+#: How deeply a message's arguments may nest (objects and arrays).
+MAX_DEPTH = 32
+#: Characters XML 1.0 (and so SOAP) cannot carry, and lone surrogates (not Unicode at all).
+_UNSENDABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 #: The route a message without C{target} goes to.
 DEFAULT_ROUTE = "default"
@@ -66,13 +75,14 @@ def due(doc: Any, now: float) -> str | None:
     """
     What is due for this document now: C{"new"}, C{"retry"} (a retry whose time has come),
     C{"takeover"} (a claim whose lease expired), or L{None} (nothing: not a message, finished,
-    claimed, waiting for its retry, or a status a client set).
+    claimed, or waiting for its retry).  A status couchgw never writes counts as new, so that
+    the message is rejected.
     """
     if not is_message(doc):
         return None
     status = doc.get("status")
-    if status is None:
-        return "new"
+    if status is None or not isinstance(status, str) or status not in STATUSES:
+        return "new"  # an unknown status is rejected as a new message
     if status == "retrying":
         at = parse_time(doc.get("next_attempt_at"))
         return "retry" if at is None or at <= now else None
@@ -83,13 +93,109 @@ def due(doc: Any, now: float) -> str | None:
     return None
 
 
-def check_new(doc: Doc) -> None:
-    """A new message must not carry fields only the gateway writes."""
+def check_new(doc: Doc, max_bytes: int | None = None) -> None:
+    """
+    What a client wrote must be a well-formed message: no fields only the gateway writes, no
+    unknown status, known field types, bounded size and nesting, text that XML can carry.
+    """
+    if max_bytes is not None and encoded_size(doc) > max_bytes:
+        raise Rejected(too_large(max_bytes))
+    status = doc.get("status")
+    if status is not None:
+        raise Rejected(
+            f"status {short(status)} is not one couchgw writes "
+            f"({', '.join(sorted(STATUSES))}); a new message has no status"
+        )
     present = [f for f in GATEWAY_FIELDS if f in doc and f != "status"]
     if present:
         raise Rejected(
             "fields written only by couchgw were set by the client: " + ", ".join(present)
         )
+    cancel = doc.get("cancel_requested")
+    if cancel is not None and not isinstance(cancel, bool):
+        raise Rejected(f"cancel_requested must be true or false, not {json_kind(cancel)}")
+    callback = doc.get("callback_url")
+    if callback is not None and not (
+        isinstance(callback, str)
+        and re.match(r"https?://[^/?#\s]+", callback)
+        and not any(c.isspace() for c in callback)
+    ):
+        raise Rejected(
+            f"callback_url must be an http:// or https:// URL, not {short(callback)}"
+            if isinstance(callback, str)
+            else f"callback_url must be an http:// or https:// URL, not {json_kind(callback)}"
+        )
+    for field in ("operation", "target", "args", "text"):
+        if field in doc:
+            _check_value(field, doc[field])
+
+
+def encoded_size(doc: Doc) -> int:
+    """The bytes of a document as compact UTF-8 JSON."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the message is larger than {max_bytes} bytes, the most couchgw accepts"
+
+
+def undecodable() -> str:
+    return (
+        "the message nests objects or arrays too deeply to be read "
+        f"(at most {MAX_DEPTH} levels are accepted)"
+    )
+
+
+def _check_value(field: str, value: Any) -> None:
+    """Nesting depth and characters of one field, with the path of the first problem."""
+    for path, depth, item in _walk(field, value):
+        if depth > MAX_DEPTH:
+            raise Rejected(
+                f"{field} nests objects or arrays more than {MAX_DEPTH} levels deep "
+                f"(at {_path(path)})"
+            )
+        if isinstance(item, str):
+            bad = _UNSENDABLE.search(item)
+            if bad:
+                char = ord(bad.group())
+                what = (
+                    "a lone surrogate, not Unicode"
+                    if 0xD800 <= char <= 0xDFFF
+                    else ("a character XML (and so SOAP) cannot carry")
+                )
+                raise Rejected(f"{_path(path)} contains U+{char:04X}, {what}")
+
+
+def _walk(field: str, value: Any) -> Iterator[tuple[list[Any], int, Any]]:
+    """Each value within C{value} and each object key, with its path and depth (iteratively)."""
+    stack: list[tuple[list[Any], int, Any]] = [([field], 0, value)]
+    while stack:
+        path, depth, item = stack.pop()
+        yield path, depth, item
+        if isinstance(item, dict):
+            for key, child in item.items():
+                yield [*path, key], depth + 1, key
+                stack.append(([*path, key], depth + 1, child))
+        elif isinstance(item, list):
+            stack.extend(([*path, i], depth + 1, child) for i, child in enumerate(item))
+
+
+def _path(path: list[Any]) -> str:
+    text = str(path[0]) + "".join(
+        f"[{p}]" if isinstance(p, int) else f".{short(p, 40, quote=False)}" for p in path[1:6]
+    )
+    return text + ("..." if len(path) > 6 else "")
+
+
+def short(value: Any, limit: int = 80, quote: bool = True) -> str:
+    """A value for an error message (a string quoted, unless told not to), cut to C{limit}."""
+    if isinstance(value, str):
+        text = repr(value) if quote else value
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def call_of(doc: Doc) -> Call:

@@ -8,9 +8,11 @@ through its own clone of the loaded client (L{clone}), made the first time that 
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import math
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +32,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from couchgw.couch import split_credentials
-from couchgw.interfaces import Fault, IRunner, ITarget, Transient
-from couchgw.message import Rejected, json_kind
+from couchgw.interfaces import Fault, IRunner, ITarget, Transient, Unreachable
+from couchgw.message import Rejected, json_kind, short
 
 log = Logger()
 
@@ -82,22 +84,30 @@ def to_json(value: Any) -> Any:
 
 _INTEGER = re.compile(r"[+-]?\d+\Z")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
-_INTEGER_TYPES = {
-    "int",
-    "integer",
-    "long",
-    "short",
-    "byte",
-    "nonNegativeInteger",
-    "positiveInteger",
-    "nonPositiveInteger",
-    "negativeInteger",
-    "unsignedInt",
-    "unsignedLong",
-    "unsignedShort",
-    "unsignedByte",
+#: The XSD integer types and their ranges (None: unbounded).
+_INTEGER_TYPES: dict[str, tuple[int | None, int | None]] = {
+    "integer": (None, None),
+    "long": (-(2**63), 2**63 - 1),
+    "int": (-(2**31), 2**31 - 1),
+    "short": (-(2**15), 2**15 - 1),
+    "byte": (-(2**7), 2**7 - 1),
+    "nonNegativeInteger": (0, None),
+    "positiveInteger": (1, None),
+    "nonPositiveInteger": (None, 0),
+    "negativeInteger": (None, -1),
+    "unsignedLong": (0, 2**64 - 1),
+    "unsignedInt": (0, 2**32 - 1),
+    "unsignedShort": (0, 2**16 - 1),
+    "unsignedByte": (0, 2**8 - 1),
 }
 _NUMBER_TYPES = {"float", "double", "decimal"}
+_SPECIAL_NUMBERS = {"NaN", "INF", "-INF", "+INF"}
+#: The XSD date and time types and how to read their text.
+_TIME_TYPES: dict[str, Callable[[str], Any]] = {
+    "dateTime": lambda text: datetime.fromisoformat(text.replace("Z", "+00:00")),
+    "date": lambda text: date.fromisoformat(text.removesuffix("Z")),
+    "time": lambda text: time.fromisoformat(text.replace("Z", "+00:00")),
+}
 
 
 @dataclass(frozen=True)
@@ -127,22 +137,44 @@ class Param:
         if not self.builtin or self.type == "anyType":
             return None if isinstance(value, (dict, list, str, int, float)) else "a value"
         if self.type in _INTEGER_TYPES:
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, str) and bool(_INTEGER.match(value.strip()))
-            )
-            return None if ok else f"an integer ({self.type})"
+            return _check_integer(value, self.type)
         if self.type in _NUMBER_TYPES:
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-                isinstance(value, str) and bool(_NUMBER.match(value.strip()))
+                isinstance(value, str)
+                and (bool(_NUMBER.match(value.strip())) or value.strip() in _SPECIAL_NUMBERS)
             )
             return None if ok else f"a number ({self.type})"
         if self.type == "boolean":
             ok = isinstance(value, bool) or value in ("true", "false", "1", "0")
             return None if ok else "a boolean"
+        if self.type in _TIME_TYPES:
+            try:
+                _TIME_TYPES[self.type](value)
+            except (TypeError, ValueError):
+                return f"an ISO-8601 {self.type} text"
+            return None
         ok = isinstance(value, str) or (
             isinstance(value, (int, float)) and not isinstance(value, bool)
         )
         return None if ok else f"a string ({self.type})"
+
+
+def _check_integer(value: Any, kind: str) -> str | None:
+    if isinstance(value, str) and _INTEGER.match(value.strip()):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        return f"an integer ({kind})"
+    low, high = _INTEGER_TYPES[kind]
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = (
+            f"from {low} to {high}"
+            if low is not None and high is not None
+            else (f"at least {low}" if low is not None else f"at most {high}")
+        )
+        return f"an integer {bounds} ({kind})"
+    return None
 
 
 def _operations(client: Client) -> dict[str, list[Param]]:
@@ -250,6 +282,9 @@ class SoapTarget:
 
         return d.addCallbacks(loaded, failed)
 
+    def unavailable(self, reason: str) -> None:
+        self.state, self.error = "unavailable", reason
+
     def _options(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "cache": NoCache()}
 
@@ -264,7 +299,7 @@ class SoapTarget:
         params = self.operations.get(operation)
         if params is None:
             raise Rejected(
-                f"route {self.name!r} has no operation {operation!r} "
+                f"route {self.name!r} has no operation {short(operation)} "
                 f"(it has: {', '.join(sorted(self.operations))})"
             )
         names = [p.name for p in params]
@@ -279,9 +314,10 @@ class SoapTarget:
         else:
             unknown = [key for key in args if key not in names]
             if unknown:
+                listed = ", ".join(short(k, 40) for k in unknown[:5])
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
                 raise Rejected(
-                    f"operation {operation!r} takes no argument "
-                    f"{', '.join(repr(k) for k in unknown)} (it takes: {takes})"
+                    f"operation {operation!r} takes no argument {listed}{more} (it takes: {takes})"
                 )
             named = dict(args)
         missing = [p.name for p in params if p.required and named.get(p.name) is None]
@@ -322,6 +358,8 @@ class SoapTarget:
                 raise Transient(f"HTTP {e.httpcode}: {e}") from None
             raise RuntimeError(f"the target answered HTTP {e.httpcode}: {e}") from None
         except (OSError, http.client.HTTPException) as e:
+            if _unreachable(e):
+                raise Unreachable(_oserror_text(e)) from None
             raise Transient(_oserror_text(e)) from None
         return to_json(answer)
 
@@ -338,6 +376,15 @@ class SoapTarget:
                 for name, params in sorted(self.operations.items())
             },
         }
+
+
+def _unreachable(error: Exception) -> bool:
+    """Whether the connection could not be made at all (so the call was never sent)."""
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, (ConnectionRefusedError, socket.gaierror)) or (
+        isinstance(reason, OSError)
+        and reason.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
+    )
 
 
 def _oserror_text(error: Exception) -> str:

@@ -19,7 +19,13 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from couchgw.api import API
-from couchgw.couch import Database, connection_pool
+from couchgw.couch import (
+    CouchError,
+    Database,
+    check_access,
+    connection_pool,
+    split_credentials,
+)
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch, NotInstalled, find_executable
 from couchgw.gateway import Gateway
@@ -34,7 +40,11 @@ def _number(
     option: str, kind: Callable[[str], Any], low: float, high: float | None = None
 ) -> Callable[[str], Any]:
     """A coercer for a numeric option, with an error that names the option and its range."""
-    bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+
+    def show(value: float) -> str:
+        return str(int(value)) if kind is int else f"{value:g}"
+
+    bound = f"from {show(low)} to {show(high)}" if high is not None else f"at least {show(low)}"
     noun = "a whole number" if kind is int else "a number"
 
     def parse(text: str) -> Any:
@@ -100,7 +110,8 @@ class Options(usage.Options):
             "lease",
             None,
             600.0,
-            "Seconds a claim is valid (longer than --timeout); then another gateway may take over.",
+            "Seconds a claim is valid; a running call renews it every third of that. A claim "
+            "left by a gateway that died may be taken over once it expired.",
             _number("lease", float, 1),
         ],
         [
@@ -123,6 +134,21 @@ class Options(usage.Options):
             10.0,
             "Seconds between the changes feed's heartbeats.",
             _number("heartbeat", float, 0.1, 3600),
+        ],
+        [
+            "grace",
+            None,
+            30.0,
+            "Seconds a stop waits for calls in flight; then their messages are given back "
+            "(retrying, due at once).",
+            _number("grace", float, 0),
+        ],
+        [
+            "max-message-bytes",
+            None,
+            1024 * 1024,
+            "The largest message accepted (as JSON); larger ones are rejected unread.",
+            _number("max-message-bytes", int, 1024, 64 * 1024 * 1024),
         ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
@@ -153,10 +179,6 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["timeout"] >= self["lease"]:
-            raise usage.UsageError(
-                f"--lease ({self['lease']:g}s) must be longer than --timeout ({self['timeout']:g}s)"
-            )
         couch = self["couch"]
         if couch is not None:
             parts = urlsplit(couch)
@@ -166,6 +188,12 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--couch must name the database, e.g. http://127.0.0.1:5984/messages"
                 )
+            try:
+                check_access(couch)
+            except CouchError as e:
+                raise usage.UsageError(
+                    f"CouchDB refused access to {split_credentials(couch)[0]}: {e}"
+                ) from None
         target = self["target"]
         if target != "demo" and not target.startswith(("http://", "https://", "file://")):
             raise usage.UsageError(f"--target must be a WSDL URL or 'demo', not {target!r}")
@@ -254,6 +282,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         max_inflight=options["max-inflight"],
         sweep_interval=options["sweep"],
         heartbeat=options["heartbeat"],
+        grace=options["grace"],
+        max_bytes=options["max-message-bytes"],
     )
     gateway.setServiceParent(top)
 

@@ -107,7 +107,7 @@ class EndToEnd(GatewayTestCase):
             {"_id": "noroute", "type": "message", "operation": "ping", "target": "elsewhere"},
             {"_id": "cancel", "type": "message", "operation": "ping", "cancel_requested": True},
             {"_id": "note", "type": "note", "operation": "ping"},
-            {"_id": "set", "type": "message", "operation": "ping", "status": "held"},
+            {"_id": "set", "type": "message", "operation": "ping", "status": "forwarded"},
         ]
         result = yield self.db.bulk_docs(docs)
         assert all(r.get("ok") for r in result), result

@@ -44,7 +44,11 @@ def test_defaults() -> None:
         (["--threads", "0"], "--threads must be a whole number from 1 to 1000, not '0'"),
         (["--threads", "many"], "--threads must be a whole number from 1 to 1000, not 'many'"),
         (["--timeout", "-1"], "--timeout must be a number at least 0.1, not '-1'"),
-        (["--timeout", "900"], "--lease (600s) must be longer than --timeout (900s)"),
+        (["--grace", "-1"], "--grace must be a number at least 0, not '-1'"),
+        (
+            ["--max-message-bytes", "10"],
+            "--max-message-bytes must be a whole number from 1024 to 67108864, not '10'",
+        ),
         (["--couch", "ftp://x/db"], "--couch must be an http:// or https:// URL"),
         (["--couch", "http://127.0.0.1:5984"], "--couch must name the database"),
         (["--target", "nonsense"], "--target must be a WSDL URL or 'demo', not 'nonsense'"),

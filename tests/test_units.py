@@ -8,7 +8,7 @@ import pytest
 
 from couchgw import message
 from couchgw.checkpoint import Checkpoint
-from couchgw.framing import LineFramer, LineTooLong
+from couchgw.framing import HEAD, TAIL, LineFramer, Oversize
 from couchgw.timing import Backoff, iso
 
 # -- framing -----------------------------------------------------------------------------------
@@ -48,12 +48,24 @@ def test_framer_any_split_gives_the_same_lines() -> None:
         assert lines == expected
 
 
-def test_framer_refuses_endless_line() -> None:
+def test_framer_cuts_a_long_line_short_in_bounded_memory() -> None:
+    """A line over the limit comes out as its head, tail and length; its middle is dropped."""
+    line = b'{"id":"big"' + b"x" * 50_000 + b'"seq":7}'
+    framer = LineFramer(max_length=20_000)
+    out: list[bytes | Oversize] = []
+    for at in range(0, len(line), 1000):
+        out += framer.feed(line[at : at + 1000])
+        assert framer.pending <= 20_000 + 1000
+    out += framer.feed(b'\n{"seq":8}\n')
+    assert out == [Oversize(line[:HEAD], line[-TAIL:], len(line)), b'{"seq":8}']
+
+
+def test_framer_long_line_within_one_chunk() -> None:
     framer = LineFramer(max_length=10)
-    framer.feed(b"12345")
-    with pytest.raises(LineTooLong):
-        framer.feed(b"678901")
-    assert framer.pending == 0
+    assert framer.feed(b"12345678901\nok\n") == [
+        Oversize(b"12345678901", b"12345678901", 11),
+        b"ok",
+    ]
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -121,8 +133,10 @@ def test_due_states() -> None:
     assert message.due({**new, "type": "note"}, NOW) is None
     assert message.due({**new, "_deleted": True}, NOW) is None
     assert message.due({"_id": "_design/x", "type": "message"}, NOW) is None
-    for status in [*sorted(message.TERMINAL), "something-a-client-wrote"]:
+    for status in sorted(message.TERMINAL):
         assert message.due({**new, "status": status}, NOW) is None
+    for status in ["something-a-client-wrote", 7, ["forwarded"]]:
+        assert message.due({**new, "status": status}, NOW) == "new"  # to be rejected
     retrying = {**new, "status": "retrying"}
     assert message.due({**retrying, "next_attempt_at": iso(NOW + 5)}, NOW) is None
     assert message.due({**retrying, "next_attempt_at": iso(NOW - 5)}, NOW) == "retry"

@@ -1,9 +1,26 @@
 function (doc) {
-  // Work that is due, keyed by when it is due (milliseconds since the epoch; 0 for new messages).
+  // Work that is due, keyed by when it is due (milliseconds since the epoch; 0 for new
+  // messages). The value is [size, depth]: the document's JSON length and how deeply it nests
+  // (counted up to 100), so that the gateway can reject a message too big or too deep to read
+  // without reading it.
   if (doc.type !== "message") return;
+  var statuses = ["dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
   var at = null;
-  if (doc.status == null) at = 0;
+  if (doc.status == null || statuses.indexOf(doc.status) < 0) at = 0;
   else if (doc.status === "retrying") at = Date.parse(doc.next_attempt_at) || 0;
   else if (doc.status === "dispatching") at = Date.parse(doc.claim && doc.claim.until) || 0;
-  if (at !== null) emit(at, null);
+  if (at === null) return;
+  var depth = 0, level = [doc];
+  while (level.length && depth < 100) {
+    var next = [];
+    for (var i = 0; i < level.length; i++) {
+      for (var key in level[i]) {
+        var value = level[i][key];
+        if (value !== null && typeof value === "object") next.push(value);
+      }
+    }
+    if (next.length) depth++;
+    level = next;
+  }
+  emit(at, [JSON.stringify(doc).length, depth]);
 }
