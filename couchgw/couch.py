@@ -18,8 +18,16 @@ from typing import Any, cast
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.web.client import FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.internet import error as network
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.web.client import (
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
@@ -75,6 +83,19 @@ class ServerError(CouchError):
 class Undecodable(CouchError):
     """The answer is not JSON Python can read (for instance, nested too deeply)."""
 
+
+#: What a request fails with while CouchDB, or the way to it, is down (worth trying again).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ServerError,
+    network.ConnectError,
+    network.ConnectionClosed,
+    network.TimeoutError,
+    ResponseFailed,
+    ResponseNeverReceived,
+    RequestTransmissionFailed,
+    CancelledError,  # a request that timed out
+    OSError,
+)
 
 _ERRORS: dict[int, type[CouchError]] = {
     400: BadRequest,
@@ -217,6 +238,8 @@ class Database:
         self._agent = agent
         self._http = HTTPClient(agent)
         self._timeout = timeout
+        #: Why CouchDB refuses the credentials (its last 401), until a request succeeds again.
+        self.refused: str | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.url}>"
@@ -274,7 +297,11 @@ class Database:
         except ValueError:
             decoded = None
         if response.code >= 400:
-            raise error_for(response.code, decoded, f"{method} {path or self.name}")
+            error = error_for(response.code, decoded, f"{method} {path or self.name}")
+            if response.code == 401:
+                self.refused = str(error)
+            raise error
+        self.refused = None
         return decoded
 
     def welcome(self) -> Deferred[Doc]:

@@ -14,7 +14,19 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from spyne import Application, ComplexModel, DateTime, Fault, Integer, Iterable, Unicode, rpc
+from spyne import (
+    Application,
+    Boolean,
+    ComplexModel,
+    DateTime,
+    Double,
+    Fault,
+    Integer,
+    Integer32,
+    Iterable,
+    Unicode,
+    rpc,
+)
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 from spyne.service import Service as SpyneService
@@ -54,6 +66,7 @@ def application(delay: float = 0.1) -> WsgiApplication:
             if count < 0:
                 raise Fault("Client.BadCount", f"count must not be negative, got {count}")
             time.sleep(count * delay)
+            log.info("activated network={network}", network=network)
             return Activation(
                 network=network,
                 activated=count,
@@ -66,6 +79,30 @@ def application(delay: float = 0.1) -> WsgiApplication:
             """Answer at once with C{text}."""
             return "pong" if text is None else text
 
+        @rpc(
+            Unicode(min_occurs=1),
+            Integer32,
+            Boolean,
+            Double,
+            DateTime,
+            Unicode(max_occurs="unbounded"),
+            _returns=Unicode,
+        )
+        def configure(
+            ctx: Any,
+            device: str,
+            port: int | None,
+            enabled: bool | None,
+            weight: float | None,
+            at: datetime | None,
+            tags: list[str] | None,
+        ) -> str:
+            """Answer at once with what was set (typed arguments, for checking conversions)."""
+            return (
+                f"{device}: port={port} enabled={enabled} weight={weight} "
+                f"at={at.isoformat() if at else None} tags={','.join(tags or [])}"
+            )
+
         @rpc(Unicode, _returns=Unicode)
         def refuse(ctx: Any, reason: str | None) -> str:
             """Always answer with a SOAP Fault."""
@@ -77,6 +114,10 @@ def application(delay: float = 0.1) -> WsgiApplication:
         name="DeviceActivation",
         in_protocol=Soap11(validator="lxml"),
         out_protocol=Soap11(),
+    )
+    app.event_manager.add_listener(
+        "method_call",
+        lambda ctx: log.info("call {operation}", operation=ctx.descriptor.name),
     )
     return WsgiApplication(app)
 

@@ -35,7 +35,16 @@ from twisted.python.failure import Failure
 
 from couchgw import design, message
 from couchgw.checkpoint import Checkpoint
-from couchgw.couch import Conflict, CouchError, Database, Doc, NotFound
+from couchgw.couch import (
+    UNAVAILABLE,
+    Conflict,
+    CouchError,
+    Database,
+    Doc,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+)
 from couchgw.feed import Change, ChangesFeed
 from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
 from couchgw.message import Rejected
@@ -205,6 +214,17 @@ class Gateway(Service):
         else:
             self.sweep_soon()
 
+    @inlineCallbacks
+    def _recover(self) -> Any:
+        """The C{due} view is missing: the database was deleted, or our design document."""
+        try:
+            yield self.db.info()
+        except NotFound:
+            self._database_gone()
+            return
+        log.warn("design documents missing in {db}; writing them again", db=self.db.url)
+        yield design.push(self.db)
+
     def _database_gone(self) -> None:
         """The feed found no database: create it again and follow the new one from its start."""
         if self.feed is None or not self.running:
@@ -311,6 +331,8 @@ class Gateway(Service):
         problems = []
         if self.couch_error:
             problems.append(self.couch_error)
+        elif self.db.refused:
+            problems.append(f"CouchDB at {self.db.url} refuses the credentials: {self.db.refused}")
         if self.feed is None or self.feed.state != "connected":
             state = self.feed.state if self.feed else "not started"
             error = self.feed.last_error if self.feed else None
@@ -414,7 +436,11 @@ class Gateway(Service):
             for _ in range(10):
                 if not self._room():
                     break
-                result = yield self.db.view(design.DDOC, "due", **params)
+                try:
+                    result = yield self.db.view(design.DDOC, "due", **params)
+                except NotFound:
+                    yield self._recover()
+                    return
                 rows = result.get("rows", [])
                 readable = []
                 for row in rows:
@@ -739,12 +765,8 @@ class _Claim:
                 if not gateway.holds(doc, self.claimed):
                     log.warn("{id}: the claim was lost; its outcome is dropped", id=doc_id)
                     return None
-            except (CouchError, ConnectionError, OSError) as e:
-                if (
-                    not retry
-                    or gateway._closed
-                    or (isinstance(e, CouchError) and e.status < 500 and e.status not in (401, 403))
-                ):
+            except _WAIT_OUT as e:
+                if not retry or gateway._closed:
                     raise
                 delay = backoff.next()
                 log.warn(
@@ -754,6 +776,10 @@ class _Claim:
                     delay=delay,
                 )
                 yield deferLater(gateway.clock, delay, lambda: None)
+
+
+#: What a write-back waits out: CouchDB down, or refusing the credentials for a while.
+_WAIT_OUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, Unauthorized, Forbidden)
 
 
 def _first(
@@ -793,7 +819,7 @@ def _release(result: Any, slots: DeferredSemaphore) -> Any:
 
 def _log_error(failure: Failure, what: str) -> None:
     """Log an expected error (CouchDB or the network) in one line, anything else in full."""
-    if failure.check(CouchError, ConnectionError, OSError, TimeoutError):
+    if failure.check(CouchError, *UNAVAILABLE):
         log.warn("{what}: {error}", what=what, error=_describe(failure.value))
     elif not failure.check(CancelledError):
         log.failure(what, failure)

@@ -191,7 +191,7 @@ def _path(path: list[Any]) -> str:
 def short(value: Any, limit: int = 80, quote: bool = True) -> str:
     """A value for an error message (a string quoted, unless told not to), cut to C{limit}."""
     if isinstance(value, str):
-        text = repr(value) if quote else value
+        text = repr(value) if quote else repr(value)[1:-1]
     else:
         text = json.dumps(value, ensure_ascii=False, default=str)
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -222,6 +222,8 @@ def call_of(doc: Doc) -> Call:
 
 def json_kind(value: Any) -> str:
     """What kind of JSON value this is, for error messages: "a string", "an array", ..."""
+    if value == "":
+        return "an empty string"
     return {
         bool: "a boolean",
         int: "a number",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from suds import WebFault
 from suds.cache import NoCache
@@ -289,7 +290,17 @@ class SoapTarget:
         return {"timeout": self.timeout, "cache": NoCache()}
 
     def _build(self, url: str) -> tuple[Client, dict[str, list[Param]]]:
+        """Load the WSDL, and check that the service it names accepts connections."""
         client = Client(url, **self._options())
+        location = urlsplit(client.wsdl.services[0].ports[0].location)
+        port = location.port or (443 if location.scheme == "https" else 80)
+        try:
+            socket.create_connection((location.hostname, port), min(self.timeout, 10)).close()
+        except OSError as e:
+            raise Unreachable(
+                f"the service at {location.hostname}:{port} does not accept connections: "
+                f"{_oserror_text(e)}"
+            ) from None
         return client, _operations(client)
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
@@ -361,6 +372,14 @@ class SoapTarget:
             if _unreachable(e):
                 raise Unreachable(_oserror_text(e)) from None
             raise Transient(_oserror_text(e)) from None
+        except Exception as e:
+            status = _http_status(e)
+            if status is None:
+                raise
+            text = f"the target answered HTTP {status[0]} ({status[1]})"
+            if status[0] >= 500 or status[0] in (408, 429):
+                raise Transient(text) from None
+            raise RuntimeError(text) from None
         return to_json(answer)
 
     def describe(self) -> dict[str, Any]:
@@ -376,6 +395,15 @@ class SoapTarget:
                 for name, params in sorted(self.operations.items())
             },
         }
+
+
+def _http_status(error: Exception) -> tuple[int, str] | None:
+    """The HTTP status of a reply suds refused (it raises a bare C{Exception((status, text))})."""
+    if type(error) is Exception and len(error.args) == 1:
+        status = error.args[0]
+        if isinstance(status, tuple) and len(status) == 2 and isinstance(status[0], int):
+            return status[0], str(status[1])
+    return None
 
 
 def _unreachable(error: Exception) -> bool:

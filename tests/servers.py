@@ -91,18 +91,25 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
-def start_pouchdb(port: int | None = None) -> tuple[str, subprocess.Popen[bytes]]:
-    """A new in-memory PouchDB Server; answers its URL and process (the caller stops it)."""
+def start_pouchdb(
+    port: int | None = None, folder: str | None = None, wait: bool = True
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """
+    A new PouchDB Server, in memory, or with its data in C{folder} (so that it survives being
+    killed and started again there); answers its URL and process (the caller stops it).
+    """
     port = port or free_port()
-    folder = tempfile.mkdtemp(prefix="couchgw-pouchdb-")
+    storage = ["--dir", folder] if folder else ["--in-memory"]
+    folder = folder or tempfile.mkdtemp(prefix="couchgw-pouchdb-")
     process = subprocess.Popen(
-        [find_executable(), "--port", str(port), "--host", "127.0.0.1", "--in-memory", "-n"],
+        [find_executable(), "--port", str(port), "--host", "127.0.0.1", *storage, "-n"],
         cwd=folder,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http("GET", url, timeout=2)[0] == 200, 60, f"PouchDB Server at {url}")
+    if wait:
+        wait_until(lambda: http("GET", url, timeout=2)[0] == 200, 60, f"PouchDB Server at {url}")
     return url, process
 
 
@@ -128,28 +135,42 @@ def new_db_url(prefix: str = "test") -> str:
     return f"{couch_url()}/{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def start_demo(log: Path, delay: float = 0.1) -> tuple[str, subprocess.Popen[bytes]]:
+def start_demo(log: Path, delay: float = 0.1, port: int = 0) -> tuple[str, subprocess.Popen[bytes]]:
     """
-    The demo SOAP service in its own process, logging each call to C{log}; answers its WSDL URL
-    and process (the caller stops it).
+    The demo SOAP service in its own process, logging each call to C{log} (appended); answers
+    its WSDL URL and process (the caller stops it).
     """
-    with log.open("wb") as out:
+    seen = len(_urls(log)) if log.exists() else 0
+    with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "couchgw.demo", "--port", "0", "--delay", str(delay)],
+            [
+                sys.executable,
+                "-u",
+                "-m",
+                "couchgw.demo",
+                "--port",
+                str(port),
+                "--delay",
+                str(delay),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
 
     def url() -> str | None:
-        for line in log.read_text().splitlines():
-            if line.startswith("http://"):
-                return line.strip()
+        urls = _urls(log)
+        if len(urls) > seen:
+            return urls[-1].strip()
         if process.poll() is not None:
             raise AssertionError(f"the demo service exited: {log.read_text()}")
         return None
 
     return wait_until(url, 30, "the demo service"), process
+
+
+def _urls(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("http://")]
 
 
 def demo_wsdl() -> str:

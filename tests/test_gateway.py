@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
 from couchgw import design
-from couchgw.couch import Conflict, Database, NotFound, connection_pool
+from couchgw.couch import UNAVAILABLE, Conflict, Database, NotFound, connection_pool
 from couchgw.gateway import CHECKPOINT_ID, Gateway
 from couchgw.soap import SoapTarget
 from couchgw.threads import ThreadPoolService
@@ -55,9 +55,9 @@ class GatewayTestCase(TestCase):
         while reactor.seconds() < deadline:
             try:
                 last = yield check()
-            except NotFound:
-                last = None
-            if last:
+            except (NotFound, *UNAVAILABLE) as e:
+                last = e
+            if last and not isinstance(last, Exception):
                 return last
             yield deferLater(reactor, 0.05, lambda: None)
         self.fail(f"timed out waiting for {what} (last: {last!r})")

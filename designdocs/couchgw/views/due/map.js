@@ -1,8 +1,8 @@
 function (doc) {
   // Work that is due, keyed by when it is due (milliseconds since the epoch; 0 for new
   // messages). The value is [size, depth]: the document's JSON length and how deeply it nests
-  // (counted up to 100), so that the gateway can reject a message too big or too deep to read
-  // without reading it.
+  // (counted up to 100; 100 also when it is too deep to write out), so that the gateway can
+  // reject a message too big or too deep to read without reading it.
   if (doc.type !== "message") return;
   var statuses = ["dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
   var at = null;
@@ -22,5 +22,11 @@ function (doc) {
     if (next.length) depth++;
     level = next;
   }
-  emit(at, [JSON.stringify(doc).length, depth]);
+  var size = null;
+  try {
+    size = JSON.stringify(doc).length;
+  } catch (e) {
+    depth = 100; // too deep even for the view server to write out
+  }
+  emit(at, [size, depth]);
 }

@@ -1,0 +1,145 @@
+"""
+Drain a backlog: N messages written before couchgw starts, and couchgw's memory while it drains.
+
+    .venv/bin/python bench/backlog.py                    # 100,000 messages
+    .venv/bin/python bench/backlog.py --messages 10000
+
+Real processes on localhost: PouchDB Server (in memory), the demo SOAP service and one couchgw
+(twistd).  The messages are written first (ping, answered at once); then couchgw starts and the
+run samples its resident memory (VmRSS) until every message is forwarded.  It prints the peak
+and exits 0 if it stayed under --max-rss megabytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.chaos import TWISTD, Process, up  # noqa: E402
+from couchgw.embedded import find_executable  # noqa: E402
+from tests.servers import free_port, http, wait_until  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--max-inflight", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=20)
+    parser.add_argument("--max-rss", type=float, default=200.0, help="megabytes")
+    options = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="couchgw-backlog-"))
+    couch_port, demo_port, api_port = free_port(), free_port(), free_port()
+    couch = f"http://127.0.0.1:{couch_port}"
+    db = f"{couch}/backlog"
+    pouchdb = Process(
+        "CouchDB",
+        [
+            find_executable(),
+            "--port",
+            str(couch_port),
+            "--host",
+            "127.0.0.1",
+            "--no-stdout-logs",
+            "--in-memory",
+        ],
+        folder / "pouchdb.log",
+        cwd=folder,
+    )
+    demo = Process(
+        "target",
+        [sys.executable, "-u", "-m", "couchgw.demo", "--port", str(demo_port)],
+        folder / "demo.log",
+    )
+    gateway = Process(
+        "couchgw",
+        [
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "couchgw",
+            "--couch",
+            db,
+            "--target",
+            f"http://127.0.0.1:{demo_port}/?wsdl",
+            "--threads",
+            str(options.threads),
+            "--max-inflight",
+            str(options.max_inflight),
+            "--http",
+            f"tcp:{api_port}:interface=127.0.0.1",
+        ],
+        folder / "couchgw.log",
+    )
+    try:
+        pouchdb.start()
+        wait_until(lambda: up(couch), 60, "CouchDB")
+        demo.start()
+        wait_until(lambda: up(f"http://127.0.0.1:{demo_port}/?wsdl"), 30, "the target")
+        http("PUT", db)
+        started = time.monotonic()
+        for first in range(0, options.messages, 1000):
+            docs = [
+                {"_id": f"b{i:07d}", "type": "message", "operation": "ping", "text": f"m{i}"}
+                for i in range(first, min(first + 1000, options.messages))
+            ]
+            status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)
+            assert status == 201, status
+        print(f"{options.messages} messages written in {time.monotonic() - started:.1f}s")
+
+        gateway.start()
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        started = time.monotonic()
+        peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
+        while forwarded < options.messages:
+            if gateway.process.poll() is not None:
+                raise SystemExit(f"couchgw exited; see {folder / 'couchgw.log'}")
+            rss = rss_mb(pid)
+            peak = max(peak, rss)
+            samples.append(rss)
+            now = time.monotonic() - started
+            if now - last_report >= 10:
+                last_report = now
+                try:
+                    _, body = http(
+                        "GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=60
+                    )
+                    forwarded = {r["key"]: r["value"] for r in body["rows"]}.get("forwarded", 0)
+                except OSError:
+                    pass
+                print(
+                    f"{now:7.1f}s forwarded {forwarded:7d}  rss {rss:6.1f} MB  peak {peak:6.1f} MB"
+                )
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        report = {
+            "messages": options.messages,
+            "seconds": round(took, 1),
+            "messages per second": round(options.messages / took, 1),
+            "peak rss (MB)": round(peak, 1),
+            "rss after the first 10% of the run (MB)": round(samples[len(samples) // 10], 1),
+            "rss at the end (MB)": round(samples[-1], 1),
+        }
+        print(json.dumps(report, indent=2))
+        return 0 if peak < options.max_rss else 1
+    finally:
+        for process in (gateway, demo, pouchdb):
+            process.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""
+Chaos run: push messages through couchgw while killing it, CouchDB and the target.
+
+    .venv/bin/python bench/chaos.py     # 2000 messages, 10 kills, 2 restarts, a 15 s outage
+    .venv/bin/python bench/chaos.py --messages 300 --kills 3 --outage 5
+
+Everything runs as real processes on localhost: PouchDB Server (data on disk, so that it survives
+its restarts), the demo SOAP service (its log records each activation it starts and finishes) and
+one couchgw (twistd).  While the messages are written, couchgw is killed with SIGKILL and started
+again at random moments, CouchDB is killed and restarted, and the target is taken away for a while.
+Then the run waits until every message is terminal and prints what happened.  It exits 0 when
+every message is terminal and the duplicate calls are no more than the calls that were in flight
+when something was killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from couchgw.embedded import find_executable  # noqa: E402
+from tests.servers import free_port, http, wait_until  # noqa: E402
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+ACTIVATED = re.compile(r"activated network=(\S+)")
+STARTED = re.compile(r"activate network=(\S+)")
+
+
+class Process:
+    """A child process that can be killed and started again with the same command."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path = ROOT) -> None:
+        self.name, self.argv, self.log, self.cwd = name, argv, log, cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
+            )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def up(url: str) -> bool:
+    try:
+        return http("GET", url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--kills", type=int, default=10, help="couchgw SIGKILLs")
+    parser.add_argument("--couch-restarts", type=int, default=2)
+    parser.add_argument("--outage", type=float, default=15.0, help="seconds the target is away")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of chaos")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs)")
+    options = parser.parse_args()
+    rng = random.Random(options.seed)
+    folder = Path(tempfile.mkdtemp(prefix="couchgw-chaos-"))
+    print(f"run folder: {folder}")
+
+    couch_port, demo_port, api_port = free_port(), free_port(), free_port()
+    couch = f"http://127.0.0.1:{couch_port}"
+    db = f"{couch}/chaos"
+    (folder / "couch").mkdir()
+    pouchdb = Process(
+        "CouchDB",
+        [
+            find_executable(),
+            "--port",
+            str(couch_port),
+            "--host",
+            "127.0.0.1",
+            "--no-stdout-logs",
+            "--dir",
+            str(folder / "couch"),
+        ],
+        folder / "pouchdb.log",
+        cwd=folder / "couch",
+    )
+    demo = Process(
+        "target",
+        [sys.executable, "-u", "-m", "couchgw.demo", "--port", str(demo_port), "--delay", "0.05"],
+        folder / "demo.log",
+    )
+    gateway = Process(
+        "couchgw",
+        [
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "couchgw",
+            "--couch",
+            db,
+            "--target",
+            f"http://127.0.0.1:{demo_port}/?wsdl",
+            "--threads",
+            "20",
+            "--lease",
+            "5",
+            "--timeout",
+            "3",
+            "--sweep",
+            "1",
+            "--heartbeat",
+            "1",
+            "--http",
+            f"tcp:{api_port}:interface=127.0.0.1",
+        ],
+        folder / "couchgw.log",
+    )
+    processes = [gateway, demo, pouchdb]
+    try:
+        pouchdb.start()
+        wait_until(lambda: up(couch), 60, "CouchDB")
+        demo.start()
+        wait_until(lambda: up(f"http://127.0.0.1:{demo_port}/?wsdl"), 30, "the target")
+        gateway.start()
+        wait_until(lambda: up(f"http://127.0.0.1:{api_port}/ready"), 60, "couchgw")
+
+        in_flight_at_kills = 0
+
+        def calls_in_flight() -> int:
+            """Messages claimed and not finished: the calls a kill may leave to be made again."""
+            try:
+                _, body = http(
+                    "GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=10
+                )
+                rows = {row["key"]: row["value"] for row in body["rows"]}
+            except (OSError, TypeError, KeyError):
+                return 0
+            return int(rows.get("dispatching", 0))
+
+        def kill_gateway() -> None:
+            nonlocal in_flight_at_kills
+            in_flight_at_kills += calls_in_flight()
+            gateway.kill()
+            time.sleep(rng.uniform(0.2, 2.0))
+            gateway.start()
+
+        def restart_couch() -> None:
+            pouchdb.kill()
+            time.sleep(2.0)
+            pouchdb.start()
+
+        target_back_at: float | None = None
+
+        def take_target_away() -> None:
+            nonlocal in_flight_at_kills, target_back_at
+            in_flight_at_kills += calls_in_flight()
+            demo.kill()
+            target_back_at = time.monotonic() + options.outage
+
+        start = time.monotonic()
+        events = sorted(
+            [(rng.uniform(2, options.duration), "kill", kill_gateway) for _ in range(options.kills)]
+            + [
+                (rng.uniform(5, options.duration), "couch", restart_couch)
+                for _ in range(options.couch_restarts)
+            ]
+            + (
+                [(rng.uniform(5, options.duration / 2), "target", take_target_away)]
+                if options.outage > 0
+                else []
+            ),
+            key=lambda e: e[0],
+        )
+        ids = [f"c{i:05d}" for i in range(options.messages)]
+        batches = [ids[i : i + 25] for i in range(0, len(ids), 25)]
+        interval = options.duration * 0.8 / max(1, len(batches))
+        written = 0
+        while batches or events or target_back_at is not None:
+            now = time.monotonic() - start
+            if target_back_at is not None and time.monotonic() >= target_back_at:
+                demo.start()
+                target_back_at = None
+                print(f"{now:6.1f}s target back")
+            if events and events[0][0] <= now:
+                _, what, action = events.pop(0)
+                print(f"{now:6.1f}s {what}")
+                action()
+                continue
+            if batches and written * interval <= now:
+                batch = batches.pop(0)
+                docs = [
+                    {
+                        "_id": i,
+                        "type": "message",
+                        "operation": "activate",
+                        "args": {"network": i, "count": rng.randint(1, 6)},
+                    }
+                    for i in batch
+                ]
+                try:
+                    status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=10)
+                except OSError:
+                    status = 0
+                if status in (200, 201):
+                    written += 1
+                else:
+                    batches.insert(0, batch)  # CouchDB is down: write it again soon
+                continue
+            time.sleep(0.05)
+
+        print(f"{time.monotonic() - start:6.1f}s all written; waiting for every message to end")
+
+        def counts() -> dict[str, int]:
+            _, body = http("GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=30)
+            return {row["key"]: row["value"] for row in body["rows"]}
+
+        def all_terminal() -> bool:
+            done = counts()
+            return sum(
+                done.get(s, 0) for s in ("forwarded", "failed", "rejected", "cancelled")
+            ) >= len(ids)
+
+        try:
+            wait_until(all_terminal, 600, "every message to end")
+        except AssertionError as e:
+            print(e)
+        took = time.monotonic() - start
+        by_status = counts()
+        gateway.stop()
+        demo.stop()
+
+        log = (folder / "demo.log").read_text(errors="replace")
+        started = Counter(STARTED.findall(log))
+        finished = Counter(ACTIVATED.findall(log))
+        duplicates = sum(n - 1 for n in finished.values() if n > 1)
+        terminal = sum(
+            by_status.get(s, 0) for s in ("forwarded", "failed", "rejected", "cancelled")
+        )
+        report = {
+            "messages": len(ids),
+            "terminal": terminal,
+            "stuck": len(ids) - terminal,
+            "by_status": by_status,
+            "calls at the target": sum(started.values()),
+            "calls finished at the target": sum(finished.values()),
+            "duplicate calls": duplicates,
+            "calls in flight at kills": in_flight_at_kills,
+            "couchgw kills": options.kills,
+            "CouchDB restarts": options.couch_restarts,
+            "target outage (s)": options.outage,
+            "seconds": round(took, 1),
+        }
+        print(json.dumps(report, indent=2))
+        ok = terminal == len(ids) and duplicates <= in_flight_at_kills
+        print("OK" if ok else "FAILED")
+        return 0 if ok else 1
+    finally:
+        for process in processes:
+            process.stop()
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
