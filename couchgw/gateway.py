@@ -561,6 +561,9 @@ class Gateway(Service):
                 return None
             claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
             try:
+                if not self.running:  # stopping began while the claim was written: give it back
+                    yield claim.finish(message.released(doc, self.clock.seconds()))
+                    return claimed
                 started = self.clock.seconds()
                 call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"])
                 call.addBoth(_release, slots)  # the slot is free once the call has really ended

@@ -249,6 +249,17 @@ def claimed(doc: Doc, by: str, now: float, lease: float) -> dict[str, Any]:
     }
 
 
+def released(before: Doc, now: float) -> dict[str, Any]:
+    """Undo a claim whose call was never started: the message is as it was before."""
+    fields = {key: before.get(key) for key in ("status", "attempts", "dispatched_at", "error")}
+    return {
+        **fields,
+        "next_attempt_at": before.get("next_attempt_at"),
+        "claim": None,
+        "updated_at": iso(now),
+    }
+
+
 def _terminal(status: str, now: float, **fields: Any) -> dict[str, Any]:
     return {
         "status": status,

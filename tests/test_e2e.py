@@ -201,3 +201,89 @@ def test_designdocs_push_command(tmp_path: Path) -> None:
     )
     assert dead.returncode == 1
     assert dead.stderr.startswith("couchgw: ") and len(dead.stderr.strip().splitlines()) == 1
+
+
+def activations(log: Path, prefix: str) -> Counter[str]:
+    """How many times the demo finished activating each network (a message id)."""
+    return Counter(
+        line.split("activated network=")[1].split()[0]
+        for line in log.read_text().splitlines()
+        if f"activated network={prefix}" in line
+    )
+
+
+def activation_docs(ids: list[str], count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "_id": i,
+            "type": "message",
+            "operation": "activate",
+            "args": {"network": i, "count": count},
+        }
+        for i in ids
+    ]
+
+
+def test_three_gateways_share_a_database(tmp_path: Path, gateways: Any) -> None:
+    """Three processes on one database forward 1000 messages, none of them twice."""
+    wsdl, demo = start_demo(tmp_path / "demo.log", delay=0.01)
+    try:
+        db = new_db_url("three")
+        started = [
+            gateways("--couch", db, "--target", wsdl, "--threads", "10", "--sweep", "2")
+            for _ in range(3)
+        ]
+        for gateway in started:
+            gateway.wait_ready()
+        ids = [f"three-{i:04d}" for i in range(1000)]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": activation_docs(ids, 1)})
+        assert status == 201
+        finished = wait_terminal(db, ids, 240)
+        assert {d["status"] for d in finished.values()} == {"forwarded"}
+        assert {d["attempts"] for d in finished.values()} == {1}
+        calls = activations(tmp_path / "demo.log", "three-")
+        assert set(calls) == set(ids)
+        assert max(calls.values()) == 1
+        shares = [
+            http("GET", f"{g.api}/status")[1]["finished_here"].get("forwarded", 0) for g in started
+        ]
+        assert sum(shares) == 1000
+    finally:
+        stop(demo)
+
+
+def test_sigterm_mid_run_loses_nothing(tmp_path: Path, gateways: Any) -> None:
+    """SIGTERM: calls end or are given back within --grace; the next start finishes the rest."""
+    wsdl, demo = start_demo(tmp_path / "demo.log", delay=0.1)
+    try:
+        db = new_db_url("sigterm")
+        first = gateways("--couch", db, "--target", wsdl, "--threads", "4", "--grace", "1")
+        first.wait_ready()
+        ids = [f"term-{i:02d}" for i in range(20)]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": activation_docs(ids, 15)})
+        assert status == 201
+
+        def some_forwarded() -> bool:
+            _, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+            return any(row["doc"].get("status") == "forwarded" for row in body["rows"])
+
+        wait_until(some_forwarded, 60, "the first messages to be forwarded")
+        stopping = time.monotonic()
+        assert first.terminate() == -signal.SIGTERM
+        assert time.monotonic() - stopping < 10
+        _, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+        statuses = Counter(row["doc"].get("status") for row in body["rows"])
+        assert "dispatching" not in statuses, statuses  # nothing left claimed
+        assert statuses["forwarded"] < len(ids)
+
+        second = gateways("--couch", db, "--target", wsdl, "--threads", "10")
+        finished = wait_terminal(db, ids, 90)
+        assert {d["status"] for d in finished.values()} == {"forwarded"}
+        calls = activations(tmp_path / "demo.log", "term-")
+        assert set(calls) == set(ids)
+        given_back = [i for i in ids if finished[i]["attempts"] == 2]
+        assert len(given_back) <= 4  # at most the calls in flight at the stop
+        assert all(calls[i] == 1 for i in ids if i not in given_back)
+        second.terminate()
+    finally:
+        stop(demo)

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from couchgw.interfaces import Fault, IRunner, ITarget, Transient
+from couchgw.interfaces import Fault, IRunner, ITarget, Unreachable
 from couchgw.message import Rejected
 from couchgw.soap import SoapTarget, clone, to_json
 from tests.servers import demo_wsdl, free_port
@@ -122,16 +122,29 @@ def test_fault_is_final(target: SoapTarget) -> None:
         result(target.call(target.prepare("refuse", {"reason": "not today"}), "m"))
 
 
-def test_unreachable_target_is_transient(tmp_path: Path) -> None:
-    """A WSDL whose service address has no server behind it."""
+def test_unreachable_service_is_not_ready(tmp_path: Path) -> None:
+    """A WSDL whose service address has no server behind it: the route does not get ready."""
     wsdl = urllib.request.urlopen(demo_wsdl()).read().decode()
     live = wsdl.split('location="', 1)[1].split('"', 1)[0]
     dead_wsdl = tmp_path / "dead.wsdl"
     dead_wsdl.write_text(wsdl.replace(live, f"http://127.0.0.1:{free_port()}/"))
     dead = SoapTarget("dead", dead_wsdl.as_uri(), SyncRunner(), timeout=5)
-    result(dead.load())
-    with pytest.raises(Transient, match="refused"):
-        result(dead.call(dead.prepare("ping", []), "m"))
+    with pytest.raises(Unreachable, match="does not accept connections"):
+        result(dead.load())
+    assert dead.state == "unavailable"
+
+
+def test_target_gone_after_loading_is_unreachable() -> None:
+    """Connection refused on a call: L{Unreachable} (the route is down, not just this call)."""
+
+    class Gone(SoapTarget):
+        def _options(self) -> dict[str, Any]:
+            return {**super()._options(), "location": f"http://127.0.0.1:{free_port()}/"}
+
+    gone = Gone("gone", demo_wsdl(), SyncRunner(), timeout=5)
+    result(gone.load())
+    with pytest.raises(Unreachable, match="refused"):
+        result(gone.call(gone.prepare("ping", []), "m"))
 
 
 def test_missing_wsdl_leaves_target_unavailable() -> None:
@@ -148,7 +161,7 @@ def test_missing_wsdl_leaves_target_unavailable() -> None:
         (
             "nosuch",
             {},
-            "route 'default' has no operation 'nosuch' \\(it has: activate, ping, refuse\\)",
+            "route 'default' has no operation 'nosuch' \\(it has: activate, configure, ping, refuse\\)",
         ),
         (None, {}, "operation is missing, and route 'default' names no default"),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -169,7 +170,7 @@ def test_call_of(doc: dict, expected: message.Call) -> None:
     ("doc", "reason"),
     [
         ({"operation": 5}, "operation must be a non-empty string, not a number"),
-        ({"operation": ""}, "operation must be a non-empty string, not a string"),
+        ({"operation": ""}, "operation must be a non-empty string, not an empty string"),
         ({"operation": "a", "args": "x=1"}, "args must be an object .* not a string"),
         ({"operation": "a", "args": None}, "args must be an object .* not null"),
         ({"operation": "a", "target": ["r"]}, "target must be a route name .* not an array"),
@@ -199,3 +200,71 @@ def test_transitions() -> None:
     assert message.due(done, NOW + 1000) is None
     failed = message.apply(again, message.failed("fault", "no", NOW))
     assert failed["error"] == {"kind": "fault", "message": "no"}
+
+
+def test_a_claim_given_back_before_its_call_restores_the_message() -> None:
+    new = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping"}
+    claimed = message.apply(new, message.claimed(new, "gw", NOW, 60))
+    undone = message.apply(claimed, message.released(new, NOW + 1))
+    assert {k: v for k, v in undone.items() if k != "updated_at"} == new
+    assert message.due(undone, NOW + 1) == "new"
+    retry = message.apply(claimed, message.retrying("transient", "reset", NOW, 5))
+    claimed = message.apply(retry, message.claimed(retry, "gw", NOW + 6, 60))
+    undone = message.apply(claimed, message.released(retry, NOW + 7))
+    assert {k: v for k, v in undone.items() if k != "updated_at"} == {
+        k: v for k, v in retry.items() if k != "updated_at"
+    }
+
+
+# -- unreadable changes ------------------------------------------------------------------------
+
+
+def test_unreadable_change_from_couchdb_and_pouchdb_lines() -> None:
+    """The seq, id and revision of a change too large or deep to decode, from either layout."""
+    from couchgw.feed import _unreadable
+
+    couch = b'{"seq":"12-g1AAA\\"x","id":"a\\"b","changes":[{"rev":"1-abc"}],"doc":{"x":[[['
+    assert _unreadable(couch, b"]]]}}", "too deep") == {
+        "seq": '12-g1AAA"x',
+        "id": 'a"b',
+        "changes": [{"rev": "1-abc"}],
+        "unreadable": "too deep",
+    }
+    pouch_head = b'{"id":"big","changes":[{"rev":"2-def"}],"doc":{"text":"xxxx'
+    assert _unreadable(pouch_head, b'xxx","_id":"big","_rev":"2-def"},"seq":41}', "too large") == {
+        "seq": 41,
+        "id": "big",
+        "changes": [{"rev": "2-def"}],
+        "unreadable": "too large",
+    }
+    assert _unreadable(b'{"doc":{}}', b"}", "too deep") is None
+
+
+def test_suds_http_status_errors() -> None:
+    from couchgw.soap import _http_status
+
+    assert _http_status(Exception((503, "Service Unavailable"))) == (503, "Service Unavailable")
+    assert _http_status(Exception("other")) is None
+    assert _http_status(ValueError((503, "x"))) is None
+
+
+def test_first_of_a_call_and_its_deadline() -> None:
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.task import Clock
+
+    from couchgw.gateway import _first
+    from couchgw.interfaces import Transient
+
+    clock = Clock()
+    call: Deferred[str] = Deferred()
+    out = _first(call, 5, clock, Transient("no answer within 5s"))
+    failures: list[Any] = []
+    out.addErrback(failures.append)
+    clock.advance(5)
+    assert failures and failures[0].check(Transient)
+    call.errback(RuntimeError("late"))  # consumed: no unhandled error
+    assert clock.getDelayedCalls() == []
+    answered = _first(succeed("ok"), 5, clock)
+    results: list[Any] = []
+    answered.addCallback(results.append)
+    assert results == ["ok"] and clock.getDelayedCalls() == []
