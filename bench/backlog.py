@@ -105,27 +105,28 @@ def main() -> int:
         pid = gateway.process.pid
         started = time.monotonic()
         peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
+        log = folder / "couchgw.log"
+        reader, carry = log.open("rb"), b""
         while forwarded < options.messages:
             if gateway.process.poll() is not None:
-                raise SystemExit(f"couchgw exited; see {folder / 'couchgw.log'}")
+                raise SystemExit(f"couchgw exited; see {log}")
             rss = rss_mb(pid)
             peak = max(peak, rss)
             samples.append(rss)
+            # couchgw logs each outcome; counting those lines costs CouchDB nothing
+            text = carry + reader.read()
+            cut = text.rfind(b"\n") + 1
+            forwarded += text[:cut].count(b" forwarded on route ")
+            carry = text[cut:]
             now = time.monotonic() - started
             if now - last_report >= 10:
                 last_report = now
-                try:
-                    _, body = http(
-                        "GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=60
-                    )
-                    forwarded = {r["key"]: r["value"] for r in body["rows"]}.get("forwarded", 0)
-                except OSError:
-                    pass
                 print(
                     f"{now:7.1f}s forwarded {forwarded:7d}  rss {rss:6.1f} MB  peak {peak:6.1f} MB"
                 )
             time.sleep(0.5)
         took = time.monotonic() - started
+        reader.close()
         report = {
             "messages": options.messages,
             "seconds": round(took, 1),
@@ -134,6 +135,8 @@ def main() -> int:
             "rss after the first 10% of the run (MB)": round(samples[len(samples) // 10], 1),
             "rss at the end (MB)": round(samples[-1], 1),
         }
+        _, body = http("GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=600)
+        report["by status"] = {row["key"]: row["value"] for row in body["rows"]}
         print(json.dumps(report, indent=2))
         return 0 if peak < options.max_rss else 1
     finally:

@@ -262,6 +262,7 @@ class Database:
         path: str,
         body: Any = None,
         params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Deferred[IResponse]:
         """Send one request; the answer's body is read in full."""
         headers, data = _encode(body)
@@ -273,7 +274,7 @@ class Database:
                 data=data,
                 headers=headers,
                 auth=self._auth,
-                timeout=self._timeout,
+                timeout=timeout or self._timeout,
             ),
         )
 
@@ -284,9 +285,10 @@ class Database:
         path: str,
         body: Any = None,
         params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send one request and decode the JSON answer; an error status raises L{CouchError}."""
-        response = yield self.request(method, path, body, params)
+        response = yield self.request(method, path, body, params, timeout)
         content = yield response.content()
         try:
             decoded = json.loads(content) if content else None
@@ -349,9 +351,18 @@ class Database:
             params,
         )
 
-    def view(self, ddoc: str, view: str, **params: Any) -> Deferred[Doc]:
+    def view(
+        self, ddoc: str, view: str, timeout: float | None = None, **params: Any
+    ) -> Deferred[Doc]:
+        """
+        Query a view.  C{timeout} may be longer than the others': a view's index is brought up
+        to date first, which takes a while on a large database that changed a lot.
+        """
         return self.json(
-            "GET", f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}", params=params
+            "GET",
+            f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}",
+            params=params,
+            timeout=timeout,
         )
 
     def changes(self, params: Mapping[str, Any], body: Any = None) -> Deferred[IResponse]:

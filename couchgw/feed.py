@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from couchgw.couch import Database, error_for
-from couchgw.framing import LineFramer, Oversize
+from couchgw.framing import HEAD, TAIL, LineFramer, Oversize
 from couchgw.timing import Backoff
 
 log = Logger()
@@ -266,7 +266,7 @@ class ChangesFeed:
                 try:
                     change = json.loads(line)
                 except RecursionError:
-                    change = _unreadable(line[:8192], line[-512:], "too deep")
+                    change = _unreadable(line[:HEAD], line[-TAIL:], "too deep")
                 except ValueError:
                     change = None
             if not isinstance(change, dict):

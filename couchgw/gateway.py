@@ -81,6 +81,8 @@ def supports_selector(welcome: Mapping[str, Any]) -> bool:
 
 #: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
 CALL_MARGIN = 5.0
+#: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
+SWEEP_TIMEOUT = 600.0
 #: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
 UNREADABLE_DEPTH = 100
 
@@ -147,7 +149,11 @@ class Gateway(Service):
         self._starting: Deferred[None] | None = None
         self._loading: dict[str, Deferred[None]] = {}
         self._sweeping: Deferred[None] | None = None
+        self._query: Deferred[Doc] | None = None
         self._closed = False
+        #: Messages waiting for their route to get ready, by route (at most a share of
+        #: C{max_inflight} each, so that a route that is down cannot hold every slot).
+        self._waiting: dict[str, list[Deferred[None]]] = {}
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -273,8 +279,23 @@ class Gateway(Service):
                 )
                 yield deferLater(self.clock, delay, lambda: None)
             else:
+                self._route_ready(target.name)
                 self.sweep_soon()
                 return
+
+    def _wait_for_route(self, target: ITarget) -> Deferred[None] | None:
+        """A Deferred that fires when the route is ready, or None if too many wait already."""
+        waiting = self._waiting.setdefault(target.name, [])
+        if len(waiting) >= max(1, self.max_inflight // len(self.targets)):
+            return None
+        waiter: Deferred[None] = Deferred()
+        waiting.append(waiter)
+        return waiter
+
+    def _route_ready(self, name: str) -> None:
+        """Let the messages waiting for a route go on (or, when stopping, end)."""
+        for waiter in self._waiting.pop(name, []):
+            waiter.callback(None)
 
     def _route_down(self, target: ITarget, reason: str) -> None:
         if target.state == "ready":
@@ -302,6 +323,10 @@ class Gateway(Service):
         self._timers.clear()
         if self.feed is not None:
             self.feed.stop()
+        for name in list(self._waiting):
+            self._route_ready(name)
+        if self._query is not None:
+            self._query.cancel()  # a sweep may wait minutes for its view
         if self._sweeping is not None:
             yield self._sweeping
         if self.active:
@@ -437,7 +462,7 @@ class Gateway(Service):
                 if not self._room():
                     break
                 try:
-                    result = yield self.db.view(design.DDOC, "due", **params)
+                    result = yield self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
                 except NotFound:
                     yield self._recover()
                     return
@@ -464,6 +489,7 @@ class Gateway(Service):
                 last = rows[-1]
                 params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
         finally:
+            self._query = None
             sweeping, self._sweeping = self._sweeping, None
             sweeping.callback(None)
 
@@ -518,7 +544,11 @@ class Gateway(Service):
                             f"(routes: {', '.join(sorted(self.targets))})"
                         )
                     if target.state != "ready":
-                        return  # the sweep looks again once the route has loaded
+                        waiter = self._wait_for_route(target)
+                        if waiter is None:
+                            return  # no room to wait: the sweep looks again once it is up
+                        yield waiter
+                        continue
                     prepared = target.prepare(call.operation, call.args)
                 except Rejected as e:
                     written = yield self._transition(doc, message.rejected(str(e), now))
@@ -845,6 +875,11 @@ def _unless_cancelled(failure: Failure, what: str) -> None:
 
 def _describe(error: BaseException) -> str:
     """A one-line description of an error, without the URL's credentials."""
+    reasons = getattr(error, "reasons", None)  # twisted.web's ResponseFailed and kin
+    if reasons and isinstance(reasons[0], Failure):
+        error = reasons[0].value
+    if isinstance(error, CancelledError):
+        return "no answer in time"
     text = str(error) or type(error).__name__
     if isinstance(error, CouchError):
         return text

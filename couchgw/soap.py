@@ -150,8 +150,8 @@ class Param:
             return None if ok else "a boolean"
         if self.type in _TIME_TYPES:
             try:
-                _TIME_TYPES[self.type](value)
-            except (TypeError, ValueError):
+                _TIME_TYPES[self.type](value if isinstance(value, str) else "")
+            except ValueError:
                 return f"an ISO-8601 {self.type} text"
             return None
         ok = isinstance(value, str) or (

@@ -133,6 +133,10 @@ CORPUS: dict[str, tuple[dict[str, Any], str]] = {
         msg(operation="configure", args={"device": "d", "at": "next tuesday"}),
         "argument 'at' of operation 'configure' must be an ISO-8601 dateTime text, not a string",
     ),
+    "datetime-number": (
+        msg(operation="configure", args={"device": "d", "at": 1795845123}),
+        "argument 'at' of operation 'configure' must be an ISO-8601 dateTime text, not a number",
+    ),
     "string-object": (
         msg(operation="configure", args={"device": {"name": "d"}}),
         "argument 'device' of operation 'configure' must be a string (string), not an object",
