@@ -22,9 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chaos import TWISTD, Process, up  # noqa: E402
-from couchgw.embedded import find_executable  # noqa: E402
-from tests.servers import free_port, http, wait_until  # noqa: E402
+from bench import processes  # noqa: E402
+from tests.servers import free_port, http  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -45,50 +44,18 @@ def main() -> int:
     couch_port, demo_port, api_port = free_port(), free_port(), free_port()
     couch = f"http://127.0.0.1:{couch_port}"
     db = f"{couch}/backlog"
-    pouchdb = Process(
-        "CouchDB",
-        [
-            find_executable(),
-            "--port",
-            str(couch_port),
-            "--host",
-            "127.0.0.1",
-            "--no-stdout-logs",
-            "--in-memory",
-        ],
-        folder / "pouchdb.log",
-        cwd=folder,
-    )
-    demo = Process(
-        "target",
-        [sys.executable, "-u", "-m", "couchgw.demo", "--port", str(demo_port)],
-        folder / "demo.log",
-    )
-    gateway = Process(
-        "couchgw",
-        [
-            TWISTD,
-            "--nodaemon",
-            "--pidfile=",
-            "couchgw",
-            "--couch",
-            db,
-            "--target",
-            f"http://127.0.0.1:{demo_port}/?wsdl",
-            "--threads",
-            str(options.threads),
-            "--max-inflight",
-            str(options.max_inflight),
-            "--http",
-            f"tcp:{api_port}:interface=127.0.0.1",
-        ],
-        folder / "couchgw.log",
+    pouchdb = processes.couch(folder, couch_port, on_disk=False)
+    demo = processes.demo(folder, demo_port, delay=0.1)
+    gateway = processes.gateway(
+        folder,
+        db,
+        demo_port,
+        api_port,
+        *("--threads", str(options.threads), "--max-inflight", str(options.max_inflight)),
     )
     try:
-        pouchdb.start()
-        wait_until(lambda: up(couch), 60, "CouchDB")
-        demo.start()
-        wait_until(lambda: up(f"http://127.0.0.1:{demo_port}/?wsdl"), 30, "the target")
+        pouchdb.start(wait=True)
+        demo.start(wait=True)
         http("PUT", db)
         started = time.monotonic()
         for first in range(0, options.messages, 1000):

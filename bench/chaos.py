@@ -20,8 +20,6 @@ import json
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,46 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from couchgw.embedded import find_executable  # noqa: E402
+from bench import processes  # noqa: E402
 from tests.servers import free_port, http, wait_until  # noqa: E402
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
 ACTIVATED = re.compile(r"activated network=(\S+)")
 STARTED = re.compile(r"activate network=(\S+)")
-
-
-class Process:
-    """A child process that can be killed and started again with the same command."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path = ROOT) -> None:
-        self.name, self.argv, self.log, self.cwd = name, argv, log, cwd
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
-            )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def up(url: str) -> bool:
-    try:
-        return http("GET", url, timeout=2)[0] == 200
-    except OSError:
-        return False
 
 
 def main() -> int:
@@ -90,61 +53,20 @@ def main() -> int:
     couch_port, demo_port, api_port = free_port(), free_port(), free_port()
     couch = f"http://127.0.0.1:{couch_port}"
     db = f"{couch}/chaos"
-    (folder / "couch").mkdir()
-    pouchdb = Process(
-        "CouchDB",
-        [
-            find_executable(),
-            "--port",
-            str(couch_port),
-            "--host",
-            "127.0.0.1",
-            "--no-stdout-logs",
-            "--dir",
-            str(folder / "couch"),
-        ],
-        folder / "pouchdb.log",
-        cwd=folder / "couch",
+    pouchdb = processes.couch(folder, couch_port, on_disk=True)
+    demo = processes.demo(folder, demo_port, delay=0.05)
+    gateway = processes.gateway(
+        folder,
+        db,
+        demo_port,
+        api_port,
+        *("--threads", "20", "--lease", "5", "--timeout", "3", "--sweep", "1"),
+        *("--heartbeat", "1"),
     )
-    demo = Process(
-        "target",
-        [sys.executable, "-u", "-m", "couchgw.demo", "--port", str(demo_port), "--delay", "0.05"],
-        folder / "demo.log",
-    )
-    gateway = Process(
-        "couchgw",
-        [
-            TWISTD,
-            "--nodaemon",
-            "--pidfile=",
-            "couchgw",
-            "--couch",
-            db,
-            "--target",
-            f"http://127.0.0.1:{demo_port}/?wsdl",
-            "--threads",
-            "20",
-            "--lease",
-            "5",
-            "--timeout",
-            "3",
-            "--sweep",
-            "1",
-            "--heartbeat",
-            "1",
-            "--http",
-            f"tcp:{api_port}:interface=127.0.0.1",
-        ],
-        folder / "couchgw.log",
-    )
-    processes = [gateway, demo, pouchdb]
+    children = [gateway, demo, pouchdb]
     try:
-        pouchdb.start()
-        wait_until(lambda: up(couch), 60, "CouchDB")
-        demo.start()
-        wait_until(lambda: up(f"http://127.0.0.1:{demo_port}/?wsdl"), 30, "the target")
-        gateway.start()
-        wait_until(lambda: up(f"http://127.0.0.1:{api_port}/ready"), 60, "couchgw")
+        for process in (pouchdb, demo, gateway):
+            process.start(wait=True)
 
         in_flight_at_kills = 0
 
@@ -277,7 +199,7 @@ def main() -> int:
         print("OK" if ok else "FAILED")
         return 0 if ok else 1
     finally:
-        for process in processes:
+        for process in children:
             process.stop()
         if not options.keep:
             shutil.rmtree(folder, ignore_errors=True)
