@@ -34,4 +34,6 @@ class Checkpoint:
         token[1] = True
         pending = self._pending
         while pending and pending[0][1]:
-            self.seq = pending.popleft()[0]
+            seq = pending.popleft()[0]
+            if seq is not None:  # with seq_interval, CouchDB gives most changes no seq
+                self.seq = seq

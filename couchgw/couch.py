@@ -220,6 +220,7 @@ class Database:
     @param url: the database URL, with or without credentials in its user info.
     @param agent: the L{IAgent} requests go through (for instance one with a persistent
         connection pool, or a L{treq.testing.RequestTraversalAgent} in tests).
+    @param client: the treq client over C{agent} (tests pass one that sends bodies at once).
     """
 
     def __init__(
@@ -228,6 +229,7 @@ class Database:
         agent: IAgent,
         credentials: tuple[str, str] | None = None,
         timeout: float = 30.0,
+        client: HTTPClient | None = None,
     ) -> None:
         clean, from_url = split_credentials(url)
         clean = clean.rstrip("/")
@@ -236,7 +238,7 @@ class Database:
         self.server_url = clean.rsplit("/", 1)[0]
         self._auth = credentials or from_url
         self._agent = agent
-        self._http = HTTPClient(agent)
+        self._http = client or HTTPClient(agent)
         self._timeout = timeout
         #: Why CouchDB refuses the credentials (its last 401), until a request succeeds again.
         self.refused: str | None = None
@@ -278,7 +280,6 @@ class Database:
             ),
         )
 
-    @inlineCallbacks
     def json(
         self,
         method: str,
@@ -286,8 +287,20 @@ class Database:
         body: Any = None,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Deferred[Any]:
         """Send one request and decode the JSON answer; an error status raises L{CouchError}."""
+        return self.answer(method, path, body, params, timeout).addCallback(lambda a: a[1])
+
+    @inlineCallbacks
+    def answer(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Like L{json}, but answers C{(status, decoded)}: e.g. 201 or 202 for a write."""
         response = yield self.request(method, path, body, params, timeout)
         content = yield response.content()
         try:
@@ -304,7 +317,7 @@ class Database:
                 self.refused = str(error)
             raise error
         self.refused = None
-        return decoded
+        return response.code, decoded
 
     def welcome(self) -> Deferred[Doc]:
         """The server's welcome document (C{GET /})."""
@@ -328,6 +341,13 @@ class Database:
     def put(self, doc: Doc) -> Deferred[Doc]:
         """Write C{doc} (its C{_rev} must be current); answers C{{"ok", "id", "rev"}}."""
         return self.json("PUT", doc_path(doc["_id"]), doc)
+
+    def write(self, doc: Doc, **params: Any) -> Deferred[tuple[int, Doc]]:
+        """
+        Write C{doc} with parameters (e.g. C{w}); answers C{(status, {"ok", "id", "rev"})}.
+        On a cluster, 201 means C{w} copies took the revision, 202 that fewer did.
+        """
+        return self.answer("PUT", doc_path(doc["_id"]), doc, params)
 
     def post(self, doc: Doc) -> Deferred[Doc]:
         return self.json("POST", "", doc)

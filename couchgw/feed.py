@@ -274,7 +274,8 @@ class ChangesFeed:
                 return
             if "seq" in change:
                 self.backoff.reset()
-                self.since = change["seq"]
+                if change["seq"] is not None:
+                    self.since = change["seq"]
                 self._on_change(change)
             elif "last_seq" in change:
                 self.since = change["last_seq"]

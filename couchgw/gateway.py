@@ -69,6 +69,15 @@ def gateway_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def copies(info: Mapping[str, Any]) -> int:
+    """How many copies of each document the database keeps (C{cluster.n}; 1 without one)."""
+    cluster = info.get("cluster")
+    try:
+        return max(1, int(cluster["n"])) if isinstance(cluster, Mapping) else 1
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
 def supports_selector(welcome: Mapping[str, Any]) -> bool:
     """Whether the server is Apache CouchDB 2 or later (PouchDB Server is not: never send it)."""
     if welcome.get("couchdb") != "Welcome":
@@ -98,6 +107,8 @@ class Gateway(Service):
     @param heartbeat: seconds between the feed's heartbeats.
     @param grace: seconds a stop waits for calls in flight before it gives their messages back.
     @param max_bytes: the largest message (as compact JSON) accepted; larger ones are rejected.
+    @param settle: seconds a claim that fewer than all copies took (on a cluster) waits before
+        it is confirmed.
     """
 
     def __init__(
@@ -116,6 +127,7 @@ class Gateway(Service):
         checkpoint_interval: float = 5.0,
         grace: float = 30.0,
         max_bytes: int = 1024 * 1024,
+        settle: float = 0.5,
     ) -> None:
         self.db = db
         self.targets = dict(targets)
@@ -130,6 +142,9 @@ class Gateway(Service):
         self.checkpoint_interval = checkpoint_interval
         self.grace = grace
         self.max_bytes = max_bytes
+        self.settle = settle
+        #: Copies of each document (C{cluster.n}); 1 on a single node or PouchDB Server.
+        self.copies = 1
         self.checkpoint = Checkpoint()
         self.feed: ChangesFeed | None = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
@@ -177,6 +192,7 @@ class Gateway(Service):
                 if created:
                     log.info("created database {db}", db=self.db.url)
                 yield design.push(self.db)
+                info = yield self.db.info()
                 try:
                     saved = yield self.db.get(CHECKPOINT_ID)
                 except NotFound:
@@ -192,14 +208,19 @@ class Gateway(Service):
         if not self.running:
             return
         self.couch_error = None
+        self.copies = copies(info)
         self.checkpoint = Checkpoint(saved.get("seq"))
         self._saved_seq = self.checkpoint.seq
         self._checkpoint_doc = {"_id": CHECKPOINT_ID, **saved}
+        params: dict[str, Any] = {"conflicts": "true"}
+        body: Any = None
         if supports_selector(welcome):
-            params: dict[str, Any] = {"filter": "_selector"}
-            body: Any = {"selector": NEW_MESSAGES_SELECTOR}
+            # a seq for every change costs a cluster work on a large database: every so often
+            # is enough for the checkpoint (a reconnect replays the rest, which is harmless)
+            params.update(filter="_selector", seq_interval=max(1, self.max_inflight // 2))
+            body = {"selector": NEW_MESSAGES_SELECTOR}
         else:
-            params, body = {"filter": f"{design.DDOC}/new"}, None
+            params["filter"] = f"{design.DDOC}/new"
         self.feed = ChangesFeed(
             self.db,
             self._changed,
@@ -478,20 +499,32 @@ class Gateway(Service):
                         self._track(
                             row["id"], partial(self._reject_unreadable, row["id"], None, why)
                         )
-                if readable:
-                    found = yield self.db.all_docs(readable, include_docs=True)
-                    for row in found.get("rows", []):
-                        doc = row.get("doc")
-                        if doc and doc["_id"] not in self.active and self._room():
-                            self.submit(doc)
+                yield self._submit_ids(readable)
                 if len(rows) < page:
                     break
                 last = rows[-1]
                 params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+            if self._room():  # conflicts the feed did not bring (a client edit, a replication)
+                result = yield self.db.view(
+                    design.DDOC, "conflicts", timeout=SWEEP_TIMEOUT, limit=page
+                )
+                yield self._submit_ids([row["id"] for row in result.get("rows", [])])
         finally:
             self._query = None
             sweeping, self._sweeping = self._sweeping, None
             sweeping.callback(None)
+
+    @inlineCallbacks
+    def _submit_ids(self, ids: list[str]) -> Any:
+        """Read these messages (with their conflicts) and submit them, as room allows."""
+        ids = [doc_id for doc_id in ids if doc_id not in self.active]
+        if not ids:
+            return
+        found = yield self.db.all_docs(ids, include_docs=True, conflicts=True)
+        for row in found.get("rows", []):
+            doc = row.get("doc")
+            if doc and doc["_id"] not in self.active and self._room():
+                self.submit(doc)
 
     def _unreadable(self, row: Mapping[str, Any]) -> str | None:
         """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
@@ -526,6 +559,10 @@ class Gateway(Service):
         for _ in range(20):
             if not self.running:
                 return
+            if doc.get("_conflicts"):
+                resolved = yield self._resolve(doc)
+                doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
+                continue
             now = self.clock.seconds()
             due = message.due(doc, now)
             if due is None:
@@ -557,7 +594,7 @@ class Gateway(Service):
             if written is not None:
                 return
             try:
-                doc = yield self.db.get(doc["_id"])  # it changed under us: look again
+                doc = yield self.db.get(doc["_id"], conflicts="true")  # it changed: look again
             except NotFound:
                 return  # deleted
         log.warn("gave up on {id}: it kept changing", id=doc["_id"])
@@ -584,9 +621,7 @@ class Gateway(Service):
         try:
             if not self.running or target.state != "ready":
                 return doc  # stopping, or the route went down: leave it for later
-            claimed = yield self._transition(
-                doc, message.claimed(doc, self.id, self.clock.seconds(), self.lease)
-            )
+            claimed = yield self._claim(doc)
             if claimed is None:
                 return None
             claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
@@ -630,6 +665,82 @@ class Gateway(Service):
         finally:
             if slot_held:
                 slots.release()
+
+    @inlineCallbacks
+    def _claim(self, doc: Doc) -> Any:
+        """
+        Write a claim; answer the claimed document if the claim is this gateway's alone, or
+        None.  On one copy (a single node, PouchDB Server) the write decides: one request.  On
+        a cluster the claim is written with C{w} = every copy: 201 means every copy took it, so
+        no other claim can have; 202 (fewer copies took it: a race through another node, or a
+        node down) is confirmed by L{_confirm} before any call.
+        """
+        fields = message.claimed(doc, self.id, self.clock.seconds(), self.lease)
+        if self.copies <= 1:
+            claimed = yield self._transition(doc, fields)
+            return claimed
+        new = message.apply(doc, fields)
+        try:
+            status, result = yield self.db.write(new, w=self.copies)
+        except Conflict:
+            return None
+        new["_rev"] = result["rev"]
+        if status == 201:
+            return new
+        confirmed = yield self._confirm(new)
+        return confirmed
+
+    @inlineCallbacks
+    def _confirm(self, claimed: Doc) -> Any:
+        """
+        After C{settle} seconds, read the claim back from every copy: go on only if the winning
+        revision is this gateway's claim (CouchDB picks the same winner on every node, so of two
+        racing claims exactly one wins), after deleting the losing claims.
+        """
+        yield deferLater(self.clock, self.settle, lambda: None)
+        try:
+            current = yield self.db.get(claimed["_id"], conflicts="true", r=self.copies)
+        except UNAVAILABLE as e:  # a copy is out of reach: confirm against a read quorum
+            log.warn(
+                "{id}: cannot read every copy ({error}); confirming against a quorum",
+                id=claimed["_id"],
+                error=_describe(e),
+            )
+            current = yield self.db.get(claimed["_id"], conflicts="true")
+        if not self.holds(current, claimed):
+            log.info("{id}: another claim won; not calling", id=claimed["_id"])
+            return None
+        if current.get("_conflicts"):
+            current = yield self._resolve(current)
+        return current
+
+    @inlineCallbacks
+    def _resolve(self, doc: Doc) -> Any:
+        """
+        Merge a message's conflicting revisions into the winning one and delete the losers
+        (L{message.resolve}); answer the document written, or None if it changed meanwhile.
+        """
+        losers = []
+        for rev in doc.get("_conflicts", []):
+            try:
+                losers.append((yield self.db.get(doc["_id"], rev=rev)))
+            except NotFound:
+                pass
+        merged = message.resolve(doc, losers)
+        changed = {k: v for k, v in merged.items() if k != "_conflicts"} != {
+            k: v for k, v in doc.items() if k != "_conflicts"
+        }
+        writes = [merged] if changed else []
+        writes += [{"_id": doc["_id"], "_rev": loser["_rev"], "_deleted": True} for loser in losers]
+        results = yield self.db.bulk_docs(writes)
+        if changed:
+            if "rev" not in results[0]:
+                return None  # the winner changed: look again
+            merged["_rev"] = results[0]["rev"]
+        log.info(
+            "{id}: {n} conflicting revision(s) merged and deleted", id=doc["_id"], n=len(losers)
+        )
+        return merged
 
     def _failure(self, doc: Doc, error: Exception) -> dict[str, Any]:
         now = self.clock.seconds()

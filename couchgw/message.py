@@ -297,6 +297,36 @@ def retrying(kind: str, text: str, now: float, delay: float) -> dict[str, Any]:
     }
 
 
+def _rank(doc: Doc) -> int:
+    """How far a revision got: new 0, claimed or retrying 1, terminal 2."""
+    status = doc.get("status")
+    return 2 if status in TERMINAL else 1 if status in ("dispatching", "retrying") else 0
+
+
+def resolve(winner: Doc, losers: list[Doc]) -> Doc:
+    """
+    One document from conflicting revisions, to be written over the winning one: couchgw's
+    fields from the revision that got furthest (terminal over claimed or retrying over new; the
+    winner on a tie), the winner's own fields, and the fields only a losing revision has (a
+    client's edit is never lost).
+    """
+    source = winner
+    for loser in losers:
+        if _rank(loser) > _rank(source):
+            source = loser
+    merged = {
+        key: value
+        for key, value in winner.items()
+        if key not in GATEWAY_FIELDS and key not in ("_conflicts", "_deleted_conflicts")
+    }
+    for loser in losers:
+        for key, value in loser.items():
+            if key not in GATEWAY_FIELDS and not key.startswith("_"):
+                merged.setdefault(key, value)
+    merged.update({key: source[key] for key in GATEWAY_FIELDS if key in source})
+    return merged
+
+
 def apply(doc: Doc, fields: dict[str, Any]) -> Doc:
     """A copy of C{doc} with C{fields} written (a L{None} value removes the field)."""
     new = dict(doc)

@@ -33,11 +33,13 @@ class GatewayTestCase(TestCase):
         self.addCleanup(self.threads.stopService)
         self.gateways: list[Gateway] = []
 
-    def gateway(self, wsdl: str | None = None, **options: Any) -> Gateway:
+    def gateway(
+        self, wsdl: str | None = None, db: Database | None = None, **options: Any
+    ) -> Gateway:
         target = SoapTarget("default", wsdl or demo_wsdl(), self.threads, timeout=10)
         options.setdefault("heartbeat", 1.0)
         options.setdefault("sweep_interval", 1.0)
-        gateway = Gateway(self.db, {"default": target}, reactor, **options)
+        gateway = Gateway(db or self.db, {"default": target}, reactor, **options)
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
         return gateway

@@ -108,6 +108,16 @@ def test_checkpoint_advances_only_over_finished_prefix() -> None:
     assert len(checkpoint) == 0
 
 
+def test_checkpoint_keeps_the_last_seq_given() -> None:
+    """With seq_interval, most changes carry no seq: the checkpoint never goes back to None."""
+    checkpoint = Checkpoint("start")
+    a, b, c = (checkpoint.received(seq) for seq in (None, "2-y", None))
+    for token in (a, b, c):
+        checkpoint.done(token)
+    assert checkpoint.seq == "2-y"
+    assert len(checkpoint) == 0
+
+
 def test_checkpoint_random_completion_order() -> None:
     rng = random.Random(3)
     checkpoint = Checkpoint()

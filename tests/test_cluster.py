@@ -1,0 +1,337 @@
+"""
+Claims that hold on a CouchDB cluster.
+
+The decision after a claim write (201: exclusive; 202: confirm; 409: lost) is tested against a
+scripted CouchDB through treq's in-memory agent.  The races a cluster allows (two claims on the
+same parent revision, a client edit in conflict with a write-back) are made real on PouchDB
+Server with C{_bulk_docs} and C{new_edits: false}, which writes a revision the way replication
+does.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, _SynchronousProducer
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import Agent
+from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from couchgw import message
+from couchgw.couch import Database, Doc, connection_pool
+from couchgw.gateway import Gateway, copies
+from couchgw.timing import iso
+from tests.servers import start_demo, stop
+from tests.test_gateway import GatewayTestCase
+
+NOW = 1795845123.0
+
+
+class ScriptedCouch(Resource):
+    """Answers each request from a script of (status, body) by method and path; logs them."""
+
+    isLeaf = True
+
+    def __init__(self, script: dict[tuple[str, str], list[tuple[int, Any]]]) -> None:
+        super().__init__()
+        self.script = script
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+    def render(self, request: Request) -> bytes:
+        method, path = request.method.decode(), request.path.decode()
+        args = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
+        self.requests.append((method, path, args))
+        status, body = self.script[(method, path)].pop(0)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode()
+
+
+class ClaimDecision(SynchronousTestCase):
+    """What a claim write's answer means, with stubbed answers."""
+
+    def claim(
+        self, n: int, script: dict[tuple[str, str], list[tuple[int, Any]]]
+    ) -> tuple[Any, ScriptedCouch]:
+        couch = ScriptedCouch(script)
+        clock = Clock()
+        clock.advance(NOW)
+        agent = RequestTraversalAgent(couch)
+        client = HTTPClient(agent, data_to_body_producer=_SynchronousProducer)
+        db = Database("http://couch/db", agent, client=client)
+        gateway = Gateway(db, {}, clock, gateway="me", settle=0.5)
+        gateway.copies = n
+        doc = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping"}
+        d = gateway._claim(doc)
+        for _ in range(5):  # the answers, the settle delay, the answers after it
+            agent.flush()
+            clock.advance(0.25)
+        return self.successResultOf(d), couch
+
+    def claimed_by(self, by: str, rev: str, **fields: Any) -> Doc:
+        return {
+            "_id": "m",
+            "_rev": rev,
+            "type": "message",
+            "operation": "ping",
+            "status": "dispatching",
+            "attempts": 1,
+            "claim": {"by": by, "until": iso(NOW + 600)},
+            **fields,
+        }
+
+    def test_single_copy_is_one_plain_write(self) -> None:
+        claimed, couch = self.claim(1, {("PUT", "/db/m"): [(201, {"ok": True, "rev": "2-b"})]})
+        self.assertEqual(couch.requests, [("PUT", "/db/m", {})])
+        self.assertEqual((claimed["_rev"], claimed["claim"]["by"]), ("2-b", "me"))
+
+    def test_every_copy_took_it(self) -> None:
+        claimed, couch = self.claim(3, {("PUT", "/db/m"): [(201, {"ok": True, "rev": "2-b"})]})
+        self.assertEqual(couch.requests, [("PUT", "/db/m", {"w": "3"})])
+        self.assertEqual(claimed["_rev"], "2-b")
+
+    def test_fewer_copies_confirmed_by_reading_back(self) -> None:
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [(202, {"ok": True, "rev": "2-b"})],
+                ("GET", "/db/m"): [(200, self.claimed_by("me", "2-b"))],
+            },
+        )
+        self.assertEqual(
+            couch.requests,
+            [("PUT", "/db/m", {"w": "3"}), ("GET", "/db/m", {"conflicts": "true", "r": "3"})],
+        )
+        self.assertEqual(claimed["_rev"], "2-b")
+
+    def test_another_claim_won(self) -> None:
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [(202, {"ok": True, "rev": "2-b"})],
+                ("GET", "/db/m"): [(200, self.claimed_by("other", "2-c", _conflicts=["2-b"]))],
+            },
+        )
+        self.assertIsNone(claimed)
+        self.assertEqual(len(couch.requests), 2)  # backs off: no clean-up, no call
+
+    def test_won_over_another_claim_deletes_it(self) -> None:
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [(202, {"ok": True, "rev": "2-b"})],
+                ("GET", "/db/m"): [
+                    (200, self.claimed_by("me", "2-b", _conflicts=["2-a"])),
+                    (200, self.claimed_by("other", "2-a")),
+                ],
+                ("POST", "/db/_bulk_docs"): [(201, [{"ok": True, "id": "m", "rev": "3-x"}])],
+            },
+        )
+        self.assertEqual(claimed["_rev"], "2-b")
+        self.assertNotIn("_conflicts", claimed)
+        self.assertEqual(couch.requests[2], ("GET", "/db/m", {"rev": "2-a"}))
+        self.assertEqual(couch.requests[3][:2], ("POST", "/db/_bulk_docs"))
+
+    def test_a_copy_out_of_reach_confirms_against_a_quorum(self) -> None:
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [(202, {"ok": True, "rev": "2-b"})],
+                ("GET", "/db/m"): [
+                    (500, {"error": "timeout", "reason": "not enough copies answered"}),
+                    (200, self.claimed_by("me", "2-b")),
+                ],
+            },
+        )
+        self.assertEqual(claimed["_rev"], "2-b")
+        self.assertEqual(couch.requests[2], ("GET", "/db/m", {"conflicts": "true"}))
+
+    def test_conflict_means_lost(self) -> None:
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [
+                    (409, {"error": "conflict", "reason": "Document update conflict."})
+                ]
+            },
+        )
+        self.assertIsNone(claimed)
+        self.assertEqual(len(couch.requests), 1)
+
+    def test_copies_from_database_info(self) -> None:
+        self.assertEqual(copies({"cluster": {"q": 2, "n": 3, "w": 2, "r": 2}}), 3)
+        self.assertEqual(copies({"db_name": "pouch", "doc_count": 1}), 1)
+        self.assertEqual(copies({"cluster": {"n": "bad"}}), 1)
+
+
+class Resolve(SynchronousTestCase):
+    def test_outcome_kept_with_a_client_edit_from_the_losing_side(self) -> None:
+        claim = {"_id": "m", "type": "message", "status": "dispatching", "attempts": 1}
+        written = {**claim, "_rev": "3-a", "status": "forwarded", "result": 42}
+        edited = {**claim, "_rev": "3-b", "note": "client", "claim": {"by": "g"}}
+        for winner, loser in ((written, edited), (edited, written)):
+            merged = message.resolve({**winner, "_conflicts": [loser["_rev"]]}, [loser])
+            self.assertEqual(merged["_rev"], winner["_rev"])
+            self.assertEqual((merged["status"], merged["result"]), ("forwarded", 42))
+            self.assertEqual(merged["note"], "client")
+            self.assertNotIn("claim", merged)
+            self.assertNotIn("_conflicts", merged)
+
+    def test_tie_keeps_the_winner(self) -> None:
+        a = {"_id": "m", "_rev": "2-a", "status": "dispatching", "claim": {"by": "A"}}
+        b = {"_id": "m", "_rev": "2-b", "status": "dispatching", "claim": {"by": "B"}}
+        self.assertEqual(message.resolve(b, [a])["claim"], {"by": "B"})
+
+
+@implementer(IAgent)
+class CountingAgent:
+    """An agent that notes each request's method and path."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self.agent = agent
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Any:
+        self.requests.append((method.decode(), uri.decode().split("?")[0]))
+        return self.agent.request(method, uri, headers, body)
+
+
+class ClusterLike(Database):
+    """
+    A database that behaves as a 3-copy cluster racing through other nodes: it reports
+    C{cluster.n = 3}, and a claim write (C{w}) goes in as a replicated revision
+    (C{new_edits: false}), so that two claims on the same parent both get in, as on a cluster
+    whose nodes each took one; it answers 202.
+    """
+
+    def info(self) -> Deferred[Doc]:
+        return super().info().addCallback(lambda info: {**info, "cluster": {"n": 3}})
+
+    @inlineCallbacks
+    def write(self, doc: Doc, **params: Any) -> Any:
+        generation, parent = doc["_rev"].split("-", 1)
+        rev = uuid.uuid4().hex
+        replicated = {
+            **doc,
+            "_rev": f"{int(generation) + 1}-{rev}",
+            "_revisions": {"start": int(generation) + 1, "ids": [rev, parent]},
+        }
+        yield self.bulk_docs([replicated], new_edits=False)
+        return 202, {"ok": True, "id": doc["_id"], "rev": replicated["_rev"]}
+
+
+def activate(doc_id: str) -> Doc:
+    return {
+        "_id": doc_id,
+        "type": "message",
+        "operation": "activate",
+        "args": {"network": doc_id, "count": 1},
+    }
+
+
+class Races(GatewayTestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        super().setUp()
+        pool = connection_pool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.agent = Agent(reactor, pool=pool)
+        self.demo_log = Path(tempfile.mkdtemp(prefix="couchgw-demo-")) / "demo.log"
+        self.wsdl, process = start_demo(self.demo_log)
+        self.addCleanup(stop, process)
+
+    def activated(self, doc_id: str) -> int:
+        return self.demo_log.read_text().count(f"activated network={doc_id}\n")
+
+    @inlineCallbacks
+    def conflicts(self, doc_id: str) -> Any:
+        doc = yield self.db.get(doc_id, conflicts="true")
+        return doc.get("_conflicts", [])
+
+    @inlineCallbacks
+    def test_racing_claims_call_once(self) -> Any:
+        """Two claims on the same parent both get in; exactly one gateway calls."""
+        url = self.db.url
+        gateways = [
+            self.gateway(self.wsdl, ClusterLike(url, self.agent), gateway=name, settle=0.3)
+            for name in ("first", "second")
+        ]
+        for gateway in gateways:
+            yield self.ready(gateway)
+            self.assertEqual(gateway.copies, 3)
+        for i in range(5):
+            doc_id = f"race{i}"
+            yield self.db.put(activate(doc_id))
+            doc = yield self.db.get(doc_id)
+            yield gatherResults([gateway.submit(dict(doc)) for gateway in gateways])
+            final = yield self.terminal(doc_id)
+            self.assertEqual((final["status"], final["attempts"]), ("forwarded", 1))
+            self.assertEqual(self.activated(doc_id), 1)
+            remaining = yield self.conflicts(doc_id)
+            self.assertEqual(remaining, [])
+            leaves = yield self.db.get(doc_id, open_revs="all")
+            deleted = [leaf for leaf in leaves if leaf["ok"].get("_deleted")]
+            self.assertEqual(len(deleted), 1)  # the losing claim, deleted
+
+    @inlineCallbacks
+    def test_client_edit_in_conflict_with_the_write_back(self) -> Any:
+        """The sweep merges it: the outcome and the client's field both stay; no conflict."""
+        gateway = self.gateway(self.wsdl)
+        yield self.ready(gateway)
+        yield self.db.put(activate("edit"))
+        yield self.terminal("edit")
+        history = yield self.db.get("edit", revs="true")
+        revisions = history["_revisions"]  # the outcome, the claim, the message as written
+        claim_rev = f"{revisions['start'] - 1}-{revisions['ids'][1]}"
+        claimed = yield self.db.get("edit", rev=claim_rev)
+        self.assertEqual(claimed["status"], "dispatching")
+        edit = uuid.uuid4().hex
+        yield self.db.bulk_docs(
+            [
+                {
+                    **{k: v for k, v in claimed.items() if k != "_rev"},
+                    "note": "edited elsewhere",
+                    "_rev": f"3-{edit}",
+                    "_revisions": {"start": 3, "ids": [edit, revisions["ids"][1]]},
+                }
+            ],
+            new_edits=False,
+        )
+        self.assertEqual(len((yield self.conflicts("edit"))), 1)
+
+        @inlineCallbacks
+        def clean() -> Any:
+            remaining = yield self.conflicts("edit")
+            return not remaining
+
+        yield self.wait_for(clean, what="the conflict to be resolved")
+        doc = yield self.db.get("edit")
+        self.assertEqual((doc["status"], doc["note"]), ("forwarded", "edited elsewhere"))
+        self.assertEqual(doc["result"]["activated"], 1)
+        self.assertEqual(self.activated("edit"), 1)
+        leaves = yield self.db.get("edit", open_revs="all")
+        self.assertEqual(sorted(bool(leaf["ok"].get("_deleted")) for leaf in leaves), [False, True])
+
+    @inlineCallbacks
+    def test_single_node_claim_is_one_request(self) -> Any:
+        """On one copy a message costs the gateway two writes (claim, outcome) and no read."""
+        counting = CountingAgent(self.agent)
+        gateway = self.gateway(self.wsdl, Database(self.db.url, counting), sweep_interval=3600)
+        yield self.ready(gateway)
+        self.assertEqual(gateway.copies, 1)
+        yield self.db.put({"_id": "one", "type": "message", "operation": "ping", "text": "x"})
+        yield self.terminal("one")
+        on_doc = [method for method, uri in counting.requests if uri.endswith("/one")]
+        self.assertEqual(on_doc, ["PUT", "PUT"])
