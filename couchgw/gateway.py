@@ -711,7 +711,8 @@ class Gateway(Service):
             log.info("{id}: another claim won; not calling", id=claimed["_id"])
             return None
         if current.get("_conflicts"):
-            current = yield self._resolve(current)
+            resolved = yield self._resolve(current)
+            current = resolved or message.apply(current, {})  # else the next sweep resolves it
         return current
 
     @inlineCallbacks
@@ -727,16 +728,16 @@ class Gateway(Service):
             except NotFound:
                 pass
         merged = message.resolve(doc, losers)
-        changed = {k: v for k, v in merged.items() if k != "_conflicts"} != {
-            k: v for k, v in doc.items() if k != "_conflicts"
-        }
-        writes = [merged] if changed else []
-        writes += [{"_id": doc["_id"], "_rev": loser["_rev"], "_deleted": True} for loser in losers]
-        results = yield self.db.bulk_docs(writes)
-        if changed:
-            if "rev" not in results[0]:
+        if merged != message.apply(doc, {}):  # the losers add something: write that first
+            try:
+                result = yield self.db.put(merged)
+            except Conflict:
                 return None  # the winner changed: look again
-            merged["_rev"] = results[0]["rev"]
+            merged["_rev"] = result["rev"]
+        if losers:  # only then delete them, so that nothing they held is ever lost
+            yield self.db.bulk_docs(
+                [{"_id": doc["_id"], "_rev": loser["_rev"], "_deleted": True} for loser in losers]
+            )
         log.info(
             "{id}: {n} conflicting revision(s) merged and deleted", id=doc["_id"], n=len(losers)
         )

@@ -297,6 +297,10 @@ def retrying(kind: str, text: str, now: float, delay: float) -> dict[str, Any]:
     }
 
 
+#: Fields CouchDB adds to a document it answers, that are not written back.
+_READ_ONLY = frozenset({"_conflicts", "_deleted_conflicts", "_revs_info", "_revisions"})
+
+
 def _rank(doc: Doc) -> int:
     """How far a revision got: new 0, claimed or retrying 1, terminal 2."""
     status = doc.get("status")
@@ -317,7 +321,7 @@ def resolve(winner: Doc, losers: list[Doc]) -> Doc:
     merged = {
         key: value
         for key, value in winner.items()
-        if key not in GATEWAY_FIELDS and key not in ("_conflicts", "_deleted_conflicts")
+        if key not in GATEWAY_FIELDS and key not in _READ_ONLY
     }
     for loser in losers:
         for key, value in loser.items():
@@ -328,8 +332,11 @@ def resolve(winner: Doc, losers: list[Doc]) -> Doc:
 
 
 def apply(doc: Doc, fields: dict[str, Any]) -> Doc:
-    """A copy of C{doc} with C{fields} written (a L{None} value removes the field)."""
-    new = dict(doc)
+    """
+    A copy of C{doc} with C{fields} written (a L{None} value removes the field), without what
+    CouchDB only reports on a read (C{_conflicts}), so that it can be written.
+    """
+    new = {key: value for key, value in doc.items() if key not in _READ_ONLY}
     for key, value in fields.items():
         if value is None:
             new.pop(key, None)
