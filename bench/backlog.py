@@ -33,6 +33,57 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def write_backlog(db: str, messages: int) -> float:
+    """Write C{messages} ping messages with C{_bulk_docs}; answers the seconds it took."""
+    started = time.monotonic()
+    for first in range(0, messages, 1000):
+        docs = [
+            {"_id": f"b{i:07d}", "type": "message", "operation": "ping", "text": f"m{i}"}
+            for i in range(first, min(first + 1000, messages))
+        ]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)
+        assert status == 201, status
+    return time.monotonic() - started
+
+
+def drain(gateway: processes.Process, messages: int, progress: bool = True) -> dict[str, float]:
+    """
+    Start couchgw and wait until it has forwarded C{messages}, sampling its memory; answers
+    the seconds from its start, and its RSS figures.
+    """
+    gateway.start()
+    assert gateway.process is not None
+    pid = gateway.process.pid
+    started = time.monotonic()
+    peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
+    with gateway.log.open("rb") as reader:
+        carry = b""
+        while forwarded < messages:
+            if gateway.process.poll() is not None:
+                raise SystemExit(f"couchgw exited; see {gateway.log}")
+            rss = rss_mb(pid)
+            peak = max(peak, rss)
+            samples.append(rss)
+            # couchgw logs each outcome; counting those lines costs CouchDB nothing
+            text = carry + reader.read()
+            cut = text.rfind(b"\n") + 1
+            forwarded += text[:cut].count(b" forwarded on route ")
+            carry = text[cut:]
+            now = time.monotonic() - started
+            if progress and now - last_report >= 10:
+                last_report = now
+                print(
+                    f"{now:7.1f}s forwarded {forwarded:7d}  rss {rss:6.1f} MB  peak {peak:6.1f} MB"
+                )
+            time.sleep(0.2)
+    return {
+        "seconds": time.monotonic() - started,
+        "peak rss (MB)": peak,
+        "rss after the first 10% of the run (MB)": samples[len(samples) // 10],
+        "rss at the end (MB)": samples[-1],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -42,8 +93,7 @@ def main() -> int:
     options = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="couchgw-backlog-"))
     couch_port, demo_port, api_port = free_port(), free_port(), free_port()
-    couch = f"http://127.0.0.1:{couch_port}"
-    db = f"{couch}/backlog"
+    db = f"http://127.0.0.1:{couch_port}/backlog"
     pouchdb = processes.couch(folder, couch_port, on_disk=False)
     demo = processes.demo(folder, demo_port, delay=0.1)
     gateway = processes.gateway(
@@ -57,55 +107,18 @@ def main() -> int:
         pouchdb.start(wait=True)
         demo.start(wait=True)
         http("PUT", db)
-        started = time.monotonic()
-        for first in range(0, options.messages, 1000):
-            docs = [
-                {"_id": f"b{i:07d}", "type": "message", "operation": "ping", "text": f"m{i}"}
-                for i in range(first, min(first + 1000, options.messages))
-            ]
-            status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)
-            assert status == 201, status
-        print(f"{options.messages} messages written in {time.monotonic() - started:.1f}s")
-
-        gateway.start()
-        assert gateway.process is not None
-        pid = gateway.process.pid
-        started = time.monotonic()
-        peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
-        log = folder / "couchgw.log"
-        reader, carry = log.open("rb"), b""
-        while forwarded < options.messages:
-            if gateway.process.poll() is not None:
-                raise SystemExit(f"couchgw exited; see {log}")
-            rss = rss_mb(pid)
-            peak = max(peak, rss)
-            samples.append(rss)
-            # couchgw logs each outcome; counting those lines costs CouchDB nothing
-            text = carry + reader.read()
-            cut = text.rfind(b"\n") + 1
-            forwarded += text[:cut].count(b" forwarded on route ")
-            carry = text[cut:]
-            now = time.monotonic() - started
-            if now - last_report >= 10:
-                last_report = now
-                print(
-                    f"{now:7.1f}s forwarded {forwarded:7d}  rss {rss:6.1f} MB  peak {peak:6.1f} MB"
-                )
-            time.sleep(0.5)
-        took = time.monotonic() - started
-        reader.close()
-        report = {
+        took = write_backlog(db, options.messages)
+        print(f"{options.messages} messages written in {took:.1f}s")
+        figures = drain(gateway, options.messages)
+        report: dict[str, object] = {
             "messages": options.messages,
-            "seconds": round(took, 1),
-            "messages per second": round(options.messages / took, 1),
-            "peak rss (MB)": round(peak, 1),
-            "rss after the first 10% of the run (MB)": round(samples[len(samples) // 10], 1),
-            "rss at the end (MB)": round(samples[-1], 1),
+            "messages per second": round(options.messages / figures["seconds"], 1),
+            **{key: round(value, 1) for key, value in figures.items()},
         }
         _, body = http("GET", f"{db}/_design/couchgw/_view/by_status?group=true", timeout=600)
         report["by status"] = {row["key"]: row["value"] for row in body["rows"]}
         print(json.dumps(report, indent=2))
-        return 0 if peak < options.max_rss else 1
+        return 0 if figures["peak rss (MB)"] < options.max_rss else 1
     finally:
         for process in (gateway, demo, pouchdb):
             process.stop()
