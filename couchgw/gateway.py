@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from couchgw import design, message
+from couchgw.batch import BulkWriter
 from couchgw.checkpoint import Checkpoint
 from couchgw.couch import (
     UNAVAILABLE,
@@ -130,6 +131,8 @@ class Gateway(Service):
         settle: float = 0.5,
     ) -> None:
         self.db = db
+        #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
+        self.writer = BulkWriter(db)
         self.targets = dict(targets)
         self.clock = clock
         self.id = gateway or gateway_id()
@@ -604,7 +607,7 @@ class Gateway(Service):
         """Write C{fields} on the revision read; answer the new document, or None on a conflict."""
         new = message.apply(doc, fields)
         try:
-            result = yield self.db.put(new)
+            result = yield self.writer.write(new)
         except Conflict:
             return None
         new["_rev"] = result["rev"]

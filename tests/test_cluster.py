@@ -92,8 +92,10 @@ class ClaimDecision(SynchronousTestCase):
         }
 
     def test_single_copy_is_one_plain_write(self) -> None:
-        claimed, couch = self.claim(1, {("PUT", "/db/m"): [(201, {"ok": True, "rev": "2-b"})]})
-        self.assertEqual(couch.requests, [("PUT", "/db/m", {})])
+        claimed, couch = self.claim(
+            1, {("POST", "/db/_bulk_docs"): [(201, [{"ok": True, "id": "m", "rev": "2-b"}])]}
+        )
+        self.assertEqual(couch.requests, [("POST", "/db/_bulk_docs", {})])
         self.assertEqual((claimed["_rev"], claimed["claim"]["by"]), ("2-b", "me"))
 
     def test_every_copy_took_it(self) -> None:
@@ -326,7 +328,7 @@ class Races(GatewayTestCase):
 
     @inlineCallbacks
     def test_single_node_claim_is_one_request(self) -> Any:
-        """On one copy a message costs the gateway two writes (claim, outcome) and no read."""
+        """On one copy a message costs the gateway two requests (claim, outcome), no read."""
         counting = CountingAgent(self.agent)
         gateway = self.gateway(self.wsdl, Database(self.db.url, counting), sweep_interval=3600)
         yield self.ready(gateway)
@@ -334,4 +336,37 @@ class Races(GatewayTestCase):
         yield self.db.put({"_id": "one", "type": "message", "operation": "ping", "text": "x"})
         yield self.terminal("one")
         on_doc = [method for method, uri in counting.requests if uri.endswith("/one")]
-        self.assertEqual(on_doc, ["PUT", "PUT"])
+        writes = [method for method, uri in counting.requests if uri.endswith("/_bulk_docs")]
+        self.assertEqual(on_doc, [])  # no read
+        self.assertEqual(writes, ["POST", "POST"])  # the claim, the outcome: one request each
+
+
+class Batches(SynchronousTestCase):
+    """Writes gathered into _bulk_docs while a request is in flight."""
+
+    def test_waiting_writes_go_together_with_their_own_outcomes(self) -> None:
+        from couchgw.batch import BulkWriter
+        from couchgw.couch import Conflict
+
+        sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
+
+        class Couch:
+            def bulk_docs(self, docs: list[Doc]) -> Deferred[list[Doc]]:
+                sent.append((docs, Deferred()))
+                return sent[-1][1]
+
+        writer = BulkWriter(Couch(), concurrency=1)  # type: ignore[arg-type]
+        a, b, c = (writer.write({"_id": i, "_rev": f"1-{i}"}) for i in "abc")
+        self.assertEqual([[d["_id"] for d in docs] for docs, _ in sent], [["a"]])  # a at once
+        sent[0][1].callback([{"ok": True, "id": "a", "rev": "2-a"}])
+        self.assertEqual(self.successResultOf(a)["rev"], "2-a")
+        self.assertEqual([d["_id"] for d in sent[1][0]], ["b", "c"])  # b and c waited: together
+        sent[1][1].callback(
+            [
+                {"id": "b", "error": "conflict", "reason": "Document update conflict."},
+                {"ok": True, "id": "c", "rev": "2-c"},
+            ]
+        )
+        self.failureResultOf(b, Conflict)
+        self.assertEqual(self.successResultOf(c)["rev"], "2-c")
+        self.assertEqual((writer.requests, writer.written, writer.in_flight), (2, 3, 0))

@@ -1,0 +1,65 @@
+"""
+Document writes gathered into C{_bulk_docs} requests.
+
+A write goes out at once when fewer than C{concurrency} requests are in flight; otherwise it
+waits for one of them to end and goes with every other write that waited meanwhile.  So a lone
+write costs no delay, and under load the batch grows with what is waiting: fewer, larger
+requests.  Each document gets its own outcome (a conflict on one does not fail the others),
+raised as the same typed errors a single PUT would raise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from couchgw.couch import Database, Doc, error_for
+
+#: The HTTP status a single-document write would have answered, by C{_bulk_docs} error.
+_STATUS = {"conflict": 409, "forbidden": 403, "unauthorized": 401, "not_found": 404}
+
+
+class BulkWriter:
+    def __init__(self, db: Database, concurrency: int = 2, max_batch: int = 500) -> None:
+        self.db = db
+        self.concurrency = concurrency
+        self.max_batch = max_batch
+        self.in_flight = 0
+        #: Requests sent and documents they carried (for status and tests).
+        self.requests = 0
+        self.written = 0
+        self._waiting: list[tuple[Doc, Deferred[Doc]]] = []
+
+    def write(self, doc: Doc) -> Deferred[Doc]:
+        """Write C{doc} (on its C{_rev}); a Deferred with C{{"ok", "id", "rev"}}."""
+        done: Deferred[Doc] = Deferred()
+        self._waiting.append((doc, done))
+        self._send()
+        return done
+
+    def _send(self) -> None:
+        while self._waiting and self.in_flight < self.concurrency:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            self.in_flight += 1
+            self.requests += 1
+            self.written += len(batch)
+            sent = self.db.bulk_docs([doc for doc, _ in batch])
+            sent.addBoth(self._answered, batch)
+
+    def _answered(self, answer: Any, batch: list[tuple[Doc, Deferred[Doc]]]) -> None:
+        self.in_flight -= 1
+        if isinstance(answer, Failure):
+            for _, done in batch:
+                done.errback(answer)
+        else:
+            for (doc, done), result in zip(batch, answer, strict=True):
+                if "rev" in result and not result.get("error"):
+                    done.callback(result)
+                else:
+                    error = str(result.get("error", ""))
+                    status = _STATUS.get(error, 500)
+                    done.errback(error_for(status, result, f"write {doc['_id']}"))
+        self._send()
