@@ -206,6 +206,7 @@ class _Broken(Resource):
             request.transport.abortConnection()  # type: ignore[attr-defined]
             return NOT_DONE_YET
         request.setResponseCode(503)
+        request.setHeader(b"connection", b"close")  # leave no connection open after the test
         return b"overloaded"
 
 

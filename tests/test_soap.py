@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import urllib.request
 from datetime import UTC, date, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from suds import WebFault
 from suds.cache import NoCache
 from suds.client import Client
 from suds.sudsobject import Factory
@@ -80,6 +82,21 @@ def test_clone_shares_the_wsdl_not_the_options() -> None:
     assert fresh.options.timeout != 3
     assert copied.options.transport is not fresh.options.transport
     assert copied.service.ping("through the clone") == "through the clone"
+
+
+def test_calls_reuse_one_kept_alive_connection() -> None:
+    """A client's calls go over one connection; one the server closed is opened again."""
+    client = clone(Client(demo_wsdl(), cache=NoCache()), timeout=5)
+    transport = client.options.transport
+    assert client.service.ping("one") == "one"
+    (connection,) = transport._connections.values()
+    sock = connection.sock
+    assert client.service.ping("two") == "two"
+    assert connection.sock is sock  # the same socket: no new connection
+    sock.shutdown(socket.SHUT_RDWR)  # as a server closing an idle connection leaves it
+    assert client.service.ping("three") == "three"
+    with pytest.raises(WebFault):  # faults still come through as suds raises them
+        client.service.refuse("no")
 
 
 def test_each_thread_calls_through_its_own_client(target: SoapTarget) -> None:
