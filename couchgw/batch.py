@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from couchgw.couch import Database, Doc, error_for
+from couchgw.couch import Database, Doc, ServerError, error_for
 
 #: The HTTP status a single-document write would have answered, by C{_bulk_docs} error.
 _STATUS = {"conflict": 409, "forbidden": 403, "unauthorized": 401, "not_found": 404}
@@ -51,9 +51,14 @@ class BulkWriter:
 
     def _answered(self, answer: Any, batch: list[tuple[Doc, Deferred[Doc]]]) -> None:
         self.in_flight -= 1
-        if isinstance(answer, Failure):
+        if not isinstance(answer, list) or len(answer) != len(batch):
+            failure = (
+                answer
+                if isinstance(answer, Failure)
+                else Failure(ServerError(500, "bad_answer", "not one result per document"))
+            )
             for _, done in batch:
-                done.errback(answer)
+                done.errback(failure)
         else:
             for (doc, done), result in zip(batch, answer, strict=True):
                 if "rev" in result and not result.get("error"):

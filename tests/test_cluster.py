@@ -346,7 +346,7 @@ class Batches(SynchronousTestCase):
 
     def test_waiting_writes_go_together_with_their_own_outcomes(self) -> None:
         from couchgw.batch import BulkWriter
-        from couchgw.couch import Conflict
+        from couchgw.couch import Conflict, ServerError
 
         sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
 
@@ -370,3 +370,6 @@ class Batches(SynchronousTestCase):
         self.failureResultOf(b, Conflict)
         self.assertEqual(self.successResultOf(c)["rev"], "2-c")
         self.assertEqual((writer.requests, writer.written, writer.in_flight), (2, 3, 0))
+        d = writer.write({"_id": "d", "_rev": "1-d"})
+        sent[2][1].callback([])  # not one result per document: an error, never a hang
+        self.failureResultOf(d, ServerError)
