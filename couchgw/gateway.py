@@ -182,7 +182,7 @@ class Gateway(Service):
 
     def _begin(self, first: bool) -> None:
         self._starting = self._open(first)
-        self._starting.addErrback(_unless_cancelled, "gateway start-up failed")
+        self._starting.addErrback(_log_error, "gateway start-up failed")
 
     @inlineCallbacks
     def _open(self, first: bool) -> Any:
@@ -280,7 +280,7 @@ class Gateway(Service):
         if target.name not in self._loading:
             d = self._load(target)
             self._loading[target.name] = d
-            d.addErrback(_unless_cancelled, "loading a route failed")
+            d.addErrback(_log_error, "loading a route failed")
 
             def loaded(_: Any) -> None:
                 del self._loading[target.name]
@@ -966,10 +966,15 @@ def _release(result: Any, slots: DeferredSemaphore) -> Any:
 
 
 def _log_error(failure: Failure, what: str) -> None:
-    """Log an expected error (CouchDB or the network) in one line, anything else in full."""
+    """
+    Log an expected error (CouchDB or the network) in one line, anything else in full; a
+    cancellation (the gateway stopping) not at all.
+    """
+    if failure.check(CancelledError):
+        return
     if failure.check(CouchError, *UNAVAILABLE):
         log.warn("{what}: {error}", what=what, error=_describe(failure.value))
-    elif not failure.check(CancelledError):
+    else:
         log.failure(what, failure)
 
 
@@ -981,11 +986,6 @@ def _route_status(target: ITarget) -> dict[str, Any]:
         "concurrency": target.concurrency,
         "busy": target.busy,
     }
-
-
-def _unless_cancelled(failure: Failure, what: str) -> None:
-    if not failure.check(CancelledError):
-        log.failure(what, failure)
 
 
 def _describe(error: BaseException) -> str:

@@ -149,11 +149,11 @@ def undecodable() -> str:
 
 def _check_value(field: str, value: Any) -> None:
     """Nesting depth and characters of one field, with the path of the first problem."""
-    for path, depth, item in _walk(field, value):
+    for place, depth, item in _walk(field, value):
         if depth > MAX_DEPTH:
             raise Rejected(
                 f"{field} nests objects or arrays more than {MAX_DEPTH} levels deep "
-                f"(at {_path(path)})"
+                f"(at {_path(place)})"
             )
         if isinstance(item, str):
             bad = _UNSENDABLE.search(item)
@@ -164,28 +164,41 @@ def _check_value(field: str, value: Any) -> None:
                     if 0xD800 <= char <= 0xDFFF
                     else ("a character XML (and so SOAP) cannot carry")
                 )
-                raise Rejected(f"{_path(path)} contains U+{char:04X}, {what}")
+                raise Rejected(f"{_path(place)} contains U+{char:04X}, {what}")
 
 
-def _walk(field: str, value: Any) -> Iterator[tuple[list[Any], int, Any]]:
-    """Each value within C{value} and each object key, with its path and depth (iteratively)."""
-    stack: list[tuple[list[Any], int, Any]] = [([field], 0, value)]
+#: Where a value sits in a message: (the parent's place, the key or index), or the field name.
+_Place = tuple[Any, Any] | str
+
+
+def _walk(field: str, value: Any) -> Iterator[tuple[_Place, int, Any]]:
+    """
+    Each value within C{value} and each object key, with its place and depth (iteratively; a
+    place is only spelled out as a path when a problem is reported, see L{_path}).
+    """
+    stack: list[tuple[_Place, int, Any]] = [(field, 0, value)]
     while stack:
-        path, depth, item = stack.pop()
-        yield path, depth, item
+        place, depth, item = stack.pop()
+        yield place, depth, item
         if isinstance(item, dict):
             for key, child in item.items():
-                yield [*path, key], depth + 1, key
-                stack.append(([*path, key], depth + 1, child))
+                yield (place, key), depth + 1, key
+                stack.append(((place, key), depth + 1, child))
         elif isinstance(item, list):
-            stack.extend(([*path, i], depth + 1, child) for i, child in enumerate(item))
+            stack.extend(((place, i), depth + 1, child) for i, child in enumerate(item))
 
 
-def _path(path: list[Any]) -> str:
-    text = str(path[0]) + "".join(
-        f"[{p}]" if isinstance(p, int) else f".{short(p, 40, quote=False)}" for p in path[1:6]
+def _path(place: _Place) -> str:
+    """A place as C{args.network}, C{args[0][1]}, shortened after five steps."""
+    steps: list[Any] = []
+    while isinstance(place, tuple):
+        place, step = place
+        steps.append(step)
+    steps.reverse()
+    text = str(place) + "".join(
+        f"[{p}]" if isinstance(p, int) else f".{short(p, 40, quote=False)}" for p in steps[:5]
     )
-    return text + ("..." if len(path) > 6 else "")
+    return text + ("..." if len(steps) > 5 else "")
 
 
 def short(value: Any, limit: int = 80, quote: bool = True) -> str:

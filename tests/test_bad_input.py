@@ -7,15 +7,12 @@ are left alone; a good message written after them all is forwarded as usual.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
 from couchgw import message
 from couchgw.couch import doc_path
-from tests.servers import start_demo, stop
 from tests.test_gateway import GatewayTestCase
 
 LIMIT = 64 * 1024  # --max-message-bytes for these tests
@@ -226,10 +223,7 @@ class BadInput(GatewayTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        folder = Path(tempfile.mkdtemp(prefix="couchgw-demo-"))
-        self.demo_log = folder / "demo.log"
-        self.wsdl, process = start_demo(self.demo_log)
-        self.addCleanup(stop, process)
+        self.wsdl, self.demo_log, _ = self.demo()
 
     @inlineCallbacks
     def put_raw(self, doc_id: str, body: bytes) -> Any:

@@ -11,9 +11,7 @@ does.
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
@@ -32,7 +30,6 @@ from couchgw import message
 from couchgw.couch import Database, Doc, connection_pool
 from couchgw.gateway import Gateway, copies
 from couchgw.timing import iso
-from tests.servers import start_demo, stop
 from tests.test_gateway import GatewayTestCase
 
 NOW = 1795845123.0
@@ -250,9 +247,7 @@ class Races(GatewayTestCase):
         pool = connection_pool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         self.agent = Agent(reactor, pool=pool)
-        self.demo_log = Path(tempfile.mkdtemp(prefix="couchgw-demo-")) / "demo.log"
-        self.wsdl, process = start_demo(self.demo_log)
-        self.addCleanup(stop, process)
+        self.wsdl, self.demo_log, _ = self.demo()
 
     def activated(self, doc_id: str) -> int:
         return self.demo_log.read_text().count(f"activated network={doc_id}\n")

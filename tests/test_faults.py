@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +31,6 @@ from tests.servers import (
     demo_wsdl,
     free_port,
     http,
-    start_demo,
     start_pouchdb,
     stop,
 )
@@ -71,12 +69,6 @@ class CouchFaults(GatewayTestCase):
         _, process = start_pouchdb(port, folder, wait=wait)
         self.addCleanup(stop, process)
         return process
-
-    def demo(self, delay: float = 0.1, port: int = 0) -> tuple[str, Path, Any]:
-        log = Path(tempfile.mkdtemp(prefix="couchgw-demo-")) / "demo.log"
-        url, process = start_demo(log, delay, port)
-        self.addCleanup(stop, process)
-        return url, log, process
 
     @inlineCallbacks
     def test_down_at_start(self) -> Any:
@@ -212,12 +204,6 @@ class _Broken(Resource):
 
 class TargetFaults(GatewayTestCase):
     timeout = 120
-
-    def demo(self, port: int = 0, log: Path | None = None) -> tuple[str, Path, Any]:
-        log = log or Path(tempfile.mkdtemp(prefix="couchgw-demo-")) / "demo.log"
-        url, process = start_demo(log, 0.1, port)
-        self.addCleanup(stop, process)
-        return url, log, process
 
     def broken(self, mode: str) -> tuple[str, _Broken]:
         port: IListeningPort

@@ -5,6 +5,8 @@ demo SOAP service, over sockets.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,7 +20,7 @@ from couchgw.couch import UNAVAILABLE, Conflict, Database, NotFound, connection_
 from couchgw.gateway import CHECKPOINT_ID, Gateway
 from couchgw.soap import SoapTarget
 from couchgw.threads import ThreadPoolService
-from tests.servers import demo_wsdl, new_db_url
+from tests.servers import demo_wsdl, new_db_url, start_demo, stop
 
 
 class GatewayTestCase(TestCase):
@@ -43,6 +45,16 @@ class GatewayTestCase(TestCase):
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
         return gateway
+
+    def demo(self, port: int = 0, log: Path | None = None) -> tuple[str, Path, Any]:
+        """
+        A demo SOAP service of this test's own, logging its calls to C{log} (appended, so that
+        a restart on the same port keeps one log); answers its WSDL URL, log and process.
+        """
+        log = log or Path(tempfile.mkdtemp(prefix="couchgw-demo-")) / "demo.log"
+        url, process = start_demo(log, 0.1, port)
+        self.addCleanup(stop, process)
+        return url, log, process
 
     @inlineCallbacks
     def wait_for(self, check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
