@@ -1,4 +1,4 @@
-"""The HTTP API (Klein): health, readiness and status."""
+"""The HTTP API (Klein): health, readiness, status and routes."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ class API:
         if problems:
             return _json(request, {"ready": False, "problems": problems}, 503)
         return _json(request, {"ready": True, "problems": []})
+
+    @app.route("/routes", methods=["GET"])
+    def routes(self, request: IRequest) -> bytes:
+        """Every route: kind, state, policy, and what its target offers (SOAP operations)."""
+        gateway = self.gateway
+        return _json(request, {name: gateway.route(name, True) for name in sorted(gateway.targets)})
+
+    @app.route("/routes/<name>", methods=["GET"])
+    def route(self, request: IRequest, name: str) -> bytes:
+        if name not in self.gateway.targets:
+            return _json(request, {"error": "not_found", "reason": f"no route {name!r}"}, 404)
+        return _json(request, self.gateway.route(name, True))
 
     @app.route("/status", methods=["GET"])
     @inlineCallbacks

@@ -18,6 +18,7 @@ from typing import Any, cast
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 from treq.client import HTTPClient
+from twisted.application.service import Service
 from twisted.internet import error as network
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.web.client import (
@@ -119,6 +120,17 @@ def connection_pool(reactor: Any, size: int = 20) -> HTTPConnectionPool:
     return pool
 
 
+class PoolCloser(Service):
+    """Closes an HTTP connection pool's idle connections at stop."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
 def error_for(status: int, body: Any, what: str) -> CouchError:
     """The typed exception for an error answer."""
     error = reason = ""
@@ -151,6 +163,11 @@ def split_credentials(
     return clean, None
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The C{Authorization} header's value for HTTP basic auth."""
+    return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def check_access(url: str, timeout: float = 5.0) -> None:
     """
     Ask the database once, blocking (at start-up, before the reactor runs), whether it lets
@@ -166,8 +183,7 @@ def check_access(url: str, timeout: float = 5.0) -> None:
     clean, auth = split_credentials(url)
     request = urllib.request.Request(clean, headers={"Accept": "application/json"})
     if auth is not None:
-        token = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
-        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Authorization", basic_auth(*auth))
     try:
         with urllib.request.urlopen(request, timeout=timeout):
             return
@@ -395,8 +411,7 @@ class Database:
         """
         headers, data = _encode(body)
         if self._auth is not None:
-            token = b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode("ascii")
-            headers.addRawHeader(b"Authorization", f"Basic {token}".encode("ascii"))
+            headers.addRawHeader(b"Authorization", basic_auth(*self._auth).encode("ascii"))
         producer = None if data is None else FileBodyProducer(BytesIO(data))
         url = self._url("_changes", params).encode("utf-8")
         return self._agent.request(b"GET" if body is None else b"POST", url, headers, producer)

@@ -1,14 +1,17 @@
 """
-The demo SOAP target: a slow "device activation" system built with spyne.
+The demo target: a slow "device activation" system built with spyne.
 
 It is served through spyne's WSGI server under L{twisted.web.wsgi}, on a thread pool of its own,
-so the slow calls sleep in threads and never block the reactor.  C{python -m couchgw.demo}
-serves it on its own (the tests and benchmarks use it as an external target).
+so the slow calls sleep in threads and never block the reactor.  The same operations answer
+JSON POSTs at C{/json} (the example target of C{http} routes), waiting on the reactor.
+C{python -m couchgw.demo} serves it on its own (the tests and benchmarks use it as an external
+target).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -33,7 +36,9 @@ from spyne.service import Service as SpyneService
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.logger import Logger
-from twisted.web.server import Site
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.wsgi import WSGIResource
 
 from couchgw.threads import ThreadPoolService
@@ -122,6 +127,89 @@ def application(delay: float = 0.1) -> WsgiApplication:
     return WsgiApplication(app)
 
 
+class JsonDemo(Resource):
+    """
+    The demo's operations over JSON: a POST of C{{"id", "operation", "args"}} answers the result
+    as JSON (C{activate} waits C{count * delay} seconds on the reactor, C{wait} C{seconds}).
+    An unknown operation is a 404, C{refuse} a 422, both with C{{"error": ...}}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any, delay: float) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._delay = delay
+
+    def render_POST(self, request: IRequest) -> bytes | int:
+        try:
+            body = json.loads(request.content.read())  # type: ignore[attr-defined]
+            operation = body.get("operation")
+            args = body.get("args") or {}
+            if isinstance(args, list):
+                args = dict(zip(_JSON_PARAMS.get(operation, ()), args, strict=False))
+        except (ValueError, AttributeError):
+            return _answer(request, 400, {"error": "the body must be a JSON object"})
+        log.info("call json {operation}", operation=operation)
+        if operation == "ping":
+            text = args.get("text")
+            return _answer(request, 200, "pong" if text is None else text)
+        if operation == "refuse":
+            return _answer(request, 422, {"error": args.get("reason") or "activation refused"})
+        if operation == "activate":
+            network, count = args.get("network"), args.get("count")
+            if not isinstance(network, str) or not isinstance(count, int) or count < 0:
+                return _answer(request, 400, {"error": "activate takes network and count >= 0"})
+            result = {"network": network, "activated": count}
+            self._later(request, count * self._delay, result)
+            return NOT_DONE_YET
+        if operation == "wait":
+            seconds = args.get("seconds", 1)
+            if not isinstance(seconds, int | float) or not 0 <= seconds <= 3600:
+                return _answer(request, 400, {"error": "wait takes seconds from 0 to 3600"})
+            self._later(request, seconds, {"waited": seconds})
+            return NOT_DONE_YET
+        return _answer(request, 404, {"error": f"no operation {operation!r}"})
+
+    def _later(self, request: Any, seconds: float, result: Any) -> None:
+        def finish() -> None:
+            request.write(_answer(request, 200, result))
+            request.finish()
+
+        call = self._reactor.callLater(seconds, finish)
+        request.notifyFinish().addErrback(lambda _: call.cancel())
+
+
+#: Positional arguments' names, by operation.
+_JSON_PARAMS = {
+    "ping": ("text",),
+    "refuse": ("reason",),
+    "activate": ("network", "count"),
+    "wait": ("seconds",),
+}
+
+
+def _answer(request: IRequest, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode()
+
+
+class _Root(Resource):
+    """C{/json} to the JSON operations; everything else to the SOAP service."""
+
+    def __init__(self, soap: Any, json_demo: Resource) -> None:
+        super().__init__()
+        self._soap = soap
+        self._json = json_demo
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        if path == b"json":
+            return self._json
+        request.postpath.insert(0, request.prepath.pop())
+        return self._soap
+
+
 class DemoService(Service):
     """
     Serves the demo SOAP target on localhost for as long as the service runs.
@@ -142,11 +230,16 @@ class DemoService(Service):
             raise RuntimeError("the demo service is not running")
         return f"http://127.0.0.1:{self._port.getHost().port}/?wsdl"  # type: ignore[attr-defined]
 
+    @property
+    def json_url(self) -> str:
+        """Where the same operations take JSON POSTs."""
+        return self.wsdl_url.replace("/?wsdl", "/json")
+
     def startService(self) -> None:
         super().startService()
         reactor: IReactorTCP = self._reactor
-        resource = WSGIResource(self._reactor, self._threads.pool, application(self._delay))
-        site: Any = Site(resource)
+        soap = WSGIResource(self._reactor, self._threads.pool, application(self._delay))
+        site: Any = Site(_Root(soap, JsonDemo(self._reactor, self._delay)))
         self._port = reactor.listenTCP(self._port_number, site, interface="127.0.0.1")
         self._threads.startService()
         log.info("demo SOAP service at {url}", url=self.wsdl_url)

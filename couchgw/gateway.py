@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -49,7 +51,7 @@ from couchgw.couch import (
 from couchgw.feed import Change, ChangesFeed
 from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
 from couchgw.message import Rejected
-from couchgw.timing import Backoff, iso
+from couchgw.timing import Backoff, RateLimit, iso
 
 log = Logger()
 
@@ -97,10 +99,25 @@ SWEEP_TIMEOUT = 600.0
 UNREADABLE_DEPTH = 100
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How the gateway treats one route's messages (None: the gateway's own setting)."""
+
+    #: Calls made for one message before a transient error is final.
+    retries: int | None = None
+    #: Seconds the first retry may wait; each next one up to twice as long (capped at 300).
+    backoff: float | None = None
+    #: Calls per second at most.
+    rate: float | None = None
+    #: Messages of this route handled at once; more wait in CouchDB (the sweep brings them).
+    inflight: int | None = None
+
+
 class Gateway(Service):
     """
     @param db: the message database.
     @param targets: the routes, by name.
+    @param policies: how each route's messages are treated, by route name.
     @param lease: seconds a claim is valid; a running call renews it every third of that.
     @param retries: calls made to a target for one message before a transient error is final.
     @param max_inflight: messages handled at once; when full, the feed is not read.
@@ -118,6 +135,7 @@ class Gateway(Service):
         targets: Mapping[str, ITarget],
         clock: IReactorTime,
         *,
+        policies: Mapping[str, Policy] | None = None,
         gateway: str | None = None,
         lease: float = 600.0,
         retries: int = 5,
@@ -160,6 +178,22 @@ class Gateway(Service):
         self._slots = {
             name: DeferredSemaphore(max(1, t.concurrency)) for name, t in self.targets.items()
         }
+        self.policies = {name: (policies or {}).get(name, Policy()) for name in self.targets}
+        self._backoffs = {
+            name: Backoff(base=policy.backoff, cap=300.0, floor=min(1.0, policy.backoff))
+            for name, policy in self.policies.items()
+            if policy.backoff is not None
+        }
+        self._rates = {
+            name: RateLimit(clock, policy.rate)
+            for name, policy in self.policies.items()
+            if policy.rate is not None
+        }
+        #: Messages being dispatched, by route.
+        self.inflight: Counter[str] = Counter()
+        #: Routes that left messages in CouchDB because they were full; swept once they drain.
+        self._full: set[str] = set()
+        self._sweep_again = False
         self._saved_seq: Any = None
         self._checkpoint_doc: Doc = {"_id": CHECKPOINT_ID}
         self._timers: dict[str, IDelayedCall] = {}
@@ -475,13 +509,18 @@ class Gateway(Service):
     @inlineCallbacks
     def sweep(self) -> Any:
         """Submit the work that is due now (as much as there is room for)."""
-        if self._sweeping is not None or self.couch_error is not None:
+        if self._sweeping is not None:
+            self._sweep_again = True  # what woke it may have come after this sweep's query
             return
+        if self.couch_error is not None:
+            return
+        self._sweep_again = False
         self._sweeping = Deferred()
         try:
             now_ms = int(self.clock.seconds() * 1000)
             page = max(self.max_inflight, 10)
             params: dict[str, Any] = {"endkey": now_ms, "limit": page}
+            taken: Counter[str] = Counter()
             for _ in range(10):
                 if not self._room():
                     break
@@ -493,7 +532,7 @@ class Gateway(Service):
                 rows = result.get("rows", [])
                 readable = []
                 for row in rows:
-                    if row["id"] in self.active:
+                    if row["id"] in self.active or self._waits_for_room(row, taken):
                         continue
                     why = self._unreadable(row)
                     if why is None:
@@ -516,6 +555,8 @@ class Gateway(Service):
             self._query = None
             sweeping, self._sweeping = self._sweeping, None
             sweeping.callback(None)
+            if self._sweep_again:
+                self.sweep_soon()
 
     @inlineCallbacks
     def _submit_ids(self, ids: list[str]) -> Any:
@@ -529,12 +570,31 @@ class Gateway(Service):
             if doc and doc["_id"] not in self.active and self._room():
                 self.submit(doc)
 
+    def _waits_for_room(self, row: Mapping[str, Any], taken: Counter[str]) -> bool:
+        """
+        Whether a row of the C{due} view is for a route that is full, counting the rows this
+        sweep C{taken} already.
+        """
+        value = row.get("value")
+        named = value[2] if isinstance(value, list) and len(value) > 2 else False
+        if named is not None and not isinstance(named, str):
+            return False
+        route: str = named or message.DEFAULT_ROUTE
+        policy = self.policies.get(route)
+        if policy is None or policy.inflight is None:
+            return False
+        if self.inflight[route] + taken[route] >= policy.inflight:
+            self._full.add(route)
+            return True
+        taken[route] += 1
+        return False
+
     def _unreadable(self, row: Mapping[str, Any]) -> str | None:
         """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
         value = row.get("value")
-        if row.get("key") != 0 or not isinstance(value, list) or len(value) != 2:
+        if row.get("key") != 0 or not isinstance(value, list) or len(value) < 2:
             return None
-        size, depth = value
+        size, depth = value[:2]
         if isinstance(size, int) and size > self.max_bytes:
             return "too large"
         if isinstance(depth, int) and depth >= UNREADABLE_DEPTH:
@@ -593,6 +653,10 @@ class Gateway(Service):
                 except Rejected as e:
                     written = yield self._transition(doc, message.rejected(str(e), now))
                 else:
+                    bound = self.policies[target.name].inflight
+                    if bound is not None and self.inflight[target.name] >= bound:
+                        self._full.add(target.name)
+                        return  # it waits in CouchDB: the sweep brings it once there is room
                     written = yield self._dispatch(doc, target, prepared)
             if written is not None:
                 return
@@ -618,10 +682,15 @@ class Gateway(Service):
     @inlineCallbacks
     def _dispatch(self, doc: Doc, target: ITarget, prepared: Any) -> Any:
         """Claim, call, write back; answer None if the claim lost (the document changed)."""
-        slots = self._slots[target.name]
+        name = target.name
+        self.inflight[name] += 1
+        slots = self._slots[name]
         yield slots.acquire()
         slot_held = True
         try:
+            rate = self._rates.get(name)
+            if rate is not None:
+                yield rate.wait()
             if not self.running or target.state != "ready":
                 return doc  # stopping, or the route went down: leave it for later
             claimed = yield self._claim(doc)
@@ -646,7 +715,7 @@ class Gateway(Service):
                 except Exception as e:
                     if isinstance(e, Unreachable):
                         self._route_down(target, str(e))
-                    fields = self._failure(claimed, e)
+                    fields = self._failure(claimed, e, name)
                 else:
                     fields = message.forwarded(answer, self.clock.seconds())
                 log.info(
@@ -668,6 +737,15 @@ class Gateway(Service):
         finally:
             if slot_held:
                 slots.release()
+            self._drained(name)
+
+    def _drained(self, name: str) -> None:
+        """A message of this route is done: once a full route is half empty, sweep for more."""
+        self.inflight[name] -= 1
+        bound = self.policies[name].inflight
+        if name in self._full and bound is not None and self.inflight[name] <= bound // 2:
+            self._full.discard(name)
+            self.sweep_soon()
 
     @inlineCallbacks
     def _claim(self, doc: Doc) -> Any:
@@ -746,7 +824,7 @@ class Gateway(Service):
         )
         return merged
 
-    def _failure(self, doc: Doc, error: Exception) -> dict[str, Any]:
+    def _failure(self, doc: Doc, error: Exception, route: str) -> dict[str, Any]:
         now = self.clock.seconds()
         if isinstance(error, Fault):
             return message.failed("fault", str(error), now)
@@ -754,8 +832,9 @@ class Gateway(Service):
             return message.rejected(str(error), now)
         if isinstance(error, Transient):
             attempts = int(doc.get("attempts") or 1)
-            if attempts < self.retries:
-                delay = self.retry_backoff.delay(attempts - 1)
+            retries = self.policies[route].retries or self.retries
+            if attempts < retries:
+                delay = self._backoffs.get(route, self.retry_backoff).delay(attempts - 1)
                 return message.retrying("transient", str(error), now, delay)
             return message.failed("transient", f"{error} (after {attempts} attempts)", now)
         return message.failed("error", _describe(error), now)
@@ -825,8 +904,26 @@ class Gateway(Service):
                 "last_error": feed.last_error if feed else None,
             },
             "checkpoint": {"seq": self.checkpoint.seq, "pending": len(self.checkpoint)},
-            "routes": {name: _route_status(t) for name, t in sorted(self.targets.items())},
+            "routes": {name: self.route(name) for name in sorted(self.targets)},
         }
+
+    def route(self, name: str, describe: bool = False) -> dict[str, Any]:
+        """A route's state and policy as plain JSON; with C{describe}, what its target offers."""
+        target = self.targets[name]
+        policy = self.policies[name]
+        about = dict(target.describe()) if describe else {}
+        about.update(
+            kind=target.kind,
+            state=target.state,
+            error=target.error,
+            concurrency=target.concurrency,
+            busy=target.busy,
+            in_flight=self.inflight[name],
+            inflight=policy.inflight,
+            retries=policy.retries or self.retries,
+            rate=policy.rate,
+        )
+        return about
 
 
 class _Claim:
@@ -976,16 +1073,6 @@ def _log_error(failure: Failure, what: str) -> None:
         log.warn("{what}: {error}", what=what, error=_describe(failure.value))
     else:
         log.failure(what, failure)
-
-
-def _route_status(target: ITarget) -> dict[str, Any]:
-    return {
-        "kind": target.kind,
-        "state": target.state,
-        "error": target.error,
-        "concurrency": target.concurrency,
-        "busy": target.busy,
-    }
 
 
 def _describe(error: BaseException) -> str:

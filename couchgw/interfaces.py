@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import Attribute, Interface
+
+from couchgw.couch import split_credentials
 
 
 class Fault(Exception):
@@ -57,6 +60,29 @@ class ITarget(Interface):
         """Plain JSON describing the target (kind, state, operations)."""
 
 
+class ITargetFactory(Interface):
+    """
+    A kind of route (C{kind = "..."} in a routes file).  Packages supply kinds of their own as
+    Twisted plugins: a module in their C{twisted/plugins/} folder with an object that provides
+    this interface (and L{twisted.plugin.IPlugin}).
+    """
+
+    kind = Attribute('The name routes files give this kind, e.g. "soap".')
+
+    def build(config: Any, reactor: Any, parent: Any) -> ITarget:
+        """
+        The target of one route.
+
+        @param config: the route's L{couchgw.routes.RouteConfig}; keys the common ones do not
+            cover are in C{config.options}.
+        @param reactor: the reactor.
+        @param parent: an L{twisted.application.service.IServiceCollection} to add services the
+            target needs (a thread pool, a connection pool to close) to; they start before the
+            gateway and stop after it.
+        @raise ValueError: the configuration is wrong; the message says how, in one line.
+        """
+
+
 class IRunner(Interface):
     """Runs blocking functions off the reactor thread."""
 
@@ -65,3 +91,58 @@ class IRunner(Interface):
 
     def run(f: Any, *args: Any, **kwargs: Any) -> Any:
         """Run C{f(*args, **kwargs)} in a thread; a Deferred with its result."""
+
+
+class BaseTarget:
+    """
+    What every kind of target shares: its name, URL (shown without credentials), state, and
+    the plain JSON that describes it.
+
+    @param url: the target's URL, or a callable answering it once it is known.
+    """
+
+    kind = ""
+
+    def __init__(
+        self,
+        name: str,
+        url: str | Callable[[], str],
+        timeout: float,
+        default_operation: str | None,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self.timeout = timeout
+        self.default_operation = default_operation
+        self.state = "loading"
+        self.error: str | None = None
+
+    def _full_url(self) -> str:
+        """The URL, with any credentials in it (never shown)."""
+        return self._url() if callable(self._url) else self._url
+
+    @property
+    def url(self) -> str | None:
+        """The URL without credentials (None until known)."""
+        try:
+            return split_credentials(self._full_url(), {})[0]
+        except RuntimeError:
+            return None
+
+    def unavailable(self, reason: str) -> None:
+        self.state, self.error = "unavailable", reason
+
+    def operations_described(self) -> Any:
+        """The operations the target offers as plain JSON, or None if it does not say."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "state": self.state,
+            "error": self.error,
+            "url": self.url,
+            "concurrency": getattr(self, "concurrency", None),
+            "default_operation": self.default_operation,
+            "operations": self.operations_described(),
+        }

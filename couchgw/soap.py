@@ -34,9 +34,18 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from couchgw.couch import split_credentials
-from couchgw.interfaces import Fault, IRunner, ITarget, Transient, Unreachable
+from couchgw.interfaces import (
+    BaseTarget,
+    Fault,
+    IRunner,
+    ITarget,
+    ITargetFactory,
+    Transient,
+    Unreachable,
+)
 from couchgw.message import Rejected, json_kind, short
+from couchgw.routes import target_url
+from couchgw.threads import ThreadPoolService
 
 log = Logger()
 
@@ -276,7 +285,7 @@ def _fault_text(error: WebFault) -> str:
 
 
 @implementer(ITarget)
-class SoapTarget:
+class SoapTarget(BaseTarget):
     """
     A SOAP route.
 
@@ -296,13 +305,8 @@ class SoapTarget:
         timeout: float = 300.0,
         default_operation: str | None = None,
     ) -> None:
-        self.name = name
-        self._url = url
+        super().__init__(name, url, timeout, default_operation)
         self._runner = runner
-        self.timeout = timeout
-        self.default_operation = default_operation
-        self.state = "loading"
-        self.error: str | None = None
         self.operations: dict[str, list[Param]] = {}
         self._client: Client | None = None
         self._generation = 0
@@ -316,17 +320,8 @@ class SoapTarget:
     def busy(self) -> int:
         return int(self._runner.busy)
 
-    @property
-    def url(self) -> str | None:
-        """The WSDL URL without credentials (None until known)."""
-        try:
-            url = self._url() if callable(self._url) else self._url
-        except RuntimeError:
-            return None
-        return split_credentials(url, {})[0]
-
     def load(self) -> Deferred[None]:
-        url = self._url() if callable(self._url) else self._url
+        url = self._full_url()
         d: Deferred[tuple[Client, dict[str, list[Param]]]] = self._runner.run(self._build, url)
 
         def loaded(built: tuple[Client, dict[str, list[Param]]]) -> None:
@@ -347,9 +342,6 @@ class SoapTarget:
             return failure
 
         return d.addCallbacks(loaded, failed)
-
-    def unavailable(self, reason: str) -> None:
-        self.state, self.error = "unavailable", reason
 
     def _options(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "cache": NoCache()}
@@ -447,19 +439,25 @@ class SoapTarget:
             raise RuntimeError(text) from None
         return to_json(answer)
 
-    def describe(self) -> dict[str, Any]:
+    def operations_described(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "state": self.state,
-            "error": self.error,
-            "url": self.url,
-            "concurrency": self.concurrency,
-            "default_operation": self.default_operation,
-            "operations": {
-                name: [p.describe() for p in params]
-                for name, params in sorted(self.operations.items())
-            },
+            name: [p.describe() for p in params] for name, params in sorted(self.operations.items())
         }
+
+
+@implementer(ITargetFactory)
+class SoapKind:
+    """Routes of C{kind = "soap"}: C{url} is the WSDL's; C{concurrency} threads of their own."""
+
+    kind = "soap"
+
+    def build(self, config: Any, reactor: Any, parent: Any) -> SoapTarget:
+        url = target_url(config, "the WSDL's URL", ("http", "https", "file"))
+        threads = ThreadPoolService(reactor, config.concurrency, name=f"couchgw-{config.name}")
+        threads.setServiceParent(parent)
+        return SoapTarget(
+            config.name, url, threads, timeout=config.timeout, default_operation=config.operation
+        )
 
 
 def _http_status(error: Exception) -> tuple[int, str] | None:

@@ -7,6 +7,7 @@ The couchgw twistd plugin: options, and L{makeService}, which composes the whole
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,23 +16,23 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from couchgw.api import API
 from couchgw.couch import (
     CouchError,
     Database,
+    PoolCloser,
     check_access,
     connection_pool,
     split_credentials,
 )
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch, NotInstalled, find_executable
-from couchgw.gateway import Gateway
+from couchgw.gateway import Gateway, Policy
 from couchgw.message import DEFAULT_ROUTE
-from couchgw.soap import SoapTarget
-from couchgw.threads import ThreadPoolService
+from couchgw.routes import RouteConfig, RoutesError, build, kinds, load
 
 DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
 
@@ -89,21 +90,31 @@ class Options(usage.Options):
             "threads",
             None,
             10,
-            "Threads for blocking SOAP calls (calls at once).",
+            "Threads of the default route's blocking SOAP calls (calls at once); also the "
+            "concurrency of SOAP routes that set none.",
             _number("threads", int, 1, 1000),
         ],
         [
             "max-inflight",
             None,
-            100,
-            "Messages handled at once; when full, the feed is not read.",
+            None,
+            "Messages handled at once; when full, the feed is not read. Default: 100, or the "
+            "routes' inflight bounds together if that is more.",
             _number("max-inflight", int, 1, 100000),
+        ],
+        [
+            "routes",
+            None,
+            None,
+            "A TOML file of further routes ([routes.NAME] tables: kind, url, concurrency, "
+            "timeout, retries, backoff, operation, rate, inflight); --target is the route "
+            "'default'.",
         ],
         [
             "timeout",
             None,
             300.0,
-            "Seconds a SOAP call may wait on the target.",
+            "Seconds a call may wait on the target (routes that set no timeout too).",
             _number("timeout", float, 0.1),
         ],
         [
@@ -118,7 +129,8 @@ class Options(usage.Options):
             "retries",
             None,
             5,
-            "Calls made for one message before a transient error is final.",
+            "Calls made for one message before a transient error is final (routes that set no "
+            "retries too).",
             _number("retries", int, 1, 1000),
         ],
         [
@@ -197,6 +209,7 @@ class Options(usage.Options):
         target = self["target"]
         if target != "demo" and not target.startswith(("http://", "https://", "file://")):
             raise usage.UsageError(f"--target must be a WSDL URL or 'demo', not {target!r}")
+        self._routes()
         try:
             serverFromString(None, self["http"])
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -208,6 +221,34 @@ class Options(usage.Options):
                 self["pouchdb-server"] = find_executable()
             except NotInstalled as e:
                 raise usage.UsageError(str(e)) from None
+
+    def _routes(self) -> None:
+        """Read the routes file, and size the in-flight bound to fit the routes' own."""
+        default = RouteConfig(
+            DEFAULT_ROUTE,
+            url=self["target"],
+            concurrency=self["threads"],
+            timeout=self["timeout"],
+            retries=self["retries"],
+        )
+        known = kinds()
+        configs = []
+        if self["routes"] is not None:
+            try:
+                configs = load(self["routes"], default, known)
+            except RoutesError as e:
+                raise usage.UsageError(f"--routes {e}") from None
+            default = replace(default, inflight=max(10, 2 * default.concurrency))
+        self["route-configs"] = [default, *configs]
+        self["kinds"] = known
+        bounds = sum(config.inflight or 0 for config in self["route-configs"])
+        if self["max-inflight"] is None:
+            self["max-inflight"] = max(100, bounds)
+        elif self["max-inflight"] < bounds:
+            raise usage.UsageError(
+                f"--max-inflight {self['max-inflight']} is less than the routes' inflight "
+                f"bounds together ({bounds}): raise it, or lower the routes' inflight"
+            )
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse; a bad option ends the program with one line saying what is wrong."""
@@ -226,17 +267,6 @@ class Stack(MultiService):
         Service.stopService(self)
         for service in reversed(list(self)):
             yield service.stopService()
-
-
-class _Closer(Service):
-    """Closes an HTTP connection pool's idle connections at stop."""
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.pool.closeCachedConnections()
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
@@ -258,24 +288,32 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         couch = f"{embedded.url}/messages"
 
     pool = connection_pool(reactor)
-    _Closer(pool).setServiceParent(top)
+    PoolCloser(pool).setServiceParent(top)
     db = Database(couch, Agent(reactor, pool=pool))
 
-    threads = ThreadPoolService(reactor, options["threads"], name="couchgw-soap")
-    threads.setServiceParent(top)
-
-    target = options["target"]
-    wsdl: str | Callable[[], str] = target
-    if target == "demo":
+    configs: list[RouteConfig] = options["route-configs"]
+    if any(config.url == "demo" for config in configs):
         demo = DemoService(reactor, options["demo-port"], options["demo-delay"])
         demo.setServiceParent(top)
-        wsdl = lambda: demo.wsdl_url  # noqa: E731  (known once the demo listens)
-    routes = {DEFAULT_ROUTE: SoapTarget(DEFAULT_ROUTE, wsdl, threads, timeout=options["timeout"])}
+        # known once the demo listens
+        urls = {"soap": lambda: demo.wsdl_url, "http": lambda: demo.json_url}
+        configs = [
+            replace(c, url=urls[c.kind]) if c.url == "demo" and c.kind in urls else c
+            for c in configs
+        ]
+    try:
+        targets = build(configs, reactor, top, options["kinds"])
+    except RoutesError as e:
+        raise SystemExit(f"twistd couchgw: --routes {e}") from None
 
     gateway = Gateway(
         db,
-        routes,
+        targets,
         reactor,
+        policies={
+            c.name: Policy(retries=c.retries, backoff=c.backoff, rate=c.rate, inflight=c.inflight)
+            for c in configs
+        },
         gateway=options["gateway-id"],
         lease=options["lease"],
         retries=options["retries"],

@@ -6,6 +6,10 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
 
 def iso(seconds: float) -> str:
     """
@@ -54,3 +58,21 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+class RateLimit:
+    """Spaces events at least C{1 / rate} seconds apart, in the order they ask."""
+
+    def __init__(self, clock: IReactorTime, rate: float) -> None:
+        self._clock = clock
+        self.interval = 1.0 / rate
+        self._next = 0.0
+
+    def wait(self) -> Deferred[None]:
+        """A Deferred that fires when the next event may happen."""
+        now = self._clock.seconds()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at <= now:
+            return succeed(None)
+        return deferLater(self._clock, at - now, lambda: None)

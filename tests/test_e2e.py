@@ -18,17 +18,17 @@ from typing import Any
 import pytest
 
 from couchgw.embedded import find_executable
-from tests.servers import free_port, http, new_db_url, start_demo, stop, wait_until
+from tests.servers import ROOT, free_port, http, new_db_url, start_demo, stop, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 TERMINAL = {"forwarded", "failed", "rejected", "cancelled"}
 
 
 class Twistd:
-    def __init__(self, folder: Path, *args: str) -> None:
+    def __init__(self, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.http_port = free_port()
         self.log = folder / "couchgw.log"
-        env = {**os.environ, "COUCHGW_POUCHDB_SERVER": find_executable()}
+        env = {**os.environ, "COUCHGW_POUCHDB_SERVER": find_executable(), **(env or {})}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [
@@ -67,8 +67,8 @@ class Twistd:
 def gateways(tmp_path: Path) -> Iterator[Any]:
     started: list[Twistd] = []
 
-    def start(*args: str) -> Twistd:
-        started.append(Twistd(tmp_path, *args))
+    def start(*args: str, env: dict[str, str] | None = None) -> Twistd:
+        started.append(Twistd(tmp_path, *args, env=env))
         return started[-1]
 
     yield start
@@ -156,6 +156,69 @@ def test_burst_of_slow_calls(tmp_path: Path, gateways: Any) -> None:
         )
         assert set(calls) == set(ids)
         assert max(calls.values()) == 1
+    finally:
+        stop(demo)
+
+
+def test_routes_file_with_a_plugin_kind(tmp_path: Path, gateways: Any) -> None:
+    """
+    A routes file names an http route (the demo's JSON operations) and a route of a kind that
+    a plugin from another package supplies (tests/kinds); GET /routes describes them all.
+    """
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    try:
+        routes = tmp_path / "routes.toml"
+        routes.write_text(
+            f'[routes.web]\nkind = "http"\nurl = "{wsdl.replace("/?wsdl", "/json")}"\n'
+            'operation = "ping"\n\n'
+            '[routes.echo]\nkind = "echo"\nprefix = "plugged"\nrate = 50\n'
+        )
+        db = new_db_url("routes")
+        kinds = str(ROOT / "tests" / "kinds")
+        gateway = gateways(
+            "--couch", db, "--target", wsdl, "--routes", str(routes), env={"PYTHONPATH": kinds}
+        )
+        gateway.wait_ready()
+        docs = [
+            {"_id": "soap", "type": "message", "operation": "ping", "text": "s"},
+            {"_id": "web", "type": "message", "target": "web", "text": "w"},
+            {"_id": "echo", "type": "message", "target": "echo", "args": {"a": 1}},
+            {"_id": "nowhere", "type": "message", "target": "nowhere"},
+        ]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs})
+        assert status == 201
+        done = wait_terminal(db, [d["_id"] for d in docs], 30)
+        assert (done["soap"]["status"], done["soap"]["result"]) == ("forwarded", "s")
+        assert (done["web"]["status"], done["web"]["result"]) == ("forwarded", "w")
+        assert done["echo"]["status"] == "forwarded"
+        assert done["echo"]["result"] == {
+            "echo": {"a": 1},
+            "operation": None,
+            "id": "echo",
+            "by": "plugged",
+        }
+        assert done["nowhere"]["status"] == "rejected"
+        assert done["nowhere"]["error"]["message"] == (
+            "there is no route 'nowhere' (routes: default, echo, web)"
+        )
+        status, described = http("GET", f"{gateway.api}/routes")
+        assert status == 200
+        assert {name: r["kind"] for name, r in described.items()} == {
+            "default": "soap",
+            "web": "http",
+            "echo": "echo",
+        }
+        assert described["echo"]["prefix"] == "plugged"
+        assert described["echo"]["rate"] == 50
+        assert described["web"]["default_operation"] == "ping"
+        activate = described["default"]["operations"]["activate"]
+        assert [(p["name"], p["type"], p["required"]) for p in activate] == [
+            ("network", "string", True),
+            ("count", "integer", True),
+        ]
+        status, one = http("GET", f"{gateway.api}/routes/web")
+        assert (status, one["url"]) == (200, wsdl.replace("/?wsdl", "/json"))
+        assert http("GET", f"{gateway.api}/routes/nowhere")[0] == 404
     finally:
         stop(demo)
 

@@ -1,8 +1,10 @@
 function (doc) {
   // Work that is due, keyed by when it is due (milliseconds since the epoch; 0 for new
-  // messages). The value is [size, depth]: the document's JSON length and how deeply it nests
-  // (counted up to 100; 100 also when it is too deep to write out), so that the gateway can
-  // reject a message too big or too deep to read without reading it.
+  // messages). The value is [size, depth, route]: the document's JSON length and how deeply it
+  // nests (counted up to 100; 100 also when it is too deep to write out), so that the gateway
+  // can reject a message too big or too deep to read without reading it; and its target (null
+  // when it names none, false when it is not a string), so that the gateway can pass over the
+  // messages of a route that is full.
   if (doc.type !== "message") return;
   var statuses = ["dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
   var at = null;
@@ -28,5 +30,6 @@ function (doc) {
   } catch (e) {
     depth = 100; // too deep even for the view server to write out
   }
-  emit(at, [size, depth]);
+  var route = doc.target === undefined ? null : typeof doc.target === "string" ? doc.target : false;
+  emit(at, [size, depth, route]);
 }

@@ -1,0 +1,213 @@
+"""
+HTTP targets: a JSON POST per message, made with treq on the reactor (no thread).
+
+The request body is C{{"id": message id, "operation": ..., "args": ...}}, with the message id in
+an C{Idempotency-Key} header as well.  A 2xx answer's JSON is the result; 408, 429 and 5xx are
+transient; any other status is a fault (final), described by the answer's C{error} or
+C{message} when it has one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import error as network
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    inlineCallbacks,
+)
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from zope.interface import implementer
+
+from couchgw.couch import PoolCloser, basic_auth, connection_pool, split_credentials
+from couchgw.interfaces import BaseTarget, Fault, ITarget, ITargetFactory, Transient, Unreachable
+from couchgw.routes import target_url
+
+log = Logger()
+
+#: The largest answer taken (its JSON becomes the result, inside the message document).
+MAX_ANSWER = 8 * 1024 * 1024
+
+#: The connection could not be made at all: the route is down, not just this call.
+_UNREACHABLE = (network.ConnectionRefusedError, network.DNSLookupError, network.NoRouteError)
+_TRANSIENT = (
+    network.ConnectError,
+    network.ConnectionClosed,
+    ResponseFailed,
+    ResponseNeverReceived,
+    RequestTransmissionFailed,
+    TimeoutError,
+    CancelledError,
+    OSError,
+)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@implementer(ITarget)
+class HttpTarget(BaseTarget):
+    """
+    A route that POSTs each message as JSON.
+
+    @param url: the URL to POST to (credentials in its user info are sent as basic auth), or a
+        callable answering it when the target loads.
+    @param concurrency: requests at once.
+    """
+
+    kind = "http"
+
+    def __init__(
+        self,
+        name: str,
+        url: Any,
+        reactor: Any,
+        client: HTTPClient,
+        concurrency: int = 100,
+        timeout: float = 300.0,
+        default_operation: str | None = None,
+    ) -> None:
+        super().__init__(name, url, timeout, default_operation)
+        self._reactor = reactor
+        self._client = client
+        self.concurrency = concurrency
+        self.busy = 0
+
+    def _target(self) -> tuple[str, dict[str, str]]:
+        clean, auth = split_credentials(self._full_url(), {})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth is not None:
+            headers["Authorization"] = basic_auth(*auth)
+        return clean, headers
+
+    @inlineCallbacks
+    def load(self) -> Any:
+        """Ready once the URL's host accepts a TCP connection."""
+        url = urlsplit(self._target()[0])
+        port = url.port or (443 if url.scheme == "https" else 80)
+        endpoint = HostnameEndpoint(
+            self._reactor, url.hostname or "", port, timeout=min(self.timeout, 10)
+        )
+        try:
+            protocol = yield endpoint.connect(Factory.forProtocol(Protocol))
+        except Exception as e:
+            self.state = "unavailable"
+            self.error = f"{url.hostname}:{port} does not accept connections: {_text(e)}"
+            raise Unreachable(self.error) from None
+        protocol.transport.loseConnection()
+        self.state, self.error = "ready", None
+        log.info("route {route}: {url} accepts connections", route=self.name, url=self.url)
+
+    def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
+        return operation or self.default_operation, args
+
+    def call(self, prepared: Any, message_id: str) -> Deferred[Any]:
+        self.busy += 1
+        d = self._call(prepared, message_id)
+        d.addTimeout(self.timeout, self._reactor)
+
+        def done(result: Any) -> Any:
+            self.busy -= 1
+            return result
+
+        return d.addBoth(done)
+
+    @inlineCallbacks
+    def _call(self, prepared: Any, message_id: str) -> Any:
+        operation, args = prepared
+        url, headers = self._target()
+        body = json.dumps({"id": message_id, "operation": operation, "args": args}).encode()
+        try:
+            headers = {**headers, "Idempotency-Key": message_id}
+            response = yield self._client.post(url, data=body, headers=headers)  # type: ignore[arg-type]
+            chunks: list[bytes] = []
+
+            def collect(data: bytes) -> None:
+                chunks.append(data)
+                if sum(map(len, chunks)) > MAX_ANSWER:
+                    raise _TooLarge()
+
+            yield treq.collect(response, collect)
+        except _TooLarge:
+            raise RuntimeError(f"the answer is larger than {MAX_ANSWER} bytes") from None
+        except _UNREACHABLE as e:
+            raise Unreachable(_text(e)) from None
+        except _TRANSIENT as e:
+            raise Transient(_text(e)) from None
+        raw = b"".join(chunks)
+        code = response.code
+        if 200 <= code < 300:
+            if not raw.strip():
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise RuntimeError(
+                    f"the target answered HTTP {code} with something that is not JSON: {raw[:80]!r}"
+                ) from None
+        text = f"the target answered HTTP {code}" + _detail(raw)
+        if code >= 500 or code in (408, 429):
+            raise Transient(text)
+        raise Fault(text)
+
+
+def _detail(raw: bytes) -> str:
+    """What an error answer says, in a few words: its C{error} or C{message}, or its text."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()
+    else:
+        text = ""
+        if isinstance(body, dict):
+            found = body.get("error") or body.get("message") or body.get("reason")
+            text = found if isinstance(found, str) else ""
+    text = " ".join(text.split())
+    return f": {text[:200]}" if text else ""
+
+
+def _text(error: BaseException) -> str:
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        error = reasons[0].value
+    if isinstance(error, TimeoutError | CancelledError):
+        return "no answer in time"
+    return str(error) or type(error).__name__
+
+
+@implementer(ITargetFactory)
+class HttpKind:
+    """Routes of C{kind = "http"}: C{url} takes a JSON POST per message."""
+
+    kind = "http"
+    default_concurrency = 100
+
+    def build(self, config: Any, reactor: Any, parent: Any) -> HttpTarget:
+        url = target_url(config, "where to POST the messages")
+        pool = connection_pool(reactor, config.concurrency)
+        PoolCloser(pool).setServiceParent(parent)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        return HttpTarget(
+            config.name,
+            url,
+            reactor,
+            client,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            default_operation=config.operation,
+        )
