@@ -163,6 +163,16 @@ def split_credentials(
     return clean, None
 
 
+def supports_selector(welcome: Mapping[str, Any]) -> bool:
+    """Whether the server is Apache CouchDB 2 or later (PouchDB Server is not: never send it)."""
+    if welcome.get("couchdb") != "Welcome":
+        return False
+    try:
+        return int(str(welcome.get("version", "0")).split(".")[0]) >= 2
+    except ValueError:
+        return False
+
+
 def basic_auth(user: str, password: str) -> str:
     """The C{Authorization} header's value for HTTP basic auth."""
     return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")

@@ -47,6 +47,7 @@ from couchgw.couch import (
     Forbidden,
     NotFound,
     Unauthorized,
+    supports_selector,
 )
 from couchgw.feed import Change, ChangesFeed
 from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
@@ -79,16 +80,6 @@ def copies(info: Mapping[str, Any]) -> int:
         return max(1, int(cluster["n"])) if isinstance(cluster, Mapping) else 1
     except (KeyError, TypeError, ValueError):
         return 1
-
-
-def supports_selector(welcome: Mapping[str, Any]) -> bool:
-    """Whether the server is Apache CouchDB 2 or later (PouchDB Server is not: never send it)."""
-    if welcome.get("couchdb") != "Welcome":
-        return False
-    try:
-        return int(str(welcome.get("version", "0")).split(".")[0]) >= 2
-    except ValueError:
-        return False
 
 
 #: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
@@ -236,7 +227,7 @@ class Gateway(Service):
                     saved = {}
                 break
             except Exception as e:
-                self.couch_error = f"CouchDB at {self.db.url}: {_describe(e)}"
+                self.couch_error = f"CouchDB at {self.db.url}: {describe_error(e)}"
                 delay = backoff.next()
                 log.warn(
                     "{error}; trying again in {delay:.1f}s", error=self.couch_error, delay=delay
@@ -332,7 +323,7 @@ class Gateway(Service):
                 log.warn(
                     "route {route} not ready: {error}; trying again in {delay:.0f}s",
                     route=target.name,
-                    error=target.error or _describe(e),
+                    error=target.error or describe_error(e),
                     delay=delay,
                 )
                 yield deferLater(self.clock, delay, lambda: None)
@@ -405,7 +396,7 @@ class Gateway(Service):
             try:
                 yield self.save_checkpoint()
             except Exception as e:
-                log.warn("cannot save the checkpoint: {error}", error=_describe(e))
+                log.warn("cannot save the checkpoint: {error}", error=describe_error(e))
 
     # -- readiness -------------------------------------------------------------------------------
 
@@ -785,7 +776,7 @@ class Gateway(Service):
             log.warn(
                 "{id}: cannot read every copy ({error}); confirming against a quorum",
                 id=claimed["_id"],
-                error=_describe(e),
+                error=describe_error(e),
             )
             current = yield self.db.get(claimed["_id"], conflicts="true")
         if not self.holds(current, claimed):
@@ -837,7 +828,7 @@ class Gateway(Service):
                 delay = self._backoffs.get(route, self.retry_backoff).delay(attempts - 1)
                 return message.retrying("transient", str(error), now, delay)
             return message.failed("transient", f"{error} (after {attempts} attempts)", now)
-        return message.failed("error", _describe(error), now)
+        return message.failed("error", describe_error(error), now)
 
     def holds(self, doc: Doc, claimed: Doc) -> bool:
         """Whether C{doc} is still under the claim this gateway wrote as C{claimed}."""
@@ -882,7 +873,7 @@ class Gateway(Service):
             counts = {row["key"]: row["value"] for row in result.get("rows", [])}
         except Exception as e:
             counts = None
-            log.warn("cannot count messages: {error}", error=_describe(e))
+            log.warn("cannot count messages: {error}", error=describe_error(e))
         feed = self.feed
         problems = self.problems()
         return {
@@ -961,7 +952,7 @@ class _Claim:
             log.warn(
                 "{id}: cannot renew the lease ({error}); trying again later",
                 id=self.doc["_id"],
-                error=_describe(e),
+                error=describe_error(e),
             )
         finally:
             self._renewing = None
@@ -1017,7 +1008,7 @@ class _Claim:
                 log.warn(
                     "{id}: cannot write the outcome ({error}); trying again in {delay:.1f}s",
                     id=doc_id,
-                    error=_describe(e),
+                    error=describe_error(e),
                     delay=delay,
                 )
                 yield deferLater(gateway.clock, delay, lambda: None)
@@ -1070,12 +1061,12 @@ def _log_error(failure: Failure, what: str) -> None:
     if failure.check(CancelledError):
         return
     if failure.check(CouchError, *UNAVAILABLE):
-        log.warn("{what}: {error}", what=what, error=_describe(failure.value))
+        log.warn("{what}: {error}", what=what, error=describe_error(failure.value))
     else:
         log.failure(what, failure)
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """A one-line description of an error, without the URL's credentials."""
     reasons = getattr(error, "reasons", None)  # twisted.web's ResponseFailed and kin
     if reasons and isinstance(reasons[0], Failure):

@@ -30,6 +30,7 @@ from couchgw.couch import (
 )
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch, NotInstalled, find_executable
+from couchgw.events import Events
 from couchgw.gateway import Gateway, Policy
 from couchgw.message import DEFAULT_ROUTE
 from couchgw.routes import RouteConfig, RoutesError, build, kinds, load
@@ -324,8 +325,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         max_bytes=options["max-message-bytes"],
     )
     gateway.setServiceParent(top)
+    events = Events(db, reactor, heartbeat=options["heartbeat"], max_line=gateway.max_bytes + 65536)
+    events.setServiceParent(top)
 
-    site = Site(API(gateway).app.resource())
+    site = Site(API(gateway, events).app.resource())
     site.displayTracebacks = False
     strports.service(options["http"], site, reactor=reactor).setServiceParent(top)
     return top

@@ -25,7 +25,7 @@ class FakeGateway:
 
 class APITests(SynchronousTestCase):
     def get(self, gateway: FakeGateway, path: str) -> tuple[int, str, Any]:
-        stub = StubTreq(API(gateway).app.resource())  # type: ignore[arg-type]
+        stub = StubTreq(API(gateway, None).app.resource())  # type: ignore[arg-type]
         response = self.successResultOf(stub.get(f"http://localhost{path}"))
         body = self.successResultOf(response.content())
         content_type = response.headers.getRawHeaders(b"content-type")[0].decode()

@@ -9,10 +9,10 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
-from couchgw.couch import split_credentials
+from couchgw.couch import split_credentials, supports_selector
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch
-from couchgw.gateway import Gateway, supports_selector
+from couchgw.gateway import Gateway
 from couchgw.tap import Options, makeService
 from couchgw.threads import ThreadPoolService
 

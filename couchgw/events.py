@@ -1,0 +1,337 @@
+"""
+Status events for subscribers (Server-Sent Events), all served from one changes feed.
+
+The feed of every message's changes is opened when the first subscriber comes, and closed a
+while after the last one left; subscribers themselves cost a small object and a connection each.
+Each event carries the change's sequence as its SSE id, so a client that reconnects with
+C{Last-Event-ID} gets what it missed: from the recent events kept in memory, or else from one
+read of the C{_changes} feed since that sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from couchgw import design
+from couchgw.couch import Database, supports_selector
+from couchgw.feed import Change, ChangesFeed
+
+log = Logger()
+
+#: The fields of a message an event carries (the rest: read the document).
+EVENT_FIELDS = (
+    "status",
+    "attempts",
+    "error",
+    "target",
+    "operation",
+    "next_attempt_at",
+    "dispatched_at",
+    "completed_at",
+    "updated_at",
+    "callback",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A message's state after one change."""
+
+    #: The change's sequence (None for a state read from the document itself).
+    seq: Any
+    id: str
+    rev: str
+    data: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def generation(self) -> int:
+        try:
+            return int(self.rev.split("-", 1)[0])
+        except ValueError:
+            return 0
+
+    def encode(self) -> bytes:
+        """The event as SSE: C{id:} (the sequence, when there is one), C{event:}, C{data:}."""
+        head = f"id: {_seq_text(self.seq)}\n" if self.seq is not None else ""
+        return f"{head}event: status\ndata: {json.dumps(self.data)}\n\n".encode()
+
+
+def event_of(doc: Mapping[str, Any], seq: Any = None) -> Event:
+    """The event that says where a message stands (C{"new"} while it has no status)."""
+    data = {"id": doc["_id"], "rev": doc.get("_rev")}
+    for name in EVENT_FIELDS:
+        if doc.get(name) is not None:
+            data[name] = doc[name]
+    data["status"] = doc.get("status") or "new"
+    if seq is not None:
+        data["seq"] = seq
+    return Event(seq, str(doc["_id"]), str(doc.get("_rev", "")), data)
+
+
+def _seq_text(seq: Any) -> str:
+    return seq if isinstance(seq, str) else json.dumps(seq)
+
+
+Listener = Callable[[Event], None]
+
+
+class Events(Service):
+    """
+    The hub: one changes feed of all messages, fanned out to listeners.
+
+    @param keep: recent events kept for clients that reconnect.
+    @param linger: seconds the feed stays open after the last listener left.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        heartbeat: float = 10.0,
+        keep: int = 10000,
+        linger: float = 60.0,
+        max_line: int = 2 * 1024 * 1024,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.linger = linger
+        self.max_line = max_line
+        self.recent: deque[Event] = deque(maxlen=keep)
+        self.feed: ChangesFeed | None = None
+        self._listeners: dict[str | None, set[Listener]] = {}
+        self._opening: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._idle: IDelayedCall | None = None
+        self._params: tuple[dict[str, Any], Any] | None = None
+        self.streams: set[Stream] = set()
+        self._keepalive = LoopingCall(self._ping)
+        self._keepalive.clock = clock
+
+    @property
+    def listeners(self) -> int:
+        return sum(len(found) for found in self._listeners.values())
+
+    @inlineCallbacks
+    def listen(self, listener: Listener, doc_id: str | None = None) -> Any:
+        """
+        Call C{listener} with each event (of C{doc_id} only, when given).  Fires once every
+        change from now on will be heard; answers a function that stops listening.
+        """
+        self._listeners.setdefault(doc_id, set()).add(listener)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+        def stop() -> None:
+            found = self._listeners.get(doc_id)
+            if found is not None:
+                found.discard(listener)
+                if not found:
+                    del self._listeners[doc_id]
+            if not self._listeners and self.feed is not None and self._idle is None:
+                self._idle = self.clock.callLater(self.linger, self._close)
+
+        try:
+            yield self._open()
+        except BaseException:
+            stop()
+            raise
+        return stop
+
+    def _open(self) -> Deferred[None]:
+        """Fires once the feed is open (each caller waits on a Deferred of its own)."""
+        if self.feed is not None:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiters.append(waiting)
+        if self._opening is None:
+            self._opening = self._start()
+            self._opening.addBoth(self._opened)
+        return waiting
+
+    def _opened(self, result: Any) -> None:
+        self._opening = None
+        waiters, self._waiters = self._waiters, []
+        for waiting in waiters:
+            if waiting.called:
+                continue  # its caller gave up
+            if isinstance(result, Failure):
+                waiting.errback(result)
+            else:
+                waiting.callback(None)
+
+    @inlineCallbacks
+    def _start(self) -> Any:
+        """Open the feed from the database's current sequence."""
+        if self._params is None:
+            welcome = yield self.db.welcome()
+            if supports_selector(welcome):
+                self._params = ({"filter": "_selector"}, {"selector": {"type": "message"}})
+            else:
+                self._params = ({"filter": f"{design.DDOC}/messages"}, None)
+        info = yield self.db.info()
+        params, body = self._params
+        self.feed = ChangesFeed(
+            self.db,
+            self._changed,
+            self.clock,
+            {**params, "include_docs": "true"},
+            body,
+            since=info.get("update_seq"),
+            heartbeat=self.heartbeat,
+            max_line=self.max_line,
+        )
+        self.feed.start()
+        if not self._keepalive.running:
+            self._keepalive.start(15, now=False)
+
+    def _close(self) -> None:
+        self._idle = None
+        if self.feed is not None and not self._listeners:
+            self.feed.stop()
+            self.feed = None
+            self.recent.clear()  # it would have a gap: reconnecting clients catch up from CouchDB
+
+    def _changed(self, change: Change) -> None:
+        doc = change.get("doc")
+        if not isinstance(doc, dict) or "_id" not in doc:
+            return  # deleted, or too large to read: nothing to say about its status
+        event = event_of(doc, change.get("seq"))
+        self.recent.append(event)
+        for key in (None, event.id):
+            for listener in list(self._listeners.get(key, ())):
+                listener(event)
+
+    def since(self, last_id: str) -> list[Event] | None:
+        """The events after the one whose SSE id is C{last_id}, if it is still kept."""
+        found = None
+        for index, event in enumerate(self.recent):
+            if event.seq is not None and _seq_text(event.seq) == last_id:
+                found = index
+        if found is None:
+            return None
+        return list(self.recent)[found + 1 :]
+
+    @inlineCallbacks
+    def catch_up(self, last_id: str, pages: int = 10, page: int = 1000) -> Any:
+        """The events since C{last_id}, read from the C{_changes} feed (not kept any more)."""
+        yield self._open()
+        assert self._params is not None
+        params, body = self._params
+        events: list[Event] = []
+        since: Any = last_id
+        for _ in range(pages):
+            query = {**params, "include_docs": "true", "since": since, "limit": page}
+            if body is None:
+                result = yield self.db.json("GET", "_changes", params=query)
+            else:
+                result = yield self.db.json("POST", "_changes", body, params=query)
+            rows = result.get("results", [])
+            events.extend(
+                event_of(row["doc"], row.get("seq"))
+                for row in rows
+                if isinstance(row.get("doc"), dict) and "_id" in row["doc"]
+            )
+            since = result.get("last_seq")
+            if len(rows) < page:
+                break
+        return events
+
+    def _ping(self) -> None:
+        for stream in list(self.streams):
+            stream.comment(b"keep-alive")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._keepalive.running:
+            self._keepalive.stop()
+        for stream in list(self.streams):
+            stream.close()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self._opening is not None:
+            self._opening.cancel()
+        if self.feed is not None:
+            self.feed.stop()
+            self.feed = None
+        return None
+
+
+@implementer(IPushProducer)
+class Stream:
+    """
+    One subscriber's event stream on an HTTP request.  While the client reads slower than
+    events come, they queue; past C{limit} the stream is closed (the client reconnects with
+    C{Last-Event-ID} and catches up).
+    """
+
+    def __init__(self, request: Any, hub: Events, limit: int = 1000) -> None:
+        self.request = request
+        self.hub = hub
+        self.limit = limit
+        self.done: Deferred[None] = Deferred()
+        self._paused = False
+        self._queue: deque[bytes] = deque()
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.registerProducer(self, True)
+        hub.streams.add(self)
+        request.write(b"retry: 2000\n\n")  # the headers go now: the client knows it is heard
+
+    def send(self, event: Event) -> None:
+        self._write(event.encode())
+
+    def comment(self, text: bytes) -> None:
+        self._write(b": " + text + b"\n\n")
+
+    def _write(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        if self._paused:
+            self._queue.append(data)
+            if len(self._queue) > self.limit:
+                self.close()
+            return
+        self.request.write(data)
+
+    def close(self) -> None:
+        """End the stream (the handler's Deferred fires; Klein finishes the request)."""
+        if not self.done.called:
+            self.hub.streams.discard(self)
+            self.request.unregisterProducer()
+            self.done.callback(None)
+
+    def lost(self) -> None:
+        """The client went away."""
+        self.hub.streams.discard(self)
+        self._queue.clear()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._queue and not self._paused and not self.done.called:
+            self.request.write(self._queue.popleft())
+
+    def stopProducing(self) -> None:
+        self.lost()
