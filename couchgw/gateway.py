@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from couchgw import design, message
 from couchgw.batch import BulkWriter
+from couchgw.callbacks import Callbacks
 from couchgw.checkpoint import Checkpoint
 from couchgw.couch import (
     UNAVAILABLE,
@@ -109,6 +110,7 @@ class Gateway(Service):
     @param db: the message database.
     @param targets: the routes, by name.
     @param policies: how each route's messages are treated, by route name.
+    @param callbacks: delivers the callbacks of finished messages (None: none are delivered).
     @param lease: seconds a claim is valid; a running call renews it every third of that.
     @param retries: calls made to a target for one message before a transient error is final.
     @param max_inflight: messages handled at once; when full, the feed is not read.
@@ -127,6 +129,7 @@ class Gateway(Service):
         clock: IReactorTime,
         *,
         policies: Mapping[str, Policy] | None = None,
+        callbacks: Callbacks | None = None,
         gateway: str | None = None,
         lease: float = 600.0,
         retries: int = 5,
@@ -170,6 +173,9 @@ class Gateway(Service):
             name: DeferredSemaphore(max(1, t.concurrency)) for name, t in self.targets.items()
         }
         self.policies = {name: (policies or {}).get(name, Policy()) for name in self.targets}
+        self.callbacks = callbacks
+        #: Callbacks being delivered (the stop waits for them within its grace).
+        self._deliveries: set[Deferred[None]] = set()
         self._backoffs = {
             name: Backoff(base=policy.backoff, cap=300.0, floor=min(1.0, policy.backoff))
             for name, policy in self.policies.items()
@@ -378,13 +384,14 @@ class Gateway(Service):
             self._query.cancel()  # a sweep may wait minutes for its view
         if self._sweeping is not None:
             yield self._sweeping
-        if self.active:
+        if self.active or self._deliveries:
             log.info(
                 "stopping: waiting up to {grace:g}s for {n} message(s) in flight",
                 grace=self.grace,
-                n=len(self.active),
+                n=len(self.active) + len(self._deliveries),
             )
-            yield _first(DeferredList(list(self.active.values())), self.grace, self.clock)
+            work = [*self.active.values(), *self._deliveries]
+            yield _first(DeferredList(work), self.grace, self.clock)
         if self.claims:
             log.warn(
                 "stopping: giving back {n} message(s) whose calls are still running",
@@ -621,7 +628,14 @@ class Gateway(Service):
             due = message.due(doc, now)
             if due is None:
                 return
-            if doc.get("cancel_requested") is True:
+            if due == "callback":
+                if self.callbacks is None:
+                    return  # not this gateway's to deliver
+                record = self.callbacks.pending(doc["callback"], self.id, now)
+                written = yield self._transition(doc, {"callback": record})
+                if written is not None:
+                    yield self._deliver(written)
+            elif doc.get("cancel_requested") is True:
                 written = yield self._transition(doc, message.cancelled(now))
             else:
                 try:
@@ -659,16 +673,65 @@ class Gateway(Service):
 
     @inlineCallbacks
     def _transition(self, doc: Doc, fields: dict[str, Any]) -> Any:
-        """Write C{fields} on the revision read; answer the new document, or None on a conflict."""
+        """
+        Write C{fields} on the revision read; answer the new document, or None on a conflict.
+        A message that becomes final with a C{callback_url} gets its callback on the way.
+        """
+        finishing = (
+            message.is_terminal(fields)
+            and not message.is_terminal(doc)
+            and self.callbacks is not None
+        )
+        if finishing:
+            assert self.callbacks is not None
+            record = self.callbacks.begin(doc, self.id, self.clock.seconds())
+            if record is not None:
+                fields = {**fields, "callback": record}
         new = message.apply(doc, fields)
         try:
             result = yield self.writer.write(new)
         except Conflict:
             return None
         new["_rev"] = result["rev"]
-        if new.get("status") in message.TERMINAL:
+        if message.is_terminal(fields):
             self._count(new)
+        if finishing and (new.get("callback") or {}).get("status") == "pending":
+            delivery = self._deliver(new)
+            delivery.addErrback(_log_error, f"cannot deliver the callback of {new['_id']}")
+            self._deliveries.add(delivery)
+            delivery.addBoth(lambda _: self._deliveries.discard(delivery))
         return new
+
+    @inlineCallbacks
+    def _deliver(self, doc: Doc) -> Any:
+        """Deliver a finished message's callback and record the outcome on it."""
+        assert self.callbacks is not None
+        record = yield self.callbacks.deliver(doc)
+        claimed = doc["callback"]
+        for _ in range(10):
+            try:
+                written = yield self.writer.write(message.apply(doc, {"callback": record}))
+            except Conflict:
+                doc = yield self.db.get(doc["_id"])
+                if doc.get("callback") != claimed:
+                    return  # another gateway took the delivery over
+                continue
+            except Exception as e:
+                _log_error(Failure(e), f"cannot record the callback of {doc['_id']}")
+                return  # it stays pending: delivered again once its time is up
+            break
+        else:
+            return
+        log.info(
+            "{id}: callback {status} (attempt {n})",
+            id=doc["_id"],
+            status=record["status"],
+            n=record["attempts"],
+        )
+        if record["status"] == "retrying":
+            at = message.parse_time(record["next_attempt_at"])
+            self._wake_at(at if at is not None else self.clock.seconds())
+        return written
 
     @inlineCallbacks
     def _dispatch(self, doc: Doc, target: ITarget, prepared: Any) -> Any:

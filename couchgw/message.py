@@ -28,6 +28,7 @@ GATEWAY_FIELDS = (
     "dispatched_at",
     "completed_at",
     "updated_at",
+    "callback",
 )
 TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled"})
 #: Every status couchgw writes; any other value a client set is invalid.
@@ -74,9 +75,10 @@ def parse_time(value: Any) -> float | None:
 def due(doc: Any, now: float) -> str | None:
     """
     What is due for this document now: C{"new"}, C{"retry"} (a retry whose time has come),
-    C{"takeover"} (a claim whose lease expired), or L{None} (nothing: not a message, finished,
-    claimed, or waiting for its retry).  A status couchgw never writes counts as new, so that
-    the message is rejected.
+    C{"takeover"} (a claim whose lease expired), C{"callback"} (a finished message's callback,
+    to be delivered or tried again), or L{None} (nothing: not a message, finished, claimed, or
+    waiting for its retry).  A status couchgw never writes counts as new, so that the message
+    is rejected.
     """
     if not is_message(doc):
         return None
@@ -90,7 +92,22 @@ def due(doc: Any, now: float) -> str | None:
         claim = doc.get("claim")
         until = parse_time(claim.get("until")) if isinstance(claim, dict) else None
         return "takeover" if until is None or until <= now else None
+    callback = doc.get("callback")
+    if isinstance(callback, dict) and isinstance(doc.get("callback_url"), str):
+        if callback.get("status") == "pending":
+            at = parse_time(callback.get("until"))
+        elif callback.get("status") == "retrying":
+            at = parse_time(callback.get("next_attempt_at"))
+        else:
+            return None
+        return "callback" if at is None or at <= now else None
     return None
+
+
+def is_terminal(doc: Any) -> bool:
+    """Whether a document has one of the final statuses."""
+    status = doc.get("status")
+    return isinstance(status, str) and status in TERMINAL
 
 
 def check_new(doc: Doc, max_bytes: int | None = None) -> None:
@@ -316,8 +333,9 @@ _READ_ONLY = frozenset({"_conflicts", "_deleted_conflicts", "_revs_info", "_revi
 
 def _rank(doc: Doc) -> int:
     """How far a revision got: new 0, claimed or retrying 1, terminal 2."""
-    status = doc.get("status")
-    return 2 if status in TERMINAL else 1 if status in ("dispatching", "retrying") else 0
+    if is_terminal(doc):
+        return 2
+    return 1 if doc.get("status") in ("dispatching", "retrying") else 0
 
 
 def resolve(winner: Doc, losers: list[Doc]) -> Doc:

@@ -6,11 +6,13 @@ The couchgw twistd plugin: options, and L{makeService}, which composes the whole
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import inlineCallbacks
@@ -20,6 +22,7 @@ from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from couchgw.api import API
+from couchgw.callbacks import Callbacks
 from couchgw.couch import (
     CouchError,
     Database,
@@ -36,6 +39,7 @@ from couchgw.message import DEFAULT_ROUTE
 from couchgw.routes import RouteConfig, RoutesError, build, kinds, load
 
 DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
+SECRET_ENV = "COUCHGW_CALLBACK_SECRET"
 
 
 def _number(
@@ -163,6 +167,20 @@ class Options(usage.Options):
             "The largest message accepted (as JSON); larger ones are rejected unread.",
             _number("max-message-bytes", int, 1024, 64 * 1024 * 1024),
         ],
+        [
+            "callback-allow",
+            None,
+            "",
+            "Hosts callback_url may name, comma-separated: patterns such as hooks.example.com, "
+            "*.corp.example or 127.0.0.1:8080 (none by default: no callback is sent).",
+        ],
+        [
+            "callback-secret",
+            None,
+            None,
+            f"Key of the HMAC-SHA256 signature of callbacks (default: ${SECRET_ENV}; none: "
+            "unsigned).",
+        ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
         [
@@ -211,6 +229,8 @@ class Options(usage.Options):
         if target != "demo" and not target.startswith(("http://", "https://", "file://")):
             raise usage.UsageError(f"--target must be a WSDL URL or 'demo', not {target!r}")
         self._routes()
+        if self["callback-secret"] is None and os.environ.get(SECRET_ENV):
+            self["callback-secret"] = os.environ[SECRET_ENV]
         try:
             serverFromString(None, self["http"])
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -307,10 +327,22 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     except RoutesError as e:
         raise SystemExit(f"twistd couchgw: --routes {e}") from None
 
+    callback_pool = connection_pool(reactor)
+    PoolCloser(callback_pool).setServiceParent(top)
+    secret = options.get("callback-secret")
+    callbacks = Callbacks(
+        reactor,
+        HTTPClient(Agent(reactor, pool=callback_pool)),
+        options.get("callback-allow", "").split(","),
+        secret.encode("utf-8") if secret else None,
+        attempts=options["retries"],
+    )
+
     gateway = Gateway(
         db,
         targets,
         reactor,
+        callbacks=callbacks,
         policies={
             c.name: Policy(retries=c.retries, backoff=c.backoff, rate=c.rate, inflight=c.inflight)
             for c in configs

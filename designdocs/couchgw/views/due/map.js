@@ -11,6 +11,12 @@ function (doc) {
   if (doc.status == null || statuses.indexOf(doc.status) < 0) at = 0;
   else if (doc.status === "retrying") at = Date.parse(doc.next_attempt_at) || 0;
   else if (doc.status === "dispatching") at = Date.parse(doc.claim && doc.claim.until) || 0;
+  else if (doc.callback && typeof doc.callback_url === "string") {
+    // a finished message whose callback is being delivered (until a time) or waits to be tried again
+    if (doc.callback.status === "pending") at = Date.parse(doc.callback.until) || 0;
+    else if (doc.callback.status === "retrying") at = Date.parse(doc.callback.next_attempt_at) || 0;
+    if (at !== null) return emit(at, [null, 0, false]);
+  }
   if (at === null) return;
   var depth = 0, level = [doc];
   while (level.length && depth < 100) {
