@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from base64 import b64encode
 from collections.abc import Mapping
 from io import BytesIO
@@ -21,7 +22,10 @@ from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import error as network
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
     RequestTransmissionFailed,
@@ -30,7 +34,7 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
 Doc = dict[str, Any]
 
@@ -112,6 +116,29 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line for every new connection
 
 
+def tls_policy(ca: str | None) -> IPolicyForHTTPS:
+    """
+    How HTTPS servers are verified: against the system's CAs, or only the CAs of the PEM file
+    C{ca} (a private CA).
+    """
+    if ca is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(ca, "rb") as f:
+        pem = f.read()
+    certificates = [
+        Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
+        for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
+    if not certificates:
+        raise ValueError(f"{ca} holds no PEM certificate")
+    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certificates))
+
+
+def agent(reactor: Any, pool: HTTPConnectionPool, ca: str | None = None) -> Agent:
+    """An agent over C{pool} that verifies HTTPS servers (see L{tls_policy})."""
+    return Agent(reactor, contextFactory=tls_policy(ca), pool=pool)
+
+
 def connection_pool(reactor: Any, size: int = 20) -> HTTPConnectionPool:
     """A pool of kept-alive connections for a L{Database}'s agent."""
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -178,7 +205,7 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
-def check_access(url: str, timeout: float = 5.0) -> None:
+def check_access(url: str, timeout: float = 5.0, ca: str | None = None) -> None:
     """
     Ask the database once, blocking (at start-up, before the reactor runs), whether it lets
     these credentials in.
@@ -195,7 +222,8 @@ def check_access(url: str, timeout: float = 5.0) -> None:
     if auth is not None:
         request.add_header("Authorization", basic_auth(*auth))
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
+        context = ssl.create_default_context(cafile=ca) if ca else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context):
             return
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
@@ -271,6 +299,10 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<Database {self.url}>"
+
+    def as_user(self, user: str, password: str) -> Database:
+        """The same database, asked with other credentials (over the same connections)."""
+        return Database(self.url, self._agent, (user, password), self._timeout, client=self._http)
 
     @property
     def user(self) -> str | None:
@@ -354,7 +386,15 @@ class Database:
 
     @inlineCallbacks
     def create(self) -> Any:
-        """Create the database; return C{True} if it was created, C{False} if it existed."""
+        """
+        Create the database; return C{True} if it was created, C{False} if it existed.  It is
+        read first: a user who is not a server admin may use a database but not create one.
+        """
+        try:
+            yield self.info()
+            return False
+        except NotFound:
+            pass
         try:
             yield self.json("PUT", "")
         except PreconditionFailed:

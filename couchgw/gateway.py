@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from couchgw import design, message
+from couchgw import design, door, message
 from couchgw.batch import BulkWriter
 from couchgw.callbacks import Callbacks
 from couchgw.checkpoint import Checkpoint
@@ -191,6 +191,10 @@ class Gateway(Service):
         #: Routes that left messages in CouchDB because they were full; swept once they drain.
         self._full: set[str] = set()
         self._sweep_again = False
+        self._publishing: Deferred[Any] | None = None
+        #: Routes that loaded at least once.
+        self._loaded: set[str] = set()
+        self._publish_again = False
         self._saved_seq: Any = None
         self._checkpoint_doc: Doc = {"_id": CHECKPOINT_ID}
         self._timers: dict[str, IDelayedCall] = {}
@@ -267,6 +271,7 @@ class Gateway(Service):
             on_missing=self._database_gone,
         )
         self.feed.start()
+        self._publish_door()
         if first:
             for target in self.targets.values():
                 self._reload(target)
@@ -336,7 +341,34 @@ class Gateway(Service):
             else:
                 self._route_ready(target.name)
                 self.sweep_soon()
+                self._loaded.add(target.name)
+                self._publish_door()
                 return
+
+    def _publish_door(self) -> None:
+        """
+        Write the routes' validation design document (L{couchgw.door}) if it changed, once
+        every route has loaded (so that it never says less than it did).
+        """
+        if self.couch_error is not None or not self.running or self._loaded != set(self.targets):
+            return
+        if self._publishing is not None:
+            self._publish_again = True
+            return
+        self._publish_again = False
+        self._publishing = design.push(self.db, {door.DOOR_ID: door.design_doc(self.targets)})
+
+        def done(result: Any) -> None:
+            self._publishing = None
+            if isinstance(result, Failure):
+                if result.check(Conflict):
+                    self._publish_again = True  # another gateway wrote it meanwhile
+                else:
+                    _log_error(result, "cannot publish the routes' validation")
+            if self._publish_again:
+                self._publish_door()
+
+        self._publishing.addBoth(done)
 
     def _wait_for_route(self, target: ITarget) -> Deferred[None] | None:
         """A Deferred that fires when the route is ready, or None if too many wait already."""

@@ -26,14 +26,13 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.client import (
-    Agent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from zope.interface import implementer
 
-from couchgw.couch import PoolCloser, basic_auth, connection_pool, split_credentials
+from couchgw.couch import PoolCloser, agent, basic_auth, connection_pool, split_credentials
 from couchgw.interfaces import BaseTarget, Fault, ITarget, ITargetFactory, Transient, Unreachable
 from couchgw.routes import target_url
 
@@ -201,7 +200,7 @@ class HttpKind:
         url = target_url(config, "where to POST the messages")
         pool = connection_pool(reactor, config.concurrency)
         PoolCloser(pool).setServiceParent(parent)
-        client = HTTPClient(Agent(reactor, pool=pool))
+        client = HTTPClient(agent(reactor, pool, config.ca))
         return HttpTarget(
             config.name,
             url,

@@ -66,6 +66,8 @@ class RouteConfig:
     inflight: int | None = None
     #: The kind's own keys.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: A PEM file of the CAs that verify HTTPS (C{--ca}; None: the system's).
+    ca: str | None = None
 
 
 def kinds() -> dict[str, ITargetFactory]:
@@ -153,6 +155,7 @@ def _route(
         rate=_number(table, "rate", float, 0.001, None, fail),
         inflight=inflight if inflight is not None else max(10, 2 * concurrency),
         options={k: v for k, v in table.items() if k not in COMMON},
+        ca=defaults.ca,
     )
 
 

@@ -15,7 +15,9 @@ import io
 import math
 import re
 import socket
+import ssl
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -59,11 +61,20 @@ class KeepAliveTransport(HttpAuthenticated):
     its connections are never shared between threads.  A connection the server closed while
     idle is opened again once; anything else is raised as suds would.  WSDL loading and
     proxies go through suds' own transport.
+
+    @param context: the TLS context of HTTPS connections (None: the system's CAs verify).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._context = context
         self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+
+    def u2handlers(self) -> list[Any]:
+        handlers: list[Any] = super().u2handlers()
+        if self._context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self._context))
+        return handlers
 
     def send(self, request: Any) -> Any:
         url = urlsplit(request.url)
@@ -79,11 +90,14 @@ class KeepAliveTransport(HttpAuthenticated):
             connection = self._connections.get(key)
             reused = connection is not None
             if connection is None:
-                kind = (
-                    http.client.HTTPSConnection if key[0] == "https" else http.client.HTTPConnection
-                )
                 timeout = request.timeout or self.options.timeout
-                connection = self._connections[key] = kind(key[1], key[2], timeout=timeout)
+                if key[0] == "https":
+                    connection = http.client.HTTPSConnection(
+                        key[1], key[2], timeout=timeout, context=self._context
+                    )
+                else:
+                    connection = http.client.HTTPConnection(key[1], key[2], timeout=timeout)
+                self._connections[key] = connection
             try:
                 connection.request("POST", path, request.message, headers)
                 response = connection.getresponse()
@@ -293,6 +307,7 @@ class SoapTarget(BaseTarget):
     @param runner: runs the blocking suds calls in threads.
     @param timeout: seconds suds waits on the socket for each call.
     @param default_operation: the operation of a message that names none.
+    @param ca: a PEM file of the CAs that verify HTTPS (None: the system's).
     """
 
     kind = "soap"
@@ -304,9 +319,11 @@ class SoapTarget(BaseTarget):
         runner: IRunner,
         timeout: float = 300.0,
         default_operation: str | None = None,
+        ca: str | None = None,
     ) -> None:
         super().__init__(name, url, timeout, default_operation)
         self._runner = runner
+        self._context = ssl.create_default_context(cafile=ca) if ca else None
         self.operations: dict[str, list[Param]] = {}
         self._client: Client | None = None
         self._generation = 0
@@ -344,7 +361,12 @@ class SoapTarget(BaseTarget):
         return d.addCallbacks(loaded, failed)
 
     def _options(self) -> dict[str, Any]:
-        return {"timeout": self.timeout, "cache": NoCache()}
+        # the transport keeps options of its own (the timeout among them): give them to it
+        return {
+            "transport": KeepAliveTransport(self._context, timeout=self.timeout),
+            "timeout": self.timeout,
+            "cache": NoCache(),
+        }
 
     def _build(self, url: str) -> tuple[Client, dict[str, list[Param]]]:
         """Load the WSDL, and check that the service it names accepts connections."""
@@ -456,7 +478,12 @@ class SoapKind:
         threads = ThreadPoolService(reactor, config.concurrency, name=f"couchgw-{config.name}")
         threads.setServiceParent(parent)
         return SoapTarget(
-            config.name, url, threads, timeout=config.timeout, default_operation=config.operation
+            config.name,
+            url,
+            threads,
+            timeout=config.timeout,
+            default_operation=config.operation,
+            ca=config.ca,
         )
 
 

@@ -17,19 +17,22 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from couchgw.api import API
+from couchgw.auth import CouchUsers, Guarded
 from couchgw.callbacks import Callbacks
 from couchgw.couch import (
     CouchError,
     Database,
     PoolCloser,
+    agent,
     check_access,
     connection_pool,
     split_credentials,
+    tls_policy,
 )
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch, NotInstalled, find_executable
@@ -37,6 +40,8 @@ from couchgw.events import Events
 from couchgw.gateway import Gateway, Policy
 from couchgw.message import DEFAULT_ROUTE
 from couchgw.routes import RouteConfig, RoutesError, build, kinds, load
+
+log = Logger()
 
 DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
 SECRET_ENV = "COUCHGW_CALLBACK_SECRET"
@@ -181,6 +186,13 @@ class Options(usage.Options):
             f"Key of the HMAC-SHA256 signature of callbacks (default: ${SECRET_ENV}; none: "
             "unsigned).",
         ],
+        [
+            "ca",
+            None,
+            None,
+            "A PEM file of the CAs that verify HTTPS (CouchDB, targets, callbacks); default: "
+            "the system's.",
+        ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
         [
@@ -207,9 +219,21 @@ class Options(usage.Options):
     ]
     optFlags: list[list[str | None]] = [
         ["in-memory", None, "Keep the embedded CouchDB's data in memory only."],
+        [
+            "http-auth",
+            None,
+            "Ask for HTTP basic auth on every route of the HTTP API but /health and /ready: "
+            "the credentials of a CouchDB user who may read the database.",
+        ],
     ]
 
     def postOptions(self) -> None:
+        ca = self["ca"]
+        if ca is not None:
+            try:
+                tls_policy(ca)
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--ca {ca!r} cannot be used: {e}") from None
         couch = self["couch"]
         if couch is not None:
             parts = urlsplit(couch)
@@ -220,7 +244,7 @@ class Options(usage.Options):
                     "--couch must name the database, e.g. http://127.0.0.1:5984/messages"
                 )
             try:
-                check_access(couch)
+                check_access(couch, ca=ca)
             except CouchError as e:
                 raise usage.UsageError(
                     f"CouchDB refused access to {split_credentials(couch)[0]}: {e}"
@@ -251,6 +275,7 @@ class Options(usage.Options):
             concurrency=self["threads"],
             timeout=self["timeout"],
             retries=self["retries"],
+            ca=self["ca"],
         )
         known = kinds()
         configs = []
@@ -310,7 +335,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     pool = connection_pool(reactor)
     PoolCloser(pool).setServiceParent(top)
-    db = Database(couch, Agent(reactor, pool=pool))
+    db = Database(couch, agent(reactor, pool, options.get("ca")))
 
     configs: list[RouteConfig] = options["route-configs"]
     if any(config.url == "demo" for config in configs):
@@ -332,7 +357,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     secret = options.get("callback-secret")
     callbacks = Callbacks(
         reactor,
-        HTTPClient(Agent(reactor, pool=callback_pool)),
+        HTTPClient(agent(reactor, callback_pool, options.get("ca"))),
         options.get("callback-allow", "").split(","),
         secret.encode("utf-8") if secret else None,
         attempts=options["retries"],
@@ -360,7 +385,25 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     events = Events(db, reactor, heartbeat=options["heartbeat"], max_line=gateway.max_bytes + 65536)
     events.setServiceParent(top)
 
-    site = Site(API(gateway, events).app.resource())
+    resource: Any = API(gateway, events).app.resource()
+    if options.get("http-auth"):
+        resource = Guarded(resource, CouchUsers(db, reactor))
+    elif not _local(options["http"]):
+        log.warn(
+            "the HTTP API listens beyond this machine ({endpoint}) without --http-auth",
+            endpoint=options["http"],
+        )
+    site = Site(resource)
     site.displayTracebacks = False
     strports.service(options["http"], site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _local(endpoint: str) -> bool:
+    """Whether a strports endpoint listens on the loopback interface only."""
+    fields = dict(
+        part.split("=", 1) for part in endpoint.replace("\\:", "").split(":") if "=" in part
+    )
+    return fields.get("interface", "") in ("127.0.0.1", "::1", "localhost") or endpoint.startswith(
+        "unix:"
+    )

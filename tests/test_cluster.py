@@ -26,8 +26,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from couchgw import message
+from couchgw import design, message
 from couchgw.couch import Database, Doc, connection_pool
+from couchgw.door import DOOR_ID
 from couchgw.gateway import Gateway, copies
 from couchgw.timing import iso
 from tests.test_gateway import GatewayTestCase
@@ -253,6 +254,25 @@ class Races(GatewayTestCase):
         return self.demo_log.read_text().count(f"activated network={doc_id}\n")
 
     @inlineCallbacks
+    def replicable(self) -> Any:
+        """
+        Remove the design documents' validate functions once the gateways have written them:
+        PouchDB Server silently drops a replicated revision (C{new_edits: false}) of an existing
+        document while the database has any, and these tests make conflicts that way.
+        """
+
+        @inlineCallbacks
+        def door() -> Any:
+            doc = yield self.db.get(DOOR_ID)
+            return doc
+
+        routes = yield self.wait_for(door, what="the routes' validation")
+        yield self.db.json("DELETE", DOOR_ID, params={"rev": routes["_rev"]})
+        ddoc = yield self.db.get(f"_design/{design.DDOC}")
+        del ddoc["validate_doc_update"]
+        yield self.db.put(ddoc)
+
+    @inlineCallbacks
     def conflicts(self, doc_id: str) -> Any:
         doc = yield self.db.get(doc_id, conflicts="true")
         return doc.get("_conflicts", [])
@@ -268,6 +288,7 @@ class Races(GatewayTestCase):
         for gateway in gateways:
             yield self.ready(gateway)
             self.assertEqual(gateway.copies, 3)
+        yield self.replicable()
         for i in range(5):
             doc_id = f"race{i}"
             yield self.db.put(activate(doc_id))
@@ -287,6 +308,7 @@ class Races(GatewayTestCase):
         """The sweep merges it: the outcome and the client's field both stay; no conflict."""
         gateway = self.gateway(self.wsdl)
         yield self.ready(gateway)
+        yield self.replicable()
         yield self.db.put(activate("edit"))
         yield self.terminal("edit")
         history = yield self.db.get("edit", revs="true")
