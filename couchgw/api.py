@@ -1,12 +1,16 @@
-"""The HTTP API (Klein): health, readiness, status, routes, and status events (SSE)."""
+"""The HTTP API (Klein): health, readiness, status, metrics, routes, status events (SSE)."""
 
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from typing import Any
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from couchgw.couch import NotFound
@@ -22,12 +26,51 @@ def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
     return json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
+log = Logger()
+
+
 class API:
     app = Klein()
 
-    def __init__(self, gateway: Gateway, events: Events) -> None:
+    def __init__(self, gateway: Gateway, events: Events, clock: Any = None) -> None:
         self.gateway = gateway
         self.events = events
+        #: Streams that asked for the gateway's state (C{/events?gateway=1}), every few seconds.
+        self.watchers: set[Stream] = set()
+        self._snapshots = LoopingCall(self._snapshot)
+        if clock is not None:
+            self._snapshots.clock = clock
+
+    @app.route("/", methods=["GET"])
+    def page(self, request: IRequest) -> bytes:
+        """The live status page."""
+        return _static(request, "index.html")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def static(self, request: IRequest, name: str) -> bytes:
+        if name not in STATIC:
+            return _json(request, {"error": "not_found"}, 404)
+        return _static(request, name)
+
+    @inlineCallbacks
+    def _snapshot(self) -> Any:
+        """Send the gateway's state to the streams that watch it (one query for all)."""
+        if not self.watchers:
+            if self._snapshots.running:
+                self._snapshots.stop()
+            return
+        state = yield self.gateway.status()
+        for stream in list(self.watchers):
+            stream.event("gateway", state)
+
+    def _watch(self, stream: Stream) -> None:
+        self.watchers.add(stream)
+        if not self._snapshots.running:
+            self._snapshots.start(SNAPSHOT_INTERVAL).addErrback(
+                lambda f: log.warn("snapshots stopped: {e}", e=f.getErrorMessage())
+            )
+        else:
+            self._snapshot()
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -41,6 +84,19 @@ class API:
         if problems:
             return _json(request, {"ready": False, "problems": problems}, 503)
         return _json(request, {"ready": True, "problems": []})
+
+    @app.route("/metrics", methods=["GET"])
+    @inlineCallbacks
+    def metrics(self, request: IRequest) -> Any:
+        """Prometheus text format."""
+        metrics = self.gateway.metrics
+        try:
+            metrics.feed_lag = yield self.gateway.feed_lag()
+        except Exception:
+            metrics.feed_lag = None  # CouchDB does not answer: the other metrics still tell
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return generate_latest(metrics.registry)
 
     @app.route("/routes", methods=["GET"])
     def routes(self, request: IRequest) -> bytes:
@@ -67,9 +123,13 @@ class API:
         first those since that event.
         """
         last = request.getHeader(b"last-event-id")
+        args = request.args  # type: ignore[attr-defined]
         if last is None:
-            last = (request.args.get(b"since") or [None])[0]  # type: ignore[attr-defined]
-        return self._subscribe(request, None, last.decode("utf-8", "replace") if last else None)
+            last = (args.get(b"since") or [None])[0]
+        watch = (args.get(b"gateway") or [b""])[0] in (b"1", b"true")
+        return self._subscribe(
+            request, None, last.decode("utf-8", "replace") if last else None, watch
+        )
 
     @app.route("/messages/<doc_id>/events", methods=["GET"])
     def message_events(self, request: IRequest, doc_id: str) -> Any:
@@ -77,7 +137,9 @@ class API:
         return self._subscribe(request, doc_id, None)
 
     @inlineCallbacks
-    def _subscribe(self, request: IRequest, doc_id: str | None, last_id: str | None) -> Any:
+    def _subscribe(
+        self, request: IRequest, doc_id: str | None, last_id: str | None, watch: bool = False
+    ) -> Any:
         hub = self.events
         pending: list[Event] | None = []
         stream: Stream | None = None
@@ -126,9 +188,30 @@ class API:
             waiting, pending = pending or [], None
             for event in waiting:
                 deliver(event)
+            if watch:
+                self._watch(stream)
             yield stream.done
         finally:
             if stream is not None:
                 stream.lost()
+                self.watchers.discard(stream)
+                if not self.watchers and self._snapshots.running:
+                    self._snapshots.stop()
             stop()
         return None
+
+
+#: The live page's files (in C{couchgw/web/}).
+STATIC = {
+    "index.html": b"text/html; charset=utf-8",
+    "app.js": b"text/javascript; charset=utf-8",
+    "style.css": b"text/css; charset=utf-8",
+}
+#: Seconds between the gateway snapshots sent to the live page.
+SNAPSHOT_INTERVAL = 2.0
+
+
+def _static(request: IRequest, name: str) -> bytes:
+    request.setHeader(b"Content-Type", STATIC[name])
+    request.setHeader(b"Cache-Control", b"no-cache")
+    return files("couchgw").joinpath("web", name).read_bytes()

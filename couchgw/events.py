@@ -300,6 +300,10 @@ class Stream:
     def send(self, event: Event) -> None:
         self._write(event.encode())
 
+    def event(self, name: str, data: Any) -> None:
+        """An event of another kind than a message's status (no id: not replayed)."""
+        self._write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
     def comment(self, text: bytes) -> None:
         self._write(b": " + text + b"\n\n")
 

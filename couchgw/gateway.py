@@ -53,6 +53,7 @@ from couchgw.couch import (
 from couchgw.feed import Change, ChangesFeed
 from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
 from couchgw.message import Rejected
+from couchgw.metrics import Metrics
 from couchgw.timing import Backoff, RateLimit, iso
 
 log = Logger()
@@ -192,6 +193,9 @@ class Gateway(Service):
         self._full: set[str] = set()
         self._sweep_again = False
         self._publishing: Deferred[Any] | None = None
+        self._saved_at: float | None = None
+        self.metrics = Metrics()
+        self.metrics.watch(self)
         #: Routes that loaded at least once.
         self._loaded: set[str] = set()
         self._publish_again = False
@@ -249,6 +253,7 @@ class Gateway(Service):
         self.copies = copies(info)
         self.checkpoint = Checkpoint(saved.get("seq"))
         self._saved_seq = self.checkpoint.seq
+        self._saved_at = self.clock.seconds()
         self._checkpoint_doc = {"_id": CHECKPOINT_ID, **saved}
         params: dict[str, Any] = {"conflicts": "true"}
         body: Any = None
@@ -644,8 +649,8 @@ class Gateway(Service):
             yield self.db.update(design.DDOC, "reject", doc_id, fields, rev=rev)
         except (Conflict, NotFound):
             return  # it changed or went: what is due now comes through the feed or the sweep
-        self._count(fields)
-        log.info("{id} rejected: {reason}", id=doc_id, reason=reason)
+        self._count(fields, "(none)")
+        log.warn("{id} rejected: {reason}", id=doc_id, reason=reason)
 
     @inlineCallbacks
     def _handle(self, doc: Doc) -> Any:
@@ -689,6 +694,8 @@ class Gateway(Service):
                     prepared = target.prepare(call.operation, call.args)
                 except Rejected as e:
                     written = yield self._transition(doc, message.rejected(str(e), now))
+                    if written is not None:
+                        log.warn("{id} rejected: {reason}", id=doc["_id"], reason=str(e))
                 else:
                     bound = self.policies[target.name].inflight
                     if bound is not None and self.inflight[target.name] >= bound:
@@ -754,6 +761,7 @@ class Gateway(Service):
             break
         else:
             return
+        self.metrics.callbacks.labels(record["status"]).inc()
         log.info(
             "{id}: callback {status} (attempt {n})",
             id=doc["_id"],
@@ -783,6 +791,12 @@ class Gateway(Service):
             if claimed is None:
                 return None
             claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
+            log.info(
+                "{id} dispatching on route {route} (attempt {attempt})",
+                id=claimed["_id"],
+                route=name,
+                attempt=claimed.get("attempts"),
+            )
             try:
                 if not self.running:  # stopping began while the claim was written: give it back
                     yield claim.finish(message.released(doc, self.clock.seconds()))
@@ -804,13 +818,9 @@ class Gateway(Service):
                     fields = self._failure(claimed, e, name)
                 else:
                     fields = message.forwarded(answer, self.clock.seconds())
-                log.info(
-                    "{id} {status} on route {route} after {duration:.3f}s",
-                    id=claimed["_id"],
-                    status=fields["status"],
-                    route=target.name,
-                    duration=self.clock.seconds() - started,
-                )
+                duration = self.clock.seconds() - started
+                self.metrics.dispatch.labels(name).observe(duration)
+                self._log_outcome(claimed, fields, name, duration)
                 final = yield claim.finish(fields)
                 if final is not None and final.get("status") == "retrying":
                     at = message.parse_time(final.get("next_attempt_at"))
@@ -824,6 +834,33 @@ class Gateway(Service):
             if slot_held:
                 slots.release()
             self._drained(name)
+
+    def _log_outcome(self, doc: Doc, fields: dict[str, Any], route: str, duration: float) -> None:
+        """One line per outcome: info when forwarded, a warning with the cause otherwise."""
+        status = fields["status"]
+        common = {"id": doc["_id"], "status": status, "route": route, "duration": duration}
+        if status == "forwarded":
+            log.info("{id} {status} on route {route} after {duration:.3f}s", **common)
+            return
+        error = fields.get("error") or {}
+        if status == "retrying":
+            self.metrics.retries.labels(route).inc()
+            log.warn(
+                "{id} {status} on route {route} after {duration:.3f}s (attempt {attempt} of "
+                "{retries}, again from {at}): {error}",
+                attempt=doc.get("attempts"),
+                retries=self.policies[route].retries or self.retries,
+                at=fields.get("next_attempt_at"),
+                error=error.get("message"),
+                **common,
+            )
+        else:
+            log.error(
+                "{id} {status} on route {route} after {duration:.3f}s ({kind}): {error}",
+                kind=error.get("kind"),
+                error=error.get("message"),
+                **common,
+            )
 
     def _drained(self, name: str) -> None:
         """A message of this route is done: once a full route is half empty, sweep for more."""
@@ -935,9 +972,13 @@ class Gateway(Service):
             and doc.get("attempts") == claimed.get("attempts")
         )
 
-    def _count(self, doc: Mapping[str, Any]) -> None:
+    def _count(self, doc: Mapping[str, Any], route: str | None = None) -> None:
         status = doc["status"]
         self.counts[status] = self.counts.get(status, 0) + 1
+        if route is None:
+            target = doc.get("target", message.DEFAULT_ROUTE)
+            route = target if isinstance(target, str) and target in self.targets else "(none)"
+        self.metrics.messages.labels(route, status).inc()
 
     # -- checkpoint ------------------------------------------------------------------------------
 
@@ -956,6 +997,26 @@ class Gateway(Service):
             result = yield self.db.put(doc)
         self._checkpoint_doc = {**doc, "_rev": result["rev"]}
         self._saved_seq = seq
+        self._saved_at = self.clock.seconds()
+
+    def checkpoint_age(self) -> float | None:
+        """Seconds since the checkpoint was last read or written (None before that)."""
+        return None if self._saved_at is None else self.clock.seconds() - self._saved_at
+
+    @inlineCallbacks
+    def feed_lag(self, most: int = 10000) -> Any:
+        """
+        Changes of the database after the last one the feed read: CouchDB says how many are
+        pending; elsewhere they are counted (up to C{most}).  None while there is no feed.
+        """
+        if self.feed is None or self.feed.since is None:
+            return None
+        since = self.feed.since
+        result = yield self.db.json("GET", "_changes", params={"since": since, "limit": 1})
+        if isinstance(result.get("pending"), int):
+            return result["pending"] + len(result.get("results", []))
+        result = yield self.db.json("GET", "_changes", params={"since": since, "limit": most})
+        return len(result.get("results", []))
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -385,7 +385,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     events = Events(db, reactor, heartbeat=options["heartbeat"], max_line=gateway.max_bytes + 65536)
     events.setServiceParent(top)
 
-    resource: Any = API(gateway, events).app.resource()
+    resource: Any = API(gateway, events, reactor).app.resource()
     if options.get("http-auth"):
         resource = Guarded(resource, CouchUsers(db, reactor))
     elif not _local(options["http"]):

@@ -1,0 +1,128 @@
+"""
+For operators: /metrics, the live page in headless Chromium, and couchgw as twistd runs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import http, new_db_url, start_demo, stop, wait_until
+from tests.test_e2e import Twistd, wait_terminal
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Any:
+    """couchgw (twistd) on a fresh database, routing to a demo service of its own."""
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    db = new_db_url("ops")
+    gateway = Twistd(tmp_path, "--couch", db, "--target", wsdl)
+    try:
+        gateway.wait_ready()
+        yield gateway, db
+    finally:
+        stop(gateway.process)
+        stop(demo)
+
+
+def metrics(api: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = http("GET", f"{api}/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_move_as_messages_flow(running: Any) -> None:
+    gateway, db = running
+    before = metrics(gateway.api)
+    forwarded = ("couchgw_messages_total", (("route", "default"), ("status", "forwarded")))
+    assert before.get(forwarded, 0) == 0
+    assert before[("couchgw_in_flight", (("route", "default"),))] == 0
+    assert before[("couchgw_route_ready", (("route", "default"),))] == 1
+    assert before[("couchgw_feed_connected", ())] == 1
+    docs = [{"_id": f"m{i}", "type": "message", "operation": "ping"} for i in range(3)]
+    docs.append({"_id": "bad", "type": "message", "operation": "explode"})
+    assert http("POST", f"{db}/_bulk_docs", {"docs": docs})[0] == 201
+    wait_terminal(db, [d["_id"] for d in docs], 30)
+    after = metrics(gateway.api)
+    assert after[forwarded] == 3
+    assert after[("couchgw_messages_total", (("route", "default"), ("status", "rejected")))] == 1
+    assert after[("couchgw_dispatch_duration_seconds_count", (("route", "default"),))] == 3
+    assert after[("couchgw_dispatch_duration_seconds_sum", (("route", "default"),))] > 0
+    assert after[("couchgw_feed_lag_changes", ())] >= 0
+    assert after[("couchgw_checkpoint_age_seconds", ())] >= 0
+    assert ("couchgw_feed_reconnects_total", ()) in after
+    assert ("couchgw_retries_total", (("route", "default"),)) not in after  # none yet
+
+
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    gateway, db = running
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1200,900",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        browser.get(f"{gateway.api}/")
+        assert browser.title == "couchgw"
+        wait_until(
+            lambda: browser.find_element(By.ID, "ready").text == "ready", 30, "the page to connect"
+        )
+        doc = {"_id": "page-1", "type": "message", "operation": "activate", "args": ["north", 2]}
+        assert http("PUT", f"{db}/page-1", doc)[0] == 201
+
+        def status() -> str | None:
+            cells = browser.find_elements(By.CSS_SELECTOR, 'tr[data-id="page-1"] td.status-cell')
+            return cells[0].get_attribute("data-status") if cells else None
+
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and status() != "forwarded":
+            seen.append(status())
+            time.sleep(0.05)
+        assert status() == "forwarded", seen
+        assert "dispatching" in seen  # the row changed live, not only once it was over
+        wait_until(  # the counts follow from the gateway's snapshots
+            lambda: (
+                browser.find_element(By.CSS_SELECTOR, '.count[data-status="forwarded"] .n').text
+                == "1"
+            ),
+            30,
+            "the forwarded count",
+        )
+        route = browser.find_element(By.CSS_SELECTOR, 'tr[data-route="default"]').text
+        assert "soap" in route and "ready" in route
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
