@@ -1,58 +1,390 @@
 """
-The C{couchgw} command.
+The C{couchgw} command: submit messages and follow them, look at them, send failed ones again,
+push the design documents, list the routes of a running gateway.
 
-    couchgw designdocs push --couch URL     push the design documents now
+    couchgw submit activate network=north count=5 --wait
+    couchgw status job-1
+    couchgw requeue --status failed --since 2026-11-28T00:00:00Z
+    couchgw designdocs push
+    couchgw routes
+
+The database and its credentials come as they do for C{twistd couchgw}: C{--couch URL} (with
+user info) or C{COUCHGW_COUCH_USER} / C{COUCHGW_COUCH_PASSWORD}; C{--ca} for a private CA.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import ssl
 import sys
-from typing import Any
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any, NoReturn
+from urllib.parse import quote
 
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import react
+from couchgw import message
+from couchgw.couch import basic_auth, split_credentials
+
+DEFAULT_COUCH = "http://127.0.0.1:5984/messages"
+DEFAULT_API = "http://127.0.0.1:8470"
+COUCH_ENV = "COUCHGW_COUCH"
+API_ENV = "COUCHGW_API"
+
+
+class Failed(Exception):
+    """A one-line reason to stop (exit status 1)."""
+
+
+class Client:
+    """Blocking JSON requests to one base URL, with its credentials kept out of messages."""
+
+    def __init__(self, url: str, ca: str | None = None, timeout: float = 30.0) -> None:
+        self.url, auth = split_credentials(url.rstrip("/"))
+        self.auth = basic_auth(*auth) if auth else None
+        self.context = ssl.create_default_context(cafile=ca) if ca else None
+        self.timeout = timeout
+
+    def open(
+        self, method: str, path: str = "", body: Any = None, timeout: float | None = None
+    ) -> Any:
+        request = urllib.request.Request(self.url + path, method=method)
+        request.add_header("Accept", "application/json")
+        if self.auth:
+            request.add_header("Authorization", self.auth)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            request.add_header("Content-Type", "application/json")
+        try:
+            return urllib.request.urlopen(
+                request, data, timeout=timeout or self.timeout, context=self.context
+            )
+        except urllib.error.HTTPError as e:
+            try:
+                answer = json.loads(e.read())
+                reason = answer.get("reason") or answer.get("error") or ""
+            except (ValueError, AttributeError):
+                reason = ""
+            raise HTTPFailed(
+                e.code, f"{self.url} answered {e.code}" + (f": {reason}" if reason else "")
+            ) from None
+        except (urllib.error.URLError, OSError) as e:
+            why = getattr(e, "reason", e)
+            raise Failed(f"cannot reach {self.url}: {why}") from None
+
+    def json(self, method: str, path: str = "", body: Any = None) -> Any:
+        with self.open(method, path, body) as response:
+            return json.loads(response.read())
+
+
+class HTTPFailed(Failed):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _value(text: str) -> Any:
+    """A command-line value: JSON where it reads as JSON (5, true, [1, 2]), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _args(pairs: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Failed(f"argument {pair!r} is not key=value")
+        args[key] = _value(value)
+    return args
+
+
+def _line(doc: dict[str, Any]) -> str:
+    status = doc.get("status") or "new"
+    parts = [f"{doc['_id']}: {status}"]
+    if doc.get("attempts"):
+        parts.append(f"attempt {doc['attempts']}")
+    error = doc.get("error")
+    if isinstance(error, dict) and error.get("message") and status != "forwarded":
+        parts.append(str(error["message"]))
+    return " · ".join(parts)
+
+
+def submit(args: argparse.Namespace) -> int:
+    db = Client(args.couch, args.ca)
+    doc: dict[str, Any] = {"_id": args.id or uuid.uuid4().hex, "type": "message"}
+    doc["operation"] = args.operation
+    doc["args"] = _args(args.args)
+    if args.target:
+        doc["target"] = args.target
+    if args.callback_url:
+        doc["callback_url"] = args.callback_url
+    try:
+        db.json("PUT", "/" + quote(doc["_id"], safe=""), doc)
+    except HTTPFailed as e:
+        if e.code == 409:
+            raise Failed(f"a message {doc['_id']!r} exists already") from None
+        raise
+    if not args.wait:
+        print(doc["_id"])
+        return 0
+    final = _follow(db, doc["_id"], args.timeout)
+    if final.get("status") == "forwarded":
+        print(json.dumps(final.get("result"), indent=2, ensure_ascii=False))
+        return 0
+    return 1
+
+
+def _follow(db: Client, doc_id: str, timeout: float) -> dict[str, Any]:
+    """Show the message's status as it changes (one live line on a terminal) until it is final."""
+    live = sys.stdout.isatty()
+    shown = ""
+    deadline = time.monotonic() + timeout
+    for doc in _changes(db, doc_id, deadline):
+        line = _line(doc)
+        if line != shown:
+            if live:
+                sys.stdout.write("\r\033[K" + line)
+            else:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            shown = line
+        if message.is_terminal(doc):
+            if live:
+                sys.stdout.write("\n")
+            return doc
+    if live:
+        sys.stdout.write("\n")
+    raise Failed(f"{doc_id} is not final after {timeout:g}s")
+
+
+def _changes(db: Client, doc_id: str, deadline: float) -> Iterator[dict[str, Any]]:
+    """The message's revisions from the changes feed, from its current one on; reconnects."""
+    ids = quote(json.dumps([doc_id]))
+    base = f"/_changes?feed=continuous&filter=_doc_ids&doc_ids={ids}&include_docs=true"
+    since: Any = 0
+    while time.monotonic() < deadline:
+        position = since if isinstance(since, str) else json.dumps(since)
+        try:
+            with db.open("GET", f"{base}&heartbeat=5000&since={quote(position)}") as response:
+                for raw in response:
+                    if time.monotonic() >= deadline:
+                        return
+                    change = json.loads(raw) if raw.strip() else {}
+                    if isinstance(change.get("doc"), dict):
+                        yield change["doc"]
+                    since = change.get("seq", since)
+        except (OSError, ValueError, Failed):
+            time.sleep(1)  # CouchDB went away, or the answer broke off: ask again
+
+
+def status(args: argparse.Namespace) -> int:
+    db = Client(args.couch, args.ca)
+    try:
+        doc = db.json("GET", "/" + quote(args.id, safe=""))
+    except HTTPFailed as e:
+        if e.code == 404:
+            raise Failed(f"no message {args.id!r} in {db.url}") from None
+        raise
+    shown = {
+        k: doc[k]
+        for k in ("_id", "status", *message.GATEWAY_FIELDS, "target", "operation")
+        if k in doc
+    }
+    shown.setdefault("status", "new")
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+def requeue(args: argparse.Namespace) -> int:
+    db = Client(args.couch, args.ca)
+    since = None
+    if args.since:
+        since = message.parse_time(args.since)
+        if since is None:
+            raise Failed(
+                f"--since must be an ISO-8601 time, e.g. 2026-11-28T09:00:00Z, not {args.since!r}"
+            )
+    key = quote(json.dumps(args.status))
+    rows = db.json(
+        "GET", f"/_design/couchgw/_view/by_status?key={key}&reduce=false&include_docs=true"
+    )
+    docs = []
+    for row in rows.get("rows", []):
+        doc = row.get("doc") or {}
+        finished = message.parse_time(doc.get("completed_at"))
+        if since is not None and (finished is None or finished < since):
+            continue
+        docs.append(message.apply(doc, {field: None for field in message.GATEWAY_FIELDS}))
+    if args.dry_run:
+        for doc in docs:
+            print(doc["_id"])
+        print(f"would requeue {len(docs)} {args.status} message(s)")
+        return 0
+    written = db.json("POST", "/_bulk_docs", {"docs": docs}) if docs else []
+    refused = [r for r in written if r.get("error")]
+    for r in refused:
+        print(
+            f"{r.get('id')}: not requeued ({r.get('error')}: {r.get('reason', '')})",
+            file=sys.stderr,
+        )
+    print(f"requeued {len(docs) - len(refused)} {args.status} message(s)")
+    return 1 if refused else 0
+
+
+def routes(args: argparse.Namespace) -> int:
+    api = Client(args.api, args.ca)
+    described = api.json("GET", "/routes")
+    for name, route in sorted(described.items()):
+        state = route.get("state")
+        url = route.get("url") or ""
+        print(f"{name} ({route.get('kind')}, {state}) {url}".rstrip())
+        if route.get("error"):
+            print(f"  ! {route['error']}")
+        default = route.get("default_operation")
+        operations = route.get("operations")
+        if operations is None:
+            print(f"  any operation{f' (default {default})' if default else ''}")
+            continue
+        for operation, params in sorted(operations.items()):
+            shown = ", ".join(_param(p) for p in params)
+            mark = " (default)" if operation == default else ""
+            print(f"  {operation}({shown}){mark}")
+    return 0
+
+
+def _param(param: dict[str, Any]) -> str:
+    """C{name: type}, C{?} after an optional name, C{[]} after a repeated type."""
+    optional = "" if param.get("required") else "?"
+    many = "[]" if param.get("many") else ""
+    return f"{param['name']}{optional}: {param['type']}{many}"
+
+
+def push(args: argparse.Namespace) -> int:
+    from twisted.internet.defer import inlineCallbacks
+    from twisted.internet.task import react
+    from twisted.web.client import HTTPConnectionPool
+
+    from couchgw import design
+    from couchgw.couch import Database, agent
+
+    @inlineCallbacks
+    def run(reactor: Any) -> Any:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        db = Database(args.couch, agent(reactor, pool, args.ca))
+        try:
+            yield db.create()
+            written = yield design.push(db)
+        except Exception as e:
+            raise Failed(str(e) or type(e).__name__) from None
+        print(f"pushed: {', '.join(written)}" if written else "up to date: nothing to push")
+
+    outcome: list[int] = []
+
+    def main(reactor: Any) -> Any:
+        def failed(failure: Any) -> None:
+            print(f"couchgw: {failure.getErrorMessage() or failure.type.__name__}", file=sys.stderr)
+            outcome.append(1)
+
+        return run(reactor).addErrback(failed)
+
+    try:
+        react(main)
+    except SystemExit as e:
+        if e.code:
+            return int(e.code)
+    return outcome[0] if outcome else 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="couchgw", description="couchgw's command line")
-    commands = parser.add_subparsers(dest="command", required=True)
-    designdocs = commands.add_parser("designdocs", help="the design documents")
-    actions = designdocs.add_subparsers(dest="action", required=True)
-    push = actions.add_parser(
-        "push", help="write the design documents that are missing or differ from designdocs/"
-    )
-    push.add_argument(
+    couch = argparse.ArgumentParser(add_help=False)
+    couch.add_argument(
         "--couch",
-        required=True,
-        help="the message database URL (credentials from its user info or "
-        "COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD)",
+        default=os.environ.get(COUCH_ENV, DEFAULT_COUCH),
+        help=f"the message database URL (default: ${COUCH_ENV} or {DEFAULT_COUCH}); credentials "
+        "from its user info or COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD",
     )
+    couch.add_argument(
+        "--ca", help="a PEM file of the CAs that verify HTTPS (default: the system's)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="couchgw", description="couchgw's command line: messages, design documents, routes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("submit", parents=[couch], help="write a message (and follow it)")
+    p.add_argument("operation", metavar="OPERATION", help="the operation to call")
+    p.add_argument(
+        "args",
+        metavar="KEY=VALUE",
+        nargs="*",
+        help="arguments (values read as JSON where they are: count=5)",
+    )
+    p.add_argument("--target", help="the route (default: the default route)")
+    p.add_argument("--id", help="the message's id (default: a new one); a repeat is refused")
+    p.add_argument("--callback-url", help="where couchgw POSTs the final document")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="show the status live until it is final; exit 0 only when forwarded",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds --wait waits (default 3600)"
+    )
+    p.set_defaults(run=submit)
+
+    p = commands.add_parser("status", parents=[couch], help="show a message's status")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(run=status)
+
+    p = commands.add_parser("requeue", parents=[couch], help="send finished messages again")
+    p.add_argument(
+        "--status",
+        default="failed",
+        choices=["failed", "rejected", "cancelled"],
+        help="which (default: failed)",
+    )
+    p.add_argument(
+        "--since", metavar="TIME", help="only those finished at or after this ISO-8601 time"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list them, send nothing")
+    p.set_defaults(run=requeue)
+
+    p = commands.add_parser("designdocs", help="the design documents")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser(
+        "push", parents=[couch], help="write the design documents that are missing or differ"
+    )
+    a.set_defaults(run=push)
+
+    p = commands.add_parser(
+        "routes", help="a running gateway's routes, with each SOAP operation's parameters"
+    )
+    p.add_argument(
+        "--api",
+        default=os.environ.get(API_ENV, DEFAULT_API),
+        help=f"the gateway's HTTP API (default: ${API_ENV} or {DEFAULT_API}); with --http-auth, "
+        "credentials in its user info",
+    )
+    p.add_argument("--ca", help="a PEM file of the CAs that verify HTTPS (default: the system's)")
+    p.set_defaults(run=routes)
     return parser
 
 
-@inlineCallbacks
-def _push(reactor: Any, url: str) -> Any:
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from couchgw import design
-    from couchgw.couch import Database
-
-    db = Database(url, Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-    yield db.create()
-    written = yield design.push(db)
-    print(f"pushed: {', '.join(written)}" if written else "up to date: nothing to push")
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     args = _parser().parse_args(argv)
-
-    def run(reactor: Any) -> Any:
-        return _push(reactor, args.couch).addErrback(_fail)
-
-    react(run)
-
-
-def _fail(failure: Any) -> None:
-    print(f"couchgw: {failure.getErrorMessage() or failure.type.__name__}", file=sys.stderr)
-    raise SystemExit(1)
+    try:
+        code = args.run(args)
+    except Failed as e:
+        print(f"couchgw: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

@@ -4,7 +4,10 @@ For operators: /metrics, the live page in headless Chromium, and couchgw as twis
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,110 @@ def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+COMMAND = str(Path(sys.executable).parent / "couchgw")
+
+
+def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+    couch = ["--couch", db] if db else []
+    if args and args[0] == "routes":
+        couch = []
+    return subprocess.run([COMMAND, *args, *couch], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_against_a_running_gateway(running: Any) -> None:
+    gateway, db = running
+    done = cli("submit", "activate", "network=north", "count=2", "--id", "cli-1", "--wait", db=db)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] in ("cli-1: new", "cli-1: dispatching · attempt 1")
+    assert "cli-1: forwarded · attempt 1" in lines
+    assert (
+        json.loads("\n".join(lines[lines.index("cli-1: forwarded · attempt 1") + 1 :]))["activated"]
+        == 2
+    )
+
+    failed = cli("submit", "refuse", "reason=maintenance", "--id", "cli-f", "--wait", db=db)
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines()[-1] == (
+        "cli-f: failed · attempt 1 · soap11env:Server.ActivationRefused: maintenance"
+    )
+    rejected = cli("submit", "explode", "--wait", db=db)
+    assert rejected.returncode == 1
+    assert "rejected · route 'default' has no operation 'explode'" in rejected.stdout
+
+    quiet = cli("submit", "ping", "text=hi", "--id", "cli-2", db=db)
+    assert (quiet.returncode, quiet.stdout) == (0, "cli-2\n")
+    wait_terminal(db, ["cli-2"], 30)
+    shown = cli("status", "cli-1", db=db)
+    assert shown.returncode == 0
+    state = json.loads(shown.stdout)
+    assert (state["status"], state["attempts"], state["result"]["network"]) == (
+        "forwarded",
+        1,
+        "north",
+    )
+
+    listed = cli("requeue", "--status", "failed", "--dry-run", db=db)
+    assert listed.stdout.splitlines() == ["cli-f", "would requeue 1 failed message(s)"]
+    sent = cli("requeue", "--status", "failed", "--since", "2000-01-01T00:00:00Z", db=db)
+    assert (sent.returncode, sent.stdout) == (0, "requeued 1 failed message(s)\n")
+    again = wait_until(
+        lambda: (
+            (doc := http("GET", f"{db}/cli-f")[1]).get("status") == "failed"
+            and doc["_rev"].startswith(("5-", "6-"))
+            and doc
+        ),
+        30,
+        "the requeued message to fail again",
+    )
+    assert again["attempts"] == 1
+
+    described = cli("routes", "--api", gateway.api)
+    assert described.returncode == 0, described.stderr
+    assert described.stdout.splitlines()[0].startswith("default (soap, ready) http://")
+    assert "  activate(network: string, count: integer)" in described.stdout
+    assert "  configure(device: string, port?: int, enabled?: boolean, weight?: double, " in (
+        described.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["submit", "ping", "nokey"], "couchgw: argument 'nokey' is not key=value"),
+        (["status", "nothing-here"], "couchgw: no message 'nothing-here' in "),
+        (["requeue", "--since", "yesterday"], "couchgw: --since must be an ISO-8601 time"),
+        (["routes", "--api", "http://127.0.0.1:9/"], "couchgw: cannot reach http://127.0.0.1:9"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args: list[str], error: str) -> None:
+    db = new_db_url("cli")
+    http("PUT", db)
+    done = cli(*args, db=db)
+    assert done.returncode == 1
+    assert done.stderr.startswith(error), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_help_everywhere() -> None:
+    for args in (
+        [],
+        ["submit"],
+        ["status"],
+        ["requeue"],
+        ["designdocs"],
+        ["designdocs", "push"],
+        ["routes"],
+    ):
+        done = subprocess.run([COMMAND, *args, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("usage: couchgw"), args
+
+
+def test_cli_submit_is_idempotent_by_id() -> None:
+    db = new_db_url("cli")
+    http("PUT", db)
+    assert cli("submit", "ping", "--id", "twice", db=db).returncode == 0
+    again = cli("submit", "ping", "--id", "twice", db=db)
+    assert (again.returncode, again.stderr) == (1, "couchgw: a message 'twice' exists already\n")
