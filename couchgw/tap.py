@@ -175,7 +175,7 @@ class Options(usage.Options):
         [
             "callback-allow",
             None,
-            "",
+            None,
             "Hosts callback_url may name, comma-separated: patterns such as hooks.example.com, "
             "*.corp.example or 127.0.0.1:8080 (none by default: no callback is sent).",
         ],
@@ -358,7 +358,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     callbacks = Callbacks(
         reactor,
         HTTPClient(agent(reactor, callback_pool, options.get("ca"))),
-        options.get("callback-allow", "").split(","),
+        (options.get("callback-allow") or "").split(","),
         secret.encode("utf-8") if secret else None,
         attempts=options["retries"],
     )

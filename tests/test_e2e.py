@@ -5,7 +5,9 @@ HTTP, against real servers.  Uses the installed package (C{make test} installs t
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,6 +248,82 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
     assert done.returncode == 0
     for name, *_ in Options.optParameters + Options.optFlags:
         assert f"--{name}" in done.stdout
+
+
+def test_configuration_reference_agrees_with_help(tmp_path: Path) -> None:
+    """docs/configuration.md is what couchgw.reference writes, and says what --help says."""
+    from couchgw.reference import reference, rows
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == reference(), (
+        "docs/configuration.md is stale: python -m couchgw.reference > docs/configuration.md"
+    )
+    done = subprocess.run(
+        [TWISTD, "couchgw", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    helped: dict[str, str] = {}
+    current = None
+    for line in done.stdout.splitlines():
+        found = re.match(r"\s+(?:-\w, )?--([\w-]+)=?\s+(.*)", line)
+        if found:
+            current = found[1]
+            helped[current] = found[2]
+        elif current and line.startswith(" " * 20):
+            helped[current] += " " + line.strip()
+    documented = {}
+    for option, default, meaning in rows():
+        name = option.strip("`").removeprefix("--")
+        text = " ".join(helped[name].split())
+        shown = re.search(r" ?\[default: (.*)\]$", text)
+        documented[name] = (meaning, None if default in ("none", "off") else default.strip("`"))
+        assert (re.sub(r" ?\[default: .*\]$", "", text), shown[1] if shown else None) == (
+            documented[name]
+        ), name
+    assert set(helped) - {"help", "version"} == set(documented)
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    """twistd --logger couchgw.logs.json: one JSON object per line."""
+    db = new_db_url("json-logs")
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    api = free_port()
+    process = subprocess.Popen(
+        [
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "--logger",
+            "couchgw.logs.json",
+            "couchgw",
+            "--couch",
+            db,
+            "--target",
+            wsdl,
+            "--http",
+            f"tcp:{api}:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=(tmp_path / "couchgw.json").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{api}/ready", timeout=2)[0] == 200, 60)
+        http("PUT", f"{db}/j1", {"type": "message", "operation": "ping"})
+        wait_terminal(db, ["j1"], 30)
+    finally:
+        stop(demo)
+        process.terminate()
+        process.wait(30)
+    output = (tmp_path / "couchgw.json").read_text()
+    events = [json.loads(line) for line in output.splitlines() if line.strip()]
+    forwarded = [
+        e
+        for e in events
+        if e.get("log_namespace") == "couchgw.gateway" and e.get("status") == "forwarded"
+    ]
+    assert [(e["id"], e["route"], e["log_level"]["name"]) for e in forwarded] == [
+        ("j1", "default", "info")
+    ]
+    assert forwarded[0]["duration"] >= 0
 
 
 def test_designdocs_push_command(tmp_path: Path) -> None:
