@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,12 +34,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def write_backlog(db: str, messages: int) -> float:
-    """Write C{messages} ping messages with C{_bulk_docs}; answers the seconds it took."""
+def write_backlog(db: str, messages: int, **fields: Any) -> float:
+    """
+    Write C{messages} ping messages (with C{fields}, e.g. C{target}) with C{_bulk_docs}; answers
+    the seconds it took.
+    """
     started = time.monotonic()
     for first in range(0, messages, 1000):
         docs = [
-            {"_id": f"b{i:07d}", "type": "message", "operation": "ping", "text": f"m{i}"}
+            {"_id": f"b{i:07d}", "type": "message", "operation": "ping", "text": f"m{i}", **fields}
             for i in range(first, min(first + 1000, messages))
         ]
         status, _ = http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)
@@ -46,29 +50,37 @@ def write_backlog(db: str, messages: int) -> float:
     return time.monotonic() - started
 
 
-def drain(gateway: processes.Process, messages: int, progress: bool = True) -> dict[str, float]:
+def drain(
+    gateway: processes.Process | list[processes.Process], messages: int, progress: bool = True
+) -> dict[str, float]:
     """
-    Start couchgw and wait until it has forwarded C{messages}, sampling its memory; answers
-    the seconds from its start, and its RSS figures.
+    Start couchgw (one process or several) and wait until they have forwarded C{messages},
+    sampling the memory of the first; answers the seconds from their start, and RSS figures.
     """
-    gateway.start()
-    assert gateway.process is not None
-    pid = gateway.process.pid
+    gateways = gateway if isinstance(gateway, list) else [gateway]
+    for each in gateways:
+        each.start()
+    first = gateways[0].process
+    assert first is not None
+    pid = first.pid
     started = time.monotonic()
     peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
-    with gateway.log.open("rb") as reader:
-        carry = b""
+    readers = [each.log.open("rb") for each in gateways]
+    carries = [b""] * len(readers)
+    try:
         while forwarded < messages:
-            if gateway.process.poll() is not None:
-                raise SystemExit(f"couchgw exited; see {gateway.log}")
+            for each in gateways:
+                if each.process is None or each.process.poll() is not None:
+                    raise SystemExit(f"couchgw exited; see {each.log}")
             rss = rss_mb(pid)
             peak = max(peak, rss)
             samples.append(rss)
             # couchgw logs each outcome; counting those lines costs CouchDB nothing
-            text = carry + reader.read()
-            cut = text.rfind(b"\n") + 1
-            forwarded += text[:cut].count(b" forwarded on route ")
-            carry = text[cut:]
+            for n, reader in enumerate(readers):
+                text = carries[n] + reader.read()
+                cut = text.rfind(b"\n") + 1
+                forwarded += text[:cut].count(b" forwarded on route ")
+                carries[n] = text[cut:]
             now = time.monotonic() - started
             if progress and now - last_report >= 10:
                 last_report = now
@@ -76,6 +88,9 @@ def drain(gateway: processes.Process, messages: int, progress: bool = True) -> d
                     f"{now:7.1f}s forwarded {forwarded:7d}  rss {rss:6.1f} MB  peak {peak:6.1f} MB"
                 )
             time.sleep(0.2)
+    finally:
+        for reader in readers:
+            reader.close()
     return {
         "seconds": time.monotonic() - started,
         "peak rss (MB)": peak,

@@ -2,30 +2,40 @@
 couchgw measured against the limits of its own parts, side by side in one run.
 
     .venv/bin/python bench/suite.py                      # prints a table, writes bench-results.json
-    .venv/bin/python bench/suite.py --messages 2000 --out /tmp/results.json
+    .venv/bin/python bench/suite.py --messages 2000 --backlog 20000 --seconds 20   # a quick look
 
-It starts PouchDB Server (in memory) and the demo SOAP service, then measures:
+It starts PouchDB Server (in memory) and the demo service (SOAP, and JSON at /json: the null http
+target), then measures:
 
 1. raw CouchDB: single-document POSTs over 1 and 8 kept-alive connections, and `_bulk_docs` of
    500: documents per second (the physical limit the gateway works against);
-2. backlog drain: N messages written first, then couchgw (`--threads P`) started: messages per
-   second from its start to the last `forwarded`, and that rate over the raw single-document rate;
-3. SOAP path: the bare suds-community call rate against the demo's `ping` in a plain loop with P
-   threads, and the drain rate of (2), which goes through the same operation: their ratio.
+2. backlog drain: N messages to the null http route written first, then couchgw started:
+   messages per second to the last `forwarded`, and that over the raw single-document rate;
+3. SOAP path: the gateway draining N messages through the demo's `ping` with `--threads P`,
+   against a bare suds-community loop on the same operation with P threads;
+4. slow targets: 500 one-second SOAP calls with 50 threads, and 2000 one-second http calls with
+   1000 in flight: ideal time over actual time;
+5. latency at a steady rate: written → call started at the target (the demo's `stamp`), and
+   written → `forwarded` seen on couchgw's own /events stream: p50, p95, p99;
+6. memory: peak RSS of couchgw while it drains a large backlog;
+7. scale-out: the drain rate with 1, 2 and 3 gateways on one database, and duplicate calls.
 
-Each figure is a ratio measured in the same run, so that it holds on a noisy machine; the
-absolute numbers are printed beside it.
+Each figure that has a target is a ratio or a distribution measured in the same run, so that it
+holds on a noisy machine; the absolute numbers are printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -103,62 +113,272 @@ def bare_suds(wsdl: str, calls: int, threads: int) -> float:
     return per * threads / in_threads(threads, loop)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=10_000, help="backlog of (2)")
-    parser.add_argument("--threads", type=int, default=20, help="P: SOAP threads")
-    parser.add_argument("--out", default="bench-results.json", help="where the JSON goes")
-    options = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="couchgw-suite-"))
-    couch_port, demo_port, api_port = free_port(), free_port(), free_port()
-    couch = f"http://127.0.0.1:{couch_port}"
-    pouchdb = processes.couch(folder, couch_port, on_disk=False)
-    demo = processes.demo(folder, demo_port, delay=0.1)
-    db = f"{couch}/backlog"
-    gateway = processes.gateway(folder, db, demo_port, api_port, "--threads", str(options.threads))
-    wsdl = f"http://127.0.0.1:{demo_port}/?wsdl"
-    figures: dict[str, Any] = {}
-    try:
-        pouchdb.start(wait=True)
-        demo.start(wait=True)
-        http("PUT", f"{couch}/raw")
-        print("1. raw CouchDB ...", flush=True)
-        figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(
-            couch_port, "raw", 2000, 1
-        )
-        figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(
-            couch_port, "raw", 4000, 8
-        )
-        figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(f"{couch}/raw", 10_000)
+class Run:
+    """The servers of one suite run, and gateways started against them as each figure needs."""
 
-        print(f"2. backlog drain of {options.messages} ...", flush=True)
-        http("PUT", db)
-        write_backlog(db, options.messages)
-        drained = drain(gateway, options.messages, progress=False)
-        gateway.stop()
-        drain_rate = options.messages / drained["seconds"]
-        figures["drain (messages/s)"] = drain_rate
-        figures["drain: peak RSS (MB)"] = drained["peak rss (MB)"]
-        single = figures["raw: single POSTs, 1 connection (docs/s)"]
-        figures["drain / raw single-document rate"] = drain_rate / single
+    def __init__(self, folder: Path, threads: int) -> None:
+        self.folder = folder
+        self.threads = threads
+        self.couch_port, self.demo_port = free_port(), free_port()
+        self.couch = f"http://127.0.0.1:{self.couch_port}"
+        self.pouchdb = processes.couch(folder, self.couch_port, on_disk=False)
+        self.demo = processes.demo(folder, self.demo_port, delay=0.1)
+        self.wsdl = f"http://127.0.0.1:{self.demo_port}/?wsdl"
+        self.json = f"http://127.0.0.1:{self.demo_port}/json"
+        self.started: list[processes.Process] = []
+        self._runs = 0
 
-        print(f"3. bare suds loop, {options.threads} threads ...", flush=True)
-        suds_rate = bare_suds(wsdl, 4000, options.threads)
-        figures[f"bare suds loop, {options.threads} threads (calls/s)"] = suds_rate
-        figures["gateway SOAP rate / bare suds rate"] = drain_rate / suds_rate
-    finally:
-        for process in (gateway, demo, pouchdb):
+    def database(self, name: str) -> str:
+        db = f"{self.couch}/{name}"
+        status, _ = http("PUT", db)
+        assert status == 201, status
+        return db
+
+    def gateway(self, db: str, *options: str, routes: str = "") -> processes.Process:
+        """A couchgw (not started) with a folder of its own, so that its log is its own."""
+        self._runs += 1
+        folder = self.folder / f"gateway-{self._runs}"
+        folder.mkdir()
+        if routes:
+            (folder / "routes.toml").write_text(routes)
+            options = (*options, "--routes", str(folder / "routes.toml"))
+        gateway = processes.gateway(folder, db, self.demo_port, free_port(), *options)
+        self.started.append(gateway)
+        return gateway
+
+    def null_route(self, concurrency: int = 100, inflight: int | None = None) -> str:
+        """A routes file with the C{null} route: the demo's JSON operations, answered at once."""
+        bound = f"inflight = {inflight}\n" if inflight else ""
+        return (
+            f'[routes.null]\nkind = "http"\nurl = "{self.json}"\n'
+            f"concurrency = {concurrency}\ntimeout = 60\n{bound}"
+        )
+
+    def calls(self, prefix: str) -> Counter[str]:
+        """How often the demo's JSON operations were called for each message id with C{prefix}."""
+        text = (self.folder / "demo.log").read_text()
+        return Counter(re.findall(rf"call json \w+ id=({re.escape(prefix)}\S*)", text))
+
+    def stop(self) -> None:
+        for process in [*reversed(self.started), self.demo, self.pouchdb]:
             process.stop()
 
-    targets = {
-        "drain / raw single-document rate": 2.0,
-        "gateway SOAP rate / bare suds rate": 0.8,
+
+def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
+    """(2) N messages to the null http route, then couchgw started: messages per second."""
+    db = run.database("drain")
+    write_backlog(db, messages, target="null")
+    drained = drain(run.gateway(db, routes=run.null_route()), messages, progress=False)
+    figures["drain (messages/s)"] = messages / drained["seconds"]
+    figures["drain / raw single-document rate"] = (
+        figures["drain (messages/s)"] / figures["raw: single POSTs, 1 connection (docs/s)"]
+    )
+
+
+def soap_path(run: Run, figures: dict[str, Any], messages: int) -> None:
+    """(3) The bare suds loop with P threads, and the gateway through the same operation."""
+    db = run.database("soap")
+    write_backlog(db, messages)
+    drained = drain(run.gateway(db, "--threads", str(run.threads)), messages, progress=False)
+    gateway_rate = messages / drained["seconds"]
+    figures[f"gateway SOAP drain, {run.threads} threads (messages/s)"] = gateway_rate
+    suds_rate = bare_suds(run.wsdl, 4000, run.threads)
+    figures[f"bare suds loop, {run.threads} threads (calls/s)"] = suds_rate
+    figures["gateway SOAP rate / bare suds rate"] = gateway_rate / suds_rate
+
+
+def slow_targets(run: Run, figures: dict[str, Any]) -> None:
+    """(4) 500 one-second SOAP calls with 50 threads; 2000 one-second http calls, 1000 at once."""
+    db = run.database("slow-soap")
+    docs = [
+        {"_id": f"s{i:04d}", "type": "message", "operation": "activate", "args": [f"s{i}", 10]}
+        for i in range(500)
+    ]
+    assert http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)[0] == 201
+    drained = drain(run.gateway(db, "--threads", "50"), 500, progress=False)
+    figures["slow SOAP: 500 x 1 s, 50 threads (s)"] = drained["seconds"]
+    figures["slow SOAP: ideal / actual"] = 10.0 / drained["seconds"]
+
+    db = run.database("slow-http")
+    write_backlog(db, 2000, target="null", operation="wait", args={"seconds": 1})
+    gateway = run.gateway(db, routes=run.null_route(concurrency=1000, inflight=1000))
+    drained = drain(gateway, 2000, progress=False)
+    figures["slow http: 2000 x 1 s, 1000 at once (s)"] = drained["seconds"]
+    figures["slow http: ideal / actual"] = 2.0 / drained["seconds"]
+
+
+def latency(run: Run, figures: dict[str, Any], rate: float, seconds: float) -> None:
+    """(5) A steady RATE messages/s for SECONDS: written → call started, written → forwarded."""
+    db = run.database("latency")
+    api = free_port()
+    gateway = run.gateway(db, routes=run.null_route())
+    gateway.argv[gateway.argv.index("--http") + 1] = f"tcp:{api}:interface=127.0.0.1"
+    gateway.ready = f"http://127.0.0.1:{api}/ready"
+    gateway.start(wait=True)
+    seen: dict[str, float] = {}
+    stream = socket.create_connection(("127.0.0.1", api))
+    stream.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+
+    def listen() -> None:
+        buffer = b""
+        while True:
+            try:
+                data = stream.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.time()
+            buffer += data
+            *blocks, buffer = buffer.split(b"\n\n")
+            for block in blocks:
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        event = json.loads(line[6:])
+                        if event.get("status") == "forwarded":
+                            seen.setdefault(event["id"], now)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    written: dict[str, float] = {}
+    connection = HTTPConnection("127.0.0.1", run.couch_port, timeout=60)
+    count = int(rate * seconds)
+    begin = time.monotonic()
+    for i in range(count):
+        pause = begin + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        doc = {"_id": f"l{i:05d}", "type": "message", "target": "null", "operation": "stamp"}
+        connection.request(
+            "POST", "/latency", json.dumps(doc), {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 201, response.status
+        written[doc["_id"]] = time.time()
+    deadline = time.monotonic() + 60
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stream.close()
+    _, found = http(
+        "POST", f"{db}/_all_docs?include_docs=true", {"keys": list(written)}, timeout=120
+    )
+    started = {
+        row["id"]: row["doc"]["result"]["at"] - written[row["id"]]
+        for row in found["rows"]
+        if (row.get("doc") or {}).get("status") == "forwarded"
     }
+    visible = {doc_id: seen[doc_id] - written[doc_id] for doc_id in written if doc_id in seen}
+    for name, values in (("call started", started), ("forwarded visible", visible)):
+        ordered = sorted(values.values())
+        if len(ordered) < count:
+            figures[f"latency, written → {name}: missing"] = count - len(ordered)
+        for p in (50, 95, 99):
+            at = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+            figures[f"latency, written → {name}: p{p} (ms)"] = at * 1000
+
+
+def memory(run: Run, figures: dict[str, Any], messages: int) -> None:
+    """(6) Peak RSS of couchgw while it drains a large backlog (the null route)."""
+    db = run.database("memory")
+    write_backlog(db, messages, target="null")
+    drained = drain(run.gateway(db, routes=run.null_route()), messages, progress=False)
+    figures[f"peak RSS, {messages} backlog (MB)"] = drained["peak rss (MB)"]
+    figures[f"drain of {messages} (messages/s)"] = messages / drained["seconds"]
+
+
+def scale_out(run: Run, figures: dict[str, Any], messages: int) -> None:
+    """(7) The same backlog drained by 1, 2 and 3 gateways on one database; duplicate calls."""
+    rates = {}
+    for n in (1, 2, 3):
+        db = run.database(f"scale-{n}")
+        prefix = f"x{n}-"
+        docs_written = write_scaled(db, messages, prefix)
+        gateways = [run.gateway(db, routes=run.null_route()) for _ in range(n)]
+        drained = drain(gateways, docs_written, progress=False)
+        for gateway in gateways:
+            gateway.stop()
+        rates[n] = messages / drained["seconds"]
+        calls = run.calls(prefix)
+        figures[f"scale-out: {n} gateway(s) (messages/s)"] = rates[n]
+        figures[f"scale-out: {n} gateway(s), duplicate calls"] = sum(c - 1 for c in calls.values())
+    figures["scale-out: 2 gateways / 1"] = rates[2] / rates[1]
+    figures["scale-out: 3 gateways / 1"] = rates[3] / rates[1]
+
+
+def write_scaled(db: str, messages: int, prefix: str) -> int:
+    for first in range(0, messages, 1000):
+        docs = [
+            {"_id": f"{prefix}{i:06d}", "type": "message", "target": "null", "operation": "ping"}
+            for i in range(first, min(first + 1000, messages))
+        ]
+        assert http("POST", f"{db}/_bulk_docs", {"docs": docs}, timeout=120)[0] == 201
+    return messages
+
+
+TARGETS = {
+    "drain / raw single-document rate": (2.0, "≥"),
+    "gateway SOAP rate / bare suds rate": (0.8, "≥"),
+    "slow SOAP: ideal / actual": (0.9, "≥"),
+    "slow http: ideal / actual": (0.9, "≥"),
+    "latency, written → call started: p99 (ms)": (100.0, "≤"),
+    "scale-out: 2 gateways / 1": (1.0, "≥"),
+    "scale-out: 3 gateways / 1": (1.0, "≥"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000, help="backlog of (2), (3), (7)")
+    parser.add_argument("--backlog", type=int, default=100_000, help="backlog of (6)")
+    parser.add_argument("--threads", type=int, default=20, help="P: SOAP threads")
+    parser.add_argument("--rate", type=float, default=50.0, help="messages/s of (5)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of (5)")
+    parser.add_argument("--out", default="bench-results.json", help="where the JSON goes")
+    options = parser.parse_args()
+    run = Run(Path(tempfile.mkdtemp(prefix="couchgw-suite-")), options.threads)
+    figures: dict[str, Any] = {}
+    began = time.monotonic()
+    try:
+        run.pouchdb.start(wait=True)
+        run.demo.start(wait=True)
+        run.database("raw")
+        print("1. raw CouchDB ...", flush=True)
+        figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(
+            run.couch_port, "raw", 2000, 1
+        )
+        figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(
+            run.couch_port, "raw", 4000, 8
+        )
+        figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(f"{run.couch}/raw", 10_000)
+        steps = [
+            (f"2. backlog drain of {options.messages}", backlog_drain, (options.messages,)),
+            (f"3. SOAP path, {options.threads} threads", soap_path, (options.messages,)),
+            ("4. slow targets", slow_targets, ()),
+            (
+                f"5. latency at {options.rate:g}/s for {options.seconds:g}s",
+                latency,
+                (options.rate, options.seconds),
+            ),
+            (f"6. memory, backlog of {options.backlog}", memory, (options.backlog,)),
+            (f"7. scale-out, {options.messages} each", scale_out, (options.messages,)),
+        ]
+        for title, step, args in steps:
+            print(f"{title} ... ({time.monotonic() - began:.0f}s)", flush=True)
+            step(run, figures, *args)
+    finally:
+        run.stop()
+    figures["suite duration (s)"] = time.monotonic() - began
+
     width = max(len(name) for name in figures)
     print(f"\n{'figure':<{width}}  {'measured':>10}  target")
     for name, value in figures.items():
-        target = targets.get(name)
-        mark = "" if target is None else f"≥ {target}  {'met' if value >= target else 'NOT met'}"
+        target = TARGETS.get(name)
+        mark = ""
+        if target is not None:
+            bound, sense = target
+            met = value >= bound if sense == "≥" else value <= bound
+            mark = f"{sense} {bound:g}  {'met' if met else 'NOT met'}"
         print(f"{name:<{width}}  {value:>10.2f}  {mark}")
     Path(options.out).write_text(
         json.dumps({name: round(value, 3) for name, value in figures.items()}, indent=2) + "\n"

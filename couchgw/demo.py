@@ -130,7 +130,8 @@ def application(delay: float = 0.1) -> WsgiApplication:
 class JsonDemo(Resource):
     """
     The demo's operations over JSON: a POST of C{{"id", "operation", "args"}} answers the result
-    as JSON (C{activate} waits C{count * delay} seconds on the reactor, C{wait} C{seconds}).
+    as JSON (C{activate} waits C{count * delay} seconds on the reactor, C{wait} C{seconds};
+    C{stamp} answers the time the call arrived, for latency measurements).
     An unknown operation is a 404, C{refuse} a 422, both with C{{"error": ...}}.
     """
 
@@ -150,7 +151,9 @@ class JsonDemo(Resource):
                 args = dict(zip(_JSON_PARAMS.get(operation, ()), args, strict=False))
         except (ValueError, AttributeError):
             return _answer(request, 400, {"error": "the body must be a JSON object"})
-        log.info("call json {operation}", operation=operation)
+        log.info("call json {operation} id={id}", operation=operation, id=body.get("id"))
+        if operation == "stamp":
+            return _answer(request, 200, {"at": time.time()})  # when the call reached the target
         if operation == "ping":
             text = args.get("text")
             return _answer(request, 200, "pong" if text is None else text)
