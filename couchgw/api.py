@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from importlib.resources import files
 from typing import Any
 
@@ -211,7 +212,12 @@ STATIC = {
 SNAPSHOT_INTERVAL = 2.0
 
 
+@cache
+def _file(name: str) -> bytes:
+    return files("couchgw").joinpath("web", name).read_bytes()
+
+
 def _static(request: IRequest, name: str) -> bytes:
     request.setHeader(b"Content-Type", STATIC[name])
     request.setHeader(b"Cache-Control", b"no-cache")
-    return files("couchgw").joinpath("web", name).read_bytes()
+    return _file(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -84,6 +84,8 @@ def copies(info: Mapping[str, Any]) -> int:
         return 1
 
 
+#: Messages whose routes were full that the gateway keeps the ids of (beyond: the feed pauses).
+WAITING = 10000
 #: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
 CALL_MARGIN = 5.0
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
@@ -191,6 +193,12 @@ class Gateway(Service):
         self.inflight: Counter[str] = Counter()
         #: Routes that left messages in CouchDB because they were full; swept once they drain.
         self._full: set[str] = set()
+        #: Ids of messages the feed brought for routes that were full, by route: they are
+        #: submitted again as their route drains (up to L{WAITING} in all; beyond that the
+        #: feed pauses, and what it had read already is left to the sweep).
+        self._waiting_ids: dict[str, deque[str]] = {}
+        #: Of those, how many are being read to be submitted, by route.
+        self._refilling: Counter[str] = Counter()
         self._sweep_again = False
         self._publishing: Deferred[Any] | None = None
         self._saved_at: float | None = None
@@ -508,13 +516,26 @@ class Gateway(Service):
         return finished
 
     def _throttle(self) -> None:
-        """Stop reading the feed while C{max_inflight} documents are being handled."""
+        """
+        Stop reading the feed while C{max_inflight} documents are being handled, or while
+        L{WAITING} messages wait for their routes to have room.
+        """
         if self.feed is None:
             return
-        if len(self.active) >= self.max_inflight:
+        waiting = sum(len(ids) for ids in self._waiting_ids.values())
+        if len(self.active) >= self.max_inflight or waiting >= WAITING:
             self.feed.pause()
-        elif self.feed.paused:
+        elif self.feed.paused and waiting < WAITING // 2:
             self.feed.resume()
+
+    def _wait_for_room(self, route: str, doc_id: str) -> None:
+        """Keep the id of a message whose route is full, to submit it once there is room."""
+        waiting = self._waiting_ids.setdefault(route, deque())
+        if sum(len(ids) for ids in self._waiting_ids.values()) < WAITING:
+            waiting.append(doc_id)
+        else:
+            self._full.add(route)  # too many kept: the sweep finds the rest
+        self._throttle()
 
     def sweep_soon(self) -> None:
         if self.running and "sweep" not in self._timers:
@@ -604,6 +625,26 @@ class Gateway(Service):
             doc = row.get("doc")
             if doc and doc["_id"] not in self.active and self._room():
                 self.submit(doc)
+
+    @inlineCallbacks
+    def _refill(self, route: str, ids: list[str]) -> Any:
+        """Submit messages that waited for their route; those there is no room for wait on."""
+        try:
+            found = yield self.db.all_docs(ids, include_docs=True, conflicts=True)
+        except BaseException:
+            self._full.add(route)  # they are in CouchDB still: the sweep finds them
+            raise
+        finally:
+            self._refilling[route] -= len(ids)
+        for row in found.get("rows", []):
+            doc = row.get("doc")
+            if not doc or doc["_id"] in self.active:
+                continue
+            if self._room():
+                self.submit(doc)
+            else:
+                self._waiting_ids.setdefault(route, deque()).append(doc["_id"])
+        self._throttle()
 
     def _waits_for_room(self, row: Mapping[str, Any], taken: Counter[str]) -> bool:
         """
@@ -699,8 +740,8 @@ class Gateway(Service):
                 else:
                     bound = self.policies[target.name].inflight
                     if bound is not None and self.inflight[target.name] >= bound:
-                        self._full.add(target.name)
-                        return  # it waits in CouchDB: the sweep brings it once there is room
+                        self._wait_for_room(target.name, doc["_id"])
+                        return  # it waits in CouchDB until its route has room
                     written = yield self._dispatch(doc, target, prepared)
             if written is not None:
                 return
@@ -863,10 +904,23 @@ class Gateway(Service):
             )
 
     def _drained(self, name: str) -> None:
-        """A message of this route is done: once a full route is half empty, sweep for more."""
+        """
+        A message of this route is done: once a full route is half empty, submit the messages
+        that wait for it (and sweep, if some were left to the sweep).
+        """
         self.inflight[name] -= 1
         bound = self.policies[name].inflight
-        if name in self._full and bound is not None and self.inflight[name] <= bound // 2:
+        busy = self.inflight[name] + self._refilling[name]
+        if bound is None or busy > bound // 2 or not self.running:
+            return
+        waiting = self._waiting_ids.get(name)
+        if waiting:
+            ids = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
+            self._refilling[name] += len(ids)
+            refill = self._refill(name, ids)
+            refill.addErrback(_log_error, "cannot read messages that waited")
+            self._throttle()
+        elif name in self._full:
             self._full.discard(name)
             self.sweep_soon()
 

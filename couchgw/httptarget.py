@@ -133,7 +133,15 @@ class HttpTarget(BaseTarget):
         body = json.dumps({"id": message_id, "operation": operation, "args": args}).encode()
         try:
             headers = {**headers, "Idempotency-Key": message_id}
-            response = yield self._client.post(url, data=body, headers=headers)  # type: ignore[arg-type]
+            # a target's redirect is its answer (a POST is not sent again elsewhere); the body is
+            # read once, by collect below
+            response = yield self._client.post(
+                url,
+                data=body,
+                headers=headers,  # type: ignore[arg-type]
+                allow_redirects=False,
+                unbuffered=True,
+            )
             chunks: list[bytes] = []
 
             def collect(data: bytes) -> None:

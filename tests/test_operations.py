@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +108,13 @@ def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
             cells = browser.find_elements(By.CSS_SELECTOR, 'tr[data-id="page-1"] td.status-cell')
             return cells[0].get_attribute("data-status") if cells else None
 
-        seen = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and status() != "forwarded":
+        seen: list[str | None] = []
+
+        def forwarded() -> bool:
             seen.append(status())
-            time.sleep(0.05)
-        assert status() == "forwarded", seen
+            return seen[-1] == "forwarded"
+
+        wait_until(forwarded, 30, "the row to reach forwarded")
         assert "dispatching" in seen  # the row changed live, not only once it was over
         wait_until(  # the counts follow from the gateway's snapshots
             lambda: (
