@@ -8,13 +8,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := $(shell find couchgw twisted designdocs -type f -not -name '*.pyc' -not -name dropin.cache) setup.cfg pyproject.toml
 
-.PHONY: run test lint deps clean
+.PHONY: run test lint deps bench clean
 
 run: deps
 	$(BIN)/twistd --nodaemon --pidfile= couchgw --target=demo
 
 test: deps lint
 	$(BIN)/pytest
+
+# the speed suite (docs/BENCHMARKS.md): about 13 minutes, a table and bench-results.json
+bench: deps
+	$(BIN)/python bench/suite.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check couchgw tests twisted
