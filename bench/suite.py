@@ -4,7 +4,8 @@ couchgw measured against the limits of its own parts, side by side in one run.
     .venv/bin/python bench/suite.py                      # prints a table, writes bench-results.json
     .venv/bin/python bench/suite.py --messages 2000 --backlog 20000 --seconds 20   # a quick look
 
-It starts PouchDB Server (in memory) and the demo service (SOAP, and JSON at /json: the null http
+It starts PouchDB Server (in memory; or uses the Apache CouchDB that `--couch URL` names, with an
+admin's credentials in the URL) and the demo service (SOAP, and JSON at /json: the null http
 target), then measures:
 
 1. raw CouchDB: single-document POSTs over 1 and 8 kept-alive connections, and `_bulk_docs` of
@@ -39,12 +40,14 @@ from collections import Counter
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from bench.backlog import drain, write_backlog  # noqa: E402
+from couchgw.couch import basic_auth, split_credentials  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
 
 
@@ -69,15 +72,15 @@ def in_threads(threads: int, work: Any) -> float:
     return time.monotonic() - started
 
 
-def single_posts(port: int, db: str, docs: int, connections: int) -> float:
+def single_posts(run: Run, db: str, docs: int, connections: int) -> float:
     """Documents per second written one POST at a time over kept-alive connections."""
     per = docs // connections
 
     def post(index: int) -> None:
-        connection = HTTPConnection("127.0.0.1", port, timeout=60)
+        connection = run.connection()
         for i in range(per):
             body = json.dumps({"_id": f"raw-{connections}-{index}-{i}", "n": i})
-            connection.request("POST", f"/{db}", body, {"Content-Type": "application/json"})
+            connection.request("POST", run.path(db), body, run.headers)
             response = connection.getresponse()
             response.read()
             assert response.status == 201, response.status
@@ -116,12 +119,24 @@ def bare_suds(wsdl: str, calls: int, threads: int) -> float:
 class Run:
     """The servers of one suite run, and gateways started against them as each figure needs."""
 
-    def __init__(self, folder: Path, threads: int) -> None:
+    def __init__(self, folder: Path, threads: int, couch: str | None = None) -> None:
         self.folder = folder
         self.threads = threads
-        self.couch_port, self.demo_port = free_port(), free_port()
-        self.couch = f"http://127.0.0.1:{self.couch_port}"
-        self.pouchdb = processes.couch(folder, self.couch_port, on_disk=False)
+        self.demo_port = free_port()
+        self.pouchdb: processes.Process | None = None
+        if couch is None:
+            port = free_port()
+            couch = f"http://127.0.0.1:{port}"
+            self.pouchdb = processes.couch(folder, port, on_disk=False)
+        #: The server's URL, with its credentials (requests take them from it).
+        self.couch = couch.rstrip("/")
+        clean, auth = split_credentials(self.couch)
+        parts = urlsplit(clean)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5984
+        self.headers = {"Content-Type": "application/json"}
+        if auth is not None:
+            self.headers["Authorization"] = basic_auth(*auth)
+        self.suffix = uuid.uuid4().hex[:6]
         self.demo = processes.demo(folder, self.demo_port, delay=0.1)
         self.wsdl = f"http://127.0.0.1:{self.demo_port}/?wsdl"
         self.json = f"http://127.0.0.1:{self.demo_port}/json"
@@ -129,10 +144,17 @@ class Run:
         self._runs = 0
 
     def database(self, name: str) -> str:
-        db = f"{self.couch}/{name}"
+        """A new database (named for this run, so that an external server keeps others apart)."""
+        db = f"{self.couch}/{name}-{self.suffix}"
         status, _ = http("PUT", db)
         assert status == 201, status
         return db
+
+    def path(self, db: str) -> str:
+        return urlsplit(db).path
+
+    def connection(self) -> HTTPConnection:
+        return HTTPConnection(self.host, self.port, timeout=60)
 
     def gateway(self, db: str, *options: str, routes: str = "") -> processes.Process:
         """A couchgw (not started) with a folder of its own, so that its log is its own."""
@@ -161,7 +183,8 @@ class Run:
 
     def stop(self) -> None:
         for process in [*reversed(self.started), self.demo, self.pouchdb]:
-            process.stop()
+            if process is not None:
+                process.stop()
 
 
 def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
@@ -241,7 +264,7 @@ def latency(run: Run, figures: dict[str, Any], rate: float, seconds: float) -> N
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     written: dict[str, float] = {}
-    connection = HTTPConnection("127.0.0.1", run.couch_port, timeout=60)
+    connection = run.connection()
     count = int(rate * seconds)
     begin = time.monotonic()
     for i in range(count):
@@ -249,9 +272,7 @@ def latency(run: Run, figures: dict[str, Any], rate: float, seconds: float) -> N
         if pause > 0:
             time.sleep(pause)
         doc = {"_id": f"l{i:05d}", "type": "message", "target": "null", "operation": "stamp"}
-        connection.request(
-            "POST", "/latency", json.dumps(doc), {"Content-Type": "application/json"}
-        )
+        connection.request("POST", run.path(db), json.dumps(doc), run.headers)
         response = connection.getresponse()
         response.read()
         assert response.status == 201, response.status
@@ -335,22 +356,24 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="messages/s of (5)")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of (5)")
     parser.add_argument("--out", default="bench-results.json", help="where the JSON goes")
+    parser.add_argument(
+        "--couch",
+        help="an external CouchDB server's URL, with an admin's credentials in it "
+        "(default: PouchDB Server in memory, started here)",
+    )
     options = parser.parse_args()
-    run = Run(Path(tempfile.mkdtemp(prefix="couchgw-suite-")), options.threads)
+    run = Run(Path(tempfile.mkdtemp(prefix="couchgw-suite-")), options.threads, options.couch)
     figures: dict[str, Any] = {}
     began = time.monotonic()
     try:
-        run.pouchdb.start(wait=True)
+        if run.pouchdb is not None:
+            run.pouchdb.start(wait=True)
         run.demo.start(wait=True)
-        run.database("raw")
+        raw = run.database("raw")
         print("1. raw CouchDB ...", flush=True)
-        figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(
-            run.couch_port, "raw", 2000, 1
-        )
-        figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(
-            run.couch_port, "raw", 4000, 8
-        )
-        figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(f"{run.couch}/raw", 10_000)
+        figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(run, raw, 2000, 1)
+        figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(run, raw, 4000, 8)
+        figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(raw, 10_000)
         steps = [
             (f"2. backlog drain of {options.messages}", backlog_drain, (options.messages,)),
             (f"3. SOAP path, {options.threads} threads", soap_path, (options.messages,)),
