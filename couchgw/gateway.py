@@ -104,7 +104,7 @@ class Policy:
     backoff: float | None = None
     #: Calls per second at most.
     rate: float | None = None
-    #: Messages of this route handled at once; more wait in CouchDB (the sweep brings them).
+    #: Messages of this route handled at once; more wait in CouchDB, submitted as it drains.
     inflight: int | None = None
 
 
@@ -616,26 +616,15 @@ class Gateway(Service):
 
     @inlineCallbacks
     def _submit_ids(self, ids: list[str]) -> Any:
-        """Read these messages (with their conflicts) and submit them, as room allows."""
+        """
+        Read these messages (with their conflicts) and submit them, as room allows; answers
+        the ids of those there was no room for.
+        """
         ids = [doc_id for doc_id in ids if doc_id not in self.active]
         if not ids:
-            return
+            return []
         found = yield self.db.all_docs(ids, include_docs=True, conflicts=True)
-        for row in found.get("rows", []):
-            doc = row.get("doc")
-            if doc and doc["_id"] not in self.active and self._room():
-                self.submit(doc)
-
-    @inlineCallbacks
-    def _refill(self, route: str, ids: list[str]) -> Any:
-        """Submit messages that waited for their route; those there is no room for wait on."""
-        try:
-            found = yield self.db.all_docs(ids, include_docs=True, conflicts=True)
-        except BaseException:
-            self._full.add(route)  # they are in CouchDB still: the sweep finds them
-            raise
-        finally:
-            self._refilling[route] -= len(ids)
+        left = []
         for row in found.get("rows", []):
             doc = row.get("doc")
             if not doc or doc["_id"] in self.active:
@@ -643,7 +632,20 @@ class Gateway(Service):
             if self._room():
                 self.submit(doc)
             else:
-                self._waiting_ids.setdefault(route, deque()).append(doc["_id"])
+                left.append(doc["_id"])
+        return left
+
+    @inlineCallbacks
+    def _refill(self, route: str, ids: list[str]) -> Any:
+        """Submit messages that waited for their route; those there is no room for wait on."""
+        try:
+            left = yield self._submit_ids(ids)
+        except BaseException:
+            self._full.add(route)  # they are in CouchDB still: the sweep finds them
+            raise
+        finally:
+            self._refilling[route] -= len(ids)
+        self._waiting_ids.setdefault(route, deque()).extend(left)
         self._throttle()
 
     def _waits_for_room(self, row: Mapping[str, Any], taken: Counter[str]) -> bool:
