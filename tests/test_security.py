@@ -172,8 +172,17 @@ def test_locked_down(tmp_path: Path, secured: tuple[str, str]) -> None:
 
         assert signature == "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
 
-        # a client may set cancel_requested, not touch what couchgw wrote
-        current = http("GET", f"{alice}/ok")[1]
+        # a client may set cancel_requested, not touch what couchgw wrote (read once couchgw
+        # recorded the callback: an edit of an older revision is refused too)
+        current = wait_until(
+            lambda: (
+                (doc := http("GET", f"{alice}/ok")[1]).get("callback", {}).get("status")
+                == "delivered"
+                and doc
+            ),
+            30,
+            "the callback recorded",
+        )
         assert http("PUT", f"{alice}/ok", {**current, "status": "failed"})[0] == 403
         assert http("PUT", f"{alice}/ok", {**current, "cancel_requested": True})[0] == 201
 
