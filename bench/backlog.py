@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -25,6 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -51,18 +58,29 @@ def write_backlog(db: str, messages: int, **fields: Any) -> float:
 
 
 def drain(
-    gateway: processes.Process | list[processes.Process], messages: int, progress: bool = True
+    gateway: processes.Process | list[processes.Process],
+    messages: int,
+    progress: bool = True,
+    from_ready: bool = False,
 ) -> dict[str, float]:
     """
     Start couchgw (one process or several) and wait until they have forwarded C{messages},
-    sampling the memory of the first; answers the seconds from their start, and RSS figures.
+    sampling the memory of the first; answers the seconds from their start (with
+    C{from_ready}: from when the first answers C{/ready}, its routes loaded and its feed
+    connected), and RSS figures.
     """
     gateways = gateway if isinstance(gateway, list) else [gateway]
+    began = time.monotonic()
     for each in gateways:
         each.start()
     first = gateways[0].process
     assert first is not None
     pid = first.pid
+    if from_ready:
+        while not processes.up(gateways[0].ready, timeout=0.5):
+            if first.poll() is not None:
+                raise SystemExit(f"couchgw exited; see {gateways[0].log}")
+            time.sleep(0.01)
     started = time.monotonic()
     peak, samples, forwarded, last_report = 0.0, [], 0, 0.0
     readers = [each.log.open("rb") for each in gateways]
@@ -93,6 +111,8 @@ def drain(
             reader.close()
     return {
         "seconds": time.monotonic() - started,
+        "start-up (s)": started - began,
+        "cpu (s)": cpu_seconds(pid),
         "peak rss (MB)": peak,
         "rss after the first 10% of the run (MB)": samples[len(samples) // 10],
         "rss at the end (MB)": samples[-1],

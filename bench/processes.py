@@ -46,9 +46,9 @@ class Process:
                 self.kill()
 
 
-def up(url: str) -> bool:
+def up(url: str, timeout: float = 2) -> bool:
     try:
-        return http("GET", url, timeout=2)[0] == 200
+        return http("GET", url, timeout=timeout)[0] == 200
     except OSError:
         return False
 

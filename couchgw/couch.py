@@ -200,6 +200,15 @@ def supports_selector(welcome: Mapping[str, Any]) -> bool:
         return False
 
 
+def rescans_filtered_feeds(welcome: Mapping[str, Any]) -> bool:
+    """
+    Whether the server resumes the scan behind a filtered continuous feed from the last change
+    it I{sent} (PouchDB Server): each write the filter passes over is then scanned again on
+    every later write, until one passes.
+    """
+    return "express-pouchdb" in welcome
+
+
 def basic_auth(user: str, password: str) -> str:
     """The C{Authorization} header's value for HTTP basic auth."""
     return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")

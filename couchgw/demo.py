@@ -243,7 +243,10 @@ class DemoService(Service):
         reactor: IReactorTCP = self._reactor
         soap = WSGIResource(self._reactor, self._threads.pool, application(self._delay))
         site: Any = Site(_Root(soap, JsonDemo(self._reactor, self._delay)))
-        self._port = reactor.listenTCP(self._port_number, site, interface="127.0.0.1")
+        # a gateway may open a route's every connection at once (1000 for a wide http route):
+        # with the default backlog of 50, the kernel would drop most of those SYNs, and they
+        # would come again seconds later
+        self._port = reactor.listenTCP(self._port_number, site, backlog=1024, interface="127.0.0.1")
         self._threads.startService()
         log.info("demo SOAP service at {url}", url=self.wsdl_url)
 

@@ -48,6 +48,7 @@ from couchgw.couch import (
     Forbidden,
     NotFound,
     Unauthorized,
+    rescans_filtered_feeds,
     supports_selector,
 )
 from couchgw.feed import Change, ChangesFeed
@@ -84,7 +85,7 @@ def copies(info: Mapping[str, Any]) -> int:
         return 1
 
 
-#: Messages whose routes were full that the gateway keeps the ids of (beyond: the feed pauses).
+#: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses).
 WAITING = 10000
 #: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
 CALL_MARGIN = 5.0
@@ -194,8 +195,7 @@ class Gateway(Service):
         #: Routes that left messages in CouchDB because they were full; swept once they drain.
         self._full: set[str] = set()
         #: Ids of messages the feed brought for routes that were full, by route: they are
-        #: submitted again as their route drains (up to L{WAITING} in all; beyond that the
-        #: feed pauses, and what it had read already is left to the sweep).
+        #: submitted again as their route drains (the feed pauses at L{WAITING} in all).
         self._waiting_ids: dict[str, deque[str]] = {}
         #: Of those, how many are being read to be submitted, by route.
         self._refilling: Counter[str] = Counter()
@@ -219,6 +219,10 @@ class Gateway(Service):
         #: Messages waiting for their route to get ready, by route (at most a share of
         #: C{max_inflight} each, so that a route that is down cannot hold every slot).
         self._waiting: dict[str, list[Deferred[None]]] = {}
+        #: Claimed messages waiting for a slot of their route (cancelled at stop).
+        self._queued: set[Deferred[Any]] = set()
+        #: Routes that turned messages away while not ready (swept for once they are).
+        self._turned_away: set[str] = set()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -270,6 +274,11 @@ class Gateway(Service):
             # is enough for the checkpoint (a reconnect replays the rest, which is harmless)
             params.update(filter="_selector", seq_interval=max(1, self.max_inflight // 2))
             body = {"selector": NEW_MESSAGES_SELECTOR}
+        elif rescans_filtered_feeds(welcome):
+            # the "new" filter passes one write in three (a message's claim and outcome are
+            # passed over), and this server would scan those again on every write: follow every
+            # message's changes, and pass over at once those with nothing due
+            params["filter"] = f"{design.DDOC}/messages"
         else:
             params["filter"] = f"{design.DDOC}/new"
         self.feed = ChangesFeed(
@@ -288,7 +297,10 @@ class Gateway(Service):
         if first:
             for target in self.targets.values():
                 self._reload(target)
-            self._every(self.sweep_interval, self.sweep)
+            # the feed brings every new message; the sweep's first look, for what came due
+            # while no gateway ran, comes one interval on (at once, it would make CouchDB
+            # index a whole backlog while the gateway drains it)
+            self._every(self.sweep_interval, self.sweep, now=False)
             self._every(self.checkpoint_interval, self.save_checkpoint, now=False)
         else:
             self.sweep_soon()
@@ -353,7 +365,9 @@ class Gateway(Service):
                 yield deferLater(self.clock, delay, lambda: None)
             else:
                 self._route_ready(target.name)
-                self.sweep_soon()
+                if target.name in self._turned_away:
+                    self._turned_away.discard(target.name)
+                    self.sweep_soon()
                 self._loaded.add(target.name)
                 self._publish_door()
                 return
@@ -387,6 +401,7 @@ class Gateway(Service):
         """A Deferred that fires when the route is ready, or None if too many wait already."""
         waiting = self._waiting.setdefault(target.name, [])
         if len(waiting) >= max(1, self.max_inflight // len(self.targets)):
+            self._turned_away.add(target.name)
             return None
         waiter: Deferred[None] = Deferred()
         waiting.append(waiter)
@@ -425,6 +440,8 @@ class Gateway(Service):
             self.feed.stop()
         for name in list(self._waiting):
             self._route_ready(name)
+        for queued in list(self._queued):
+            queued.cancel()  # claimed, never called: each gives its claim back
         if self._query is not None:
             self._query.cancel()  # a sweep may wait minutes for its view
         if self._sweeping is not None:
@@ -476,18 +493,22 @@ class Gateway(Service):
     def _changed(self, change: Change) -> None:
         checkpoint = self.checkpoint
         token = checkpoint.received(change["seq"])
-        doc = change.get("doc")
+        doc: Doc = change.get("doc") or {}
         if "unreadable" in change:
             rev = (change.get("changes") or [{}])[0].get("rev")
             handled = self._track(
                 change["id"],
                 lambda: self._reject_unreadable(change["id"], rev, change["unreadable"]),
             )
-        elif change.get("deleted") or not message.is_message(doc):
+        elif (
+            change.get("deleted")
+            or not message.is_message(doc)
+            or (not doc.get("_conflicts") and message.due(doc, self.clock.seconds()) is None)
+        ):
             checkpoint.done(token)
             return
         else:
-            handled = self.submit(doc)  # type: ignore[arg-type]
+            handled = self.submit(doc)
         handled.addBoth(lambda _: checkpoint.done(token))
 
     def submit(self, doc: Doc) -> Deferred[None]:
@@ -529,12 +550,12 @@ class Gateway(Service):
             self.feed.resume()
 
     def _wait_for_room(self, route: str, doc_id: str) -> None:
-        """Keep the id of a message whose route is full, to submit it once there is room."""
-        waiting = self._waiting_ids.setdefault(route, deque())
-        if sum(len(ids) for ids in self._waiting_ids.values()) < WAITING:
-            waiting.append(doc_id)
-        else:
-            self._full.add(route)  # too many kept: the sweep finds the rest
+        """
+        Keep the id of a message whose route is full, to submit it once there is room.  The
+        feed pauses at L{WAITING} ids, so only the few changes read before it did go beyond:
+        none is left to the sweep (whose view may take long to bring up to date).
+        """
+        self._waiting_ids.setdefault(route, deque()).append(doc_id)
         self._throttle()
 
     def sweep_soon(self) -> None:
@@ -602,11 +623,6 @@ class Gateway(Service):
                     break
                 last = rows[-1]
                 params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
-            if self._room():  # conflicts the feed did not bring (a client edit, a replication)
-                result = yield self.db.view(
-                    design.DDOC, "conflicts", timeout=SWEEP_TIMEOUT, limit=page
-                )
-                yield self._submit_ids([row["id"] for row in result.get("rows", [])])
         finally:
             self._query = None
             sweeping, self._sweeping = self._sweeping, None
@@ -818,65 +834,88 @@ class Gateway(Service):
 
     @inlineCallbacks
     def _dispatch(self, doc: Doc, target: ITarget, prepared: Any) -> Any:
-        """Claim, call, write back; answer None if the claim lost (the document changed)."""
+        """
+        Claim, wait for one of the route's slots, call, write back; answer None if the claim
+        lost (the document changed).  The claim comes before the slot, so that a slot set free
+        goes to a message claimed already: its call starts as the last one ends, not a CouchDB
+        round trip later.  The route's C{inflight} bound limits how many wait so, claimed.
+        """
         name = target.name
         self.inflight[name] += 1
-        slots = self._slots[name]
-        yield slots.acquire()
-        slot_held = True
         try:
-            rate = self._rates.get(name)
-            if rate is not None:
-                yield rate.wait()
             if not self.running or target.state != "ready":
                 return doc  # stopping, or the route went down: leave it for later
             claimed = yield self._claim(doc)
             if claimed is None:
                 return None
             claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
-            log.info(
-                "{id} dispatching on route {route} (attempt {attempt})",
-                id=claimed["_id"],
-                route=name,
-                attempt=claimed.get("attempts"),
-            )
             try:
-                if not self.running:  # stopping began while the claim was written: give it back
-                    yield claim.finish(message.released(doc, self.clock.seconds()))
-                    return claimed
-                started = self.clock.seconds()
-                call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"])
-                call.addBoth(_release, slots)  # the slot is free once the call has really ended
-                slot_held = False
-                try:
-                    answer = yield _first(
-                        call,
-                        target.timeout + CALL_MARGIN,
-                        self.clock,
-                        Transient(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
-                    )
-                except Exception as e:
-                    if isinstance(e, Unreachable):
-                        self._route_down(target, str(e))
-                    fields = self._failure(claimed, e, name)
-                else:
-                    fields = message.forwarded(answer, self.clock.seconds())
-                duration = self.clock.seconds() - started
-                self.metrics.dispatch.labels(name).observe(duration)
-                self._log_outcome(claimed, fields, name, duration)
-                final = yield claim.finish(fields)
-                if final is not None and final.get("status") == "retrying":
-                    at = message.parse_time(final.get("next_attempt_at"))
-                    self._wake_at(at if at is not None else self.clock.seconds())
+                yield self._call(doc, claim, target, prepared)
                 return claimed
             finally:
                 claim.stop()
                 if self.claims.get(claimed["_id"]) is claim:
                     del self.claims[claimed["_id"]]
         finally:
+            self._drained(name)
+
+    @inlineCallbacks
+    def _call(self, doc: Doc, claim: _Claim, target: ITarget, prepared: Any) -> Any:
+        """Call the target for a claimed message once the route has a slot; write the outcome."""
+        name = target.name
+        claimed = claim.claimed
+        slots = self._slots[name]
+        queued = slots.acquire()
+        self._queued.add(queued)
+        try:
+            yield queued
+        except CancelledError:  # stopping
+            yield claim.finish(message.released(doc))
+            return
+        finally:
+            self._queued.discard(queued)
+        slot_held = True
+        try:
+            rate = self._rates.get(name)
+            if rate is not None:
+                yield rate.wait()
+            if not self.running or target.state != "ready":
+                # stopping, or the route went down, while it waited: give the claim back
+                yield claim.finish(message.released(doc))
+                return
+            log.info(
+                "{id} dispatching on route {route} (attempt {attempt})",
+                id=claimed["_id"],
+                route=name,
+                attempt=claimed.get("attempts"),
+            )
+            started = self.clock.seconds()
+            call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"])
+            call.addBoth(_release, slots)  # the slot is free once the call has really ended
+            slot_held = False
+            try:
+                answer = yield _first(
+                    call,
+                    target.timeout + CALL_MARGIN,
+                    self.clock,
+                    Transient(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
+                )
+            except Exception as e:
+                if isinstance(e, Unreachable):
+                    self._route_down(target, str(e))
+                fields = self._failure(claimed, e, name)
+            else:
+                fields = message.forwarded(answer, self.clock.seconds())
+            duration = self.clock.seconds() - started
+            self.metrics.dispatch.labels(name).observe(duration)
+            self._log_outcome(claimed, fields, name, duration)
+            final = yield claim.finish(fields)
+            if final is not None and final.get("status") == "retrying":
+                at = message.parse_time(final.get("next_attempt_at"))
+                self._wake_at(at if at is not None else self.clock.seconds())
+        finally:
             if slot_held:
                 slots.release()
-            self._drained(name)
 
     def _log_outcome(self, doc: Doc, fields: dict[str, Any], route: str, duration: float) -> None:
         """One line per outcome: info when forwarded, a warning with the cause otherwise."""

@@ -14,15 +14,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import treq
-from treq.client import HTTPClient
 from twisted.internet import error as network
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     TimeoutError,
     inlineCallbacks,
+    succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.client import (
@@ -30,6 +31,8 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
 from couchgw.couch import PoolCloser, agent, basic_auth, connection_pool, split_credentials
@@ -76,28 +79,35 @@ class HttpTarget(BaseTarget):
         name: str,
         url: Any,
         reactor: Any,
-        client: HTTPClient,
+        agent: IAgent,
         concurrency: int = 100,
         timeout: float = 300.0,
         default_operation: str | None = None,
     ) -> None:
         super().__init__(name, url, timeout, default_operation)
         self._reactor = reactor
-        self._client = client
+        self._agent = agent
         self.concurrency = concurrency
         self.busy = 0
+        #: Where the POSTs go, and their headers (from the URL as the route last loaded it).
+        self._request: tuple[bytes, Headers] | None = None
 
-    def _target(self) -> tuple[str, dict[str, str]]:
-        clean, auth = split_credentials(self._full_url(), {})
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth is not None:
-            headers["Authorization"] = basic_auth(*auth)
-        return clean, headers
+    def _target(self) -> tuple[bytes, Headers]:
+        if self._request is None:
+            clean, auth = split_credentials(self._full_url(), {})
+            headers = Headers(
+                {b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]}
+            )
+            if auth is not None:
+                headers.setRawHeaders(b"Authorization", [basic_auth(*auth).encode("ascii")])
+            self._request = (clean.encode("utf-8"), headers)
+        return self._request
 
     @inlineCallbacks
     def load(self) -> Any:
         """Ready once the URL's host accepts a TCP connection."""
-        url = urlsplit(self._target()[0])
+        self._request = None  # the URL may have changed
+        url = urlsplit(self._target()[0].decode("utf-8"))
         port = url.port or (443 if url.scheme == "https" else 80)
         endpoint = HostnameEndpoint(
             self._reactor, url.hostname or "", port, timeout=min(self.timeout, 10)
@@ -130,18 +140,13 @@ class HttpTarget(BaseTarget):
     def _call(self, prepared: Any, message_id: str) -> Any:
         operation, args = prepared
         url, headers = self._target()
+        headers = headers.copy()
+        headers.setRawHeaders(b"Idempotency-Key", [message_id.encode("utf-8")])
         body = json.dumps({"id": message_id, "operation": operation, "args": args}).encode()
         try:
-            headers = {**headers, "Idempotency-Key": message_id}
-            # a target's redirect is its answer (a POST is not sent again elsewhere); the body is
-            # read once, by collect below
-            response = yield self._client.post(
-                url,
-                data=body,
-                headers=headers,  # type: ignore[arg-type]
-                allow_redirects=False,
-                unbuffered=True,
-            )
+            # straight through the agent: a target's redirect is its answer (a POST is not sent
+            # again elsewhere), and its body is read once, by collect below
+            response = yield self._agent.request(b"POST", url, headers, _Body(body))
             chunks: list[bytes] = []
 
             def collect(data: bytes) -> None:
@@ -171,6 +176,28 @@ class HttpTarget(BaseTarget):
         if code >= 500 or code in (408, 429):
             raise Transient(text)
         raise Fault(text)
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body that is all there at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _detail(raw: bytes) -> str:
@@ -208,12 +235,11 @@ class HttpKind:
         url = target_url(config, "where to POST the messages")
         pool = connection_pool(reactor, config.concurrency)
         PoolCloser(pool).setServiceParent(parent)
-        client = HTTPClient(agent(reactor, pool, config.ca))
         return HttpTarget(
             config.name,
             url,
             reactor,
-            client,
+            agent(reactor, pool, config.ca),
             concurrency=config.concurrency,
             timeout=config.timeout,
             default_operation=config.operation,

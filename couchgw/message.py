@@ -279,15 +279,14 @@ def claimed(doc: Doc, by: str, now: float, lease: float) -> dict[str, Any]:
     }
 
 
-def released(before: Doc, now: float) -> dict[str, Any]:
-    """Undo a claim whose call was never started: the message is as it was before."""
-    fields = {key: before.get(key) for key in ("status", "attempts", "dispatched_at", "error")}
-    return {
-        **fields,
-        "next_attempt_at": before.get("next_attempt_at"),
-        "claim": None,
-        "updated_at": iso(now),
-    }
+def released(before: Doc) -> dict[str, Any]:
+    """
+    Undo a claim whose call was never started: the message is as it was before (a new message
+    new again, without any field only couchgw writes).
+    """
+    keys = ("status", "attempts", "dispatched_at", "error", "next_attempt_at", "updated_at")
+    fields = {key: before.get(key) for key in keys}
+    return {**fields, "claim": None}
 
 
 def _terminal(status: str, now: float, **fields: Any) -> dict[str, Any]:

@@ -365,6 +365,32 @@ class Leases(GatewayTestCase):
         doc = yield self.terminal("long")
         self.assertEqual((doc["status"], doc["attempts"]), ("forwarded", 2))
 
+    @inlineCallbacks
+    def test_stop_releases_claims_that_wait_for_a_slot(self) -> Any:
+        """
+        Messages are claimed before they wait for one of the route's slots.  At stop, those
+        still waiting were never called: they are released as they were, not given back as
+        interrupted, and the next start calls them once.
+        """
+        gateway = self.gateway(grace=0.5)
+        yield self.ready(gateway)
+        slots = gateway._slots["default"].limit
+        ids = [f"w{i}" for i in range(slots + 2)]
+        yield self.db.bulk_docs([activate(doc_id, 40) for doc_id in ids])
+        yield self.wait_for(lambda: len(gateway.claims) == len(ids), what="every message claimed")
+        yield gateway.stopService()
+        found = yield self.db.all_docs(ids, include_docs=True)
+        docs = [row["doc"] for row in found["rows"]]
+        interrupted = [d for d in docs if (d.get("error") or {}).get("kind") == "interrupted"]
+        released = [d for d in docs if d.get("status") is None]
+        self.assertEqual((len(interrupted), len(released)), (slots, 2))
+        for doc in released:
+            self.assertEqual([doc.get(k) for k in ("claim", "attempts")], [None, None])
+        self.gateway(gateway="next")
+        for doc in released:
+            done = yield self.terminal(doc["_id"])
+            self.assertEqual((done["status"], done["attempts"]), ("forwarded", 1))
+
 
 class Backpressure(GatewayTestCase):
     @inlineCallbacks

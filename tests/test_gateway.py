@@ -20,7 +20,7 @@ from couchgw.couch import UNAVAILABLE, Conflict, Database, NotFound, connection_
 from couchgw.gateway import CHECKPOINT_ID, Gateway
 from couchgw.soap import SoapTarget
 from couchgw.threads import ThreadPoolService
-from tests.servers import demo_wsdl, new_db_url, start_demo, stop
+from tests.servers import demo_wsdl, is_pouchdb, new_db_url, start_demo, stop
 
 
 class GatewayTestCase(TestCase):
@@ -158,6 +158,40 @@ class EndToEnd(GatewayTestCase):
         for doc_id in ("note", "set"):
             doc = yield self.db.get(doc_id)
             self.assertTrue(doc["_rev"].startswith("1-"), doc)
+
+    @inlineCallbacks
+    def test_own_writes_on_the_feed_are_passed_over(self) -> Any:
+        """
+        On PouchDB Server the feed brings every message's changes (a filter passing only new
+        messages would make it rescan the others on every write), so the gateway's own claims
+        and outcomes come back: it passes over them without handling the messages again.
+        """
+        gateway = self.gateway()
+        yield self.ready(gateway)
+        assert gateway.feed is not None
+        pouchdb = is_pouchdb()
+        self.assertEqual(
+            gateway.feed._filter_params["filter"], "couchgw/messages" if pouchdb else "_selector"
+        )
+        submitted: list[str] = []
+        submit = gateway.submit
+        gateway.submit = lambda doc: (submitted.append(doc["_id"]), submit(doc))[1]  # type: ignore[method-assign]
+        brought: set[tuple[str, Any]] = set()
+        on_change = gateway.feed._on_change
+
+        def record(change: dict[str, Any]) -> object:
+            brought.add((change["id"], (change.get("doc") or {}).get("status")))
+            return on_change(change)
+
+        gateway.feed._on_change = record
+        ids = [f"own{i}" for i in range(5)]
+        yield self.db.bulk_docs([{"_id": i, "type": "message", "operation": "ping"} for i in ids])
+        for doc_id in ids:
+            yield self.terminal(doc_id)
+        if pouchdb:  # the outcomes too come through the feed
+            outcomes = {(doc_id, "forwarded") for doc_id in ids}
+            yield self.wait_for(lambda: outcomes <= brought, what="the feed to bring the outcomes")
+        self.assertEqual(sorted(submitted), ids)
 
     @inlineCallbacks
     def test_backlog_written_while_stopped_and_restart(self) -> Any:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treq.client import HTTPClient
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -157,8 +156,9 @@ class HttpKind(GatewayTestCase):
     def target(self, url: str, timeout: float = 10) -> HttpTarget:
         pool = connection_pool(reactor)
         self.addCleanup(pool.closeCachedConnections)
-        client = HTTPClient(Agent(reactor, pool=pool))
-        return HttpTarget("web", url, reactor, client, concurrency=5, timeout=timeout)
+        return HttpTarget(
+            "web", url, reactor, Agent(reactor, pool=pool), concurrency=5, timeout=timeout
+        )
 
     def serve(self, answers: list[tuple[int, bytes]]) -> tuple[str, _Answers]:
         resource = _Answers(answers)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -271,7 +273,9 @@ class TLS(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.cert, self.key = certificate(Path(self.mktemp()).resolve().parent)
+        folder = Path(tempfile.mkdtemp(prefix="couchgw-tls-"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.cert, self.key = certificate(folder)
 
     def serve(self, resource: Any) -> Any:
         endpoint = serverFromString(

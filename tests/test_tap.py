@@ -9,7 +9,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
-from couchgw.couch import split_credentials, supports_selector
+from couchgw.couch import rescans_filtered_feeds, split_credentials, supports_selector
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway
@@ -108,3 +108,8 @@ def test_selector_only_on_apache_couchdb_2_and_later() -> None:
     assert supports_selector({"couchdb": "Welcome", "version": "3.5.0"})
     assert not supports_selector({"couchdb": "Welcome", "version": "1.7.2"})
     assert not supports_selector({"express-pouchdb": "Welcome!", "version": "4.2.0"})
+
+
+def test_pouchdb_server_rescans_filtered_feeds() -> None:
+    assert rescans_filtered_feeds({"express-pouchdb": "Welcome!", "version": "4.2.0"})
+    assert not rescans_filtered_feeds({"couchdb": "Welcome", "version": "3.5.0"})

@@ -4,11 +4,14 @@ function (doc) {
   // nests (counted up to 100; 100 also when it is too deep to write out), so that the gateway
   // can reject a message too big or too deep to read without reading it; and its target (null
   // when it names none, false when it is not a string), so that the gateway can pass over the
-  // messages of a route that is full.
+  // messages of a route that is full. A message with conflicting revisions (written through
+  // different cluster nodes, or replicated) is due at once: the gateway merges them.
   if (doc.type !== "message") return;
   var statuses = ["dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
+  var route = doc.target === undefined ? null : typeof doc.target === "string" ? doc.target : false;
   var at = null;
   if (doc.status == null || statuses.indexOf(doc.status) < 0) at = 0;
+  else if (doc._conflicts) return emit(0, [null, 0, route]);
   else if (doc.status === "retrying") at = Date.parse(doc.next_attempt_at) || 0;
   else if (doc.status === "dispatching") at = Date.parse(doc.claim && doc.claim.until) || 0;
   else if (doc.callback && typeof doc.callback_url === "string") {
@@ -36,6 +39,5 @@ function (doc) {
   } catch (e) {
     depth = 100; // too deep even for the view server to write out
   }
-  var route = doc.target === undefined ? null : typeof doc.target === "string" ? doc.target : false;
   emit(at, [size, depth, route]);
 }
