@@ -15,8 +15,9 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from couchgw.couch import NotFound
+from couchgw.errors import describe_error
 from couchgw.events import Event, Events, Stream, event_of
-from couchgw.gateway import Gateway, describe_error
+from couchgw.gateway import Gateway
 from couchgw.message import TERMINAL
 
 

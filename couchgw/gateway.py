@@ -39,23 +39,22 @@ from couchgw import design, door, message
 from couchgw.batch import BulkWriter
 from couchgw.callbacks import Callbacks
 from couchgw.checkpoint import Checkpoint
+from couchgw.claims import Claim, Claims
 from couchgw.couch import (
-    UNAVAILABLE,
     Conflict,
-    CouchError,
     Database,
     Doc,
-    Forbidden,
     NotFound,
-    Unauthorized,
     rescans_filtered_feeds,
     supports_selector,
 )
+from couchgw.errors import describe_error, log_error
 from couchgw.feed import Change, ChangesFeed
 from couchgw.interfaces import Fault, ITarget, Transient, Unreachable
+from couchgw.members import Members
 from couchgw.message import Rejected
 from couchgw.metrics import Metrics
-from couchgw.timing import Backoff, RateLimit, iso
+from couchgw.timing import Backoff, RateLimit
 
 log = Logger()
 
@@ -124,6 +123,8 @@ class Gateway(Service):
     @param max_bytes: the largest message (as compact JSON) accepted; larger ones are rejected.
     @param settle: seconds a claim that fewer than all copies took (on a cluster) waits before
         it is confirmed.
+    @param announce: seconds between this gateway's announcements to the others that share the
+        database (L{couchgw.members}); it counts as gone three times that after the last.
     """
 
     def __init__(
@@ -145,6 +146,7 @@ class Gateway(Service):
         grace: float = 30.0,
         max_bytes: int = 1024 * 1024,
         settle: float = 0.5,
+        announce: float = 5.0,
     ) -> None:
         self.db = db
         #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
@@ -152,7 +154,6 @@ class Gateway(Service):
         self.targets = dict(targets)
         self.clock = clock
         self.id = gateway or gateway_id()
-        self.lease = lease
         self.retries = retries
         self.retry_backoff = retry_backoff or Backoff(base=2.0, cap=300.0, floor=1.0)
         self.max_inflight = max_inflight
@@ -161,15 +162,22 @@ class Gateway(Service):
         self.checkpoint_interval = checkpoint_interval
         self.grace = grace
         self.max_bytes = max_bytes
-        self.settle = settle
-        #: Copies of each document (C{cluster.n}); 1 on a single node or PouchDB Server.
-        self.copies = 1
+        #: This gateway's claims (the calls in flight), and how they are taken on a cluster.
+        self.claims = Claims(db, clock, self.id, self._transition, lease=lease, settle=settle)
         self.checkpoint = Checkpoint()
+        #: The gateways sharing the database, and which messages are this one's.
+        self.members = Members(
+            db,
+            clock,
+            self.id,
+            self.targets,
+            beat=announce,
+            ttl=3 * announce,
+            on_change=self.sweep_soon,
+        )
         self.feed: ChangesFeed | None = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
         self.active: dict[str, Deferred[None]] = {}
-        #: The claims of calls in flight, by document id.
-        self.claims: dict[str, _Claim] = {}
         #: Why the gateway is not ready to work (empty when it is).
         self.couch_error: str | None = "not connected yet"
         self.counts: dict[str, int] = {}
@@ -228,12 +236,12 @@ class Gateway(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._closed = False
+        self._closed = self.claims.closed = False
         self._begin(first=True)
 
     def _begin(self, first: bool) -> None:
         self._starting = self._open(first)
-        self._starting.addErrback(_log_error, "gateway start-up failed")
+        self._starting.addErrback(log_error, "gateway start-up failed")
 
     @inlineCallbacks
     def _open(self, first: bool) -> Any:
@@ -262,7 +270,7 @@ class Gateway(Service):
         if not self.running:
             return
         self.couch_error = None
-        self.copies = copies(info)
+        self.claims.copies = copies(info)
         self.checkpoint = Checkpoint(saved.get("seq"))
         self._saved_seq = self.checkpoint.seq
         self._saved_at = self.clock.seconds()
@@ -295,6 +303,7 @@ class Gateway(Service):
         self.feed.start()
         self._publish_door()
         if first:
+            self.members.start(local=supports_selector(welcome))
             for target in self.targets.values():
                 self._reload(target)
             # the feed brings every new message; the sweep's first look, for what came due
@@ -329,7 +338,7 @@ class Gateway(Service):
     def _every(self, interval: float, f: Any, now: bool = True) -> None:
         def guarded() -> Deferred[None]:
             d: Deferred[None] = maybeDeferred(f)
-            return d.addErrback(_log_error, f"{f.__name__} failed")
+            return d.addErrback(log_error, f"{f.__name__} failed")
 
         loop = LoopingCall(guarded)
         loop.clock = self.clock
@@ -341,7 +350,7 @@ class Gateway(Service):
         if target.name not in self._loading:
             d = self._load(target)
             self._loading[target.name] = d
-            d.addErrback(_log_error, "loading a route failed")
+            d.addErrback(log_error, "loading a route failed")
 
             def loaded(_: Any) -> None:
                 del self._loading[target.name]
@@ -391,7 +400,7 @@ class Gateway(Service):
                 if result.check(Conflict):
                     self._publish_again = True  # another gateway wrote it meanwhile
                 else:
-                    _log_error(result, "cannot publish the routes' validation")
+                    log_error(result, "cannot publish the routes' validation")
             if self._publish_again:
                 self._publish_door()
 
@@ -454,13 +463,14 @@ class Gateway(Service):
             )
             work = [*self.active.values(), *self._deliveries]
             yield _first(DeferredList(work), self.grace, self.clock)
-        if self.claims:
+        held = list(self.claims.held.values())
+        if held:
             log.warn(
-                "stopping: giving back {n} message(s) whose calls are still running",
-                n=len(self.claims),
+                "stopping: giving back {n} message(s) whose calls are still running", n=len(held)
             )
-            yield DeferredList([claim.give_back() for claim in list(self.claims.values())])
-        self._closed = True
+            yield DeferredList([claim.give_back() for claim in held])
+        yield self.members.stop()
+        self._closed = self.claims.closed = True
         if self.couch_error is None:
             try:
                 yield self.save_checkpoint()
@@ -476,6 +486,8 @@ class Gateway(Service):
             problems.append(self.couch_error)
         elif self.db.refused:
             problems.append(f"CouchDB at {self.db.url} refuses the credentials: {self.db.refused}")
+        else:
+            problems += self.members.problems()
         if self.feed is None or self.feed.state != "connected":
             state = self.feed.state if self.feed else "not started"
             error = self.feed.last_error if self.feed else None
@@ -495,6 +507,9 @@ class Gateway(Service):
         token = checkpoint.received(change["seq"])
         doc: Doc = change.get("doc") or {}
         if "unreadable" in change:
+            if not self.members.owns(change["id"], None):
+                checkpoint.done(token)
+                return
             rev = (change.get("changes") or [{}])[0].get("rev")
             handled = self._track(
                 change["id"],
@@ -504,12 +519,18 @@ class Gateway(Service):
             change.get("deleted")
             or not message.is_message(doc)
             or (not doc.get("_conflicts") and message.due(doc, self.clock.seconds()) is None)
+            or not self.mine(doc)
         ):
             checkpoint.done(token)
             return
         else:
             handled = self.submit(doc)
         handled.addBoth(lambda _: checkpoint.done(token))
+
+    def mine(self, doc: Doc) -> bool:
+        """Whether a message is this gateway's to handle (L{Members.owns}) now."""
+        target = doc.get("target", message.DEFAULT_ROUTE)
+        return self.members.owns(doc["_id"], target if isinstance(target, str) else None)
 
     def submit(self, doc: Doc) -> Deferred[None]:
         """
@@ -528,7 +549,7 @@ class Gateway(Service):
 
         def end(result: Any) -> None:
             if isinstance(result, Failure):
-                _log_error(result, f"cannot handle {doc_id} now (the sweep tries again)")
+                log_error(result, f"cannot handle {doc_id} now (the sweep tries again)")
             del self.active[doc_id]
             self._throttle()
             finished.callback(None)
@@ -564,7 +585,7 @@ class Gateway(Service):
 
     def _sweep_now(self) -> None:
         del self._timers["sweep"]
-        self.sweep().addErrback(_log_error, "sweep failed")
+        self.sweep().addErrback(log_error, "sweep failed")
 
     def _wake_at(self, when: float) -> None:
         """Sweep at C{when} (one timer, for the earliest retry that is due)."""
@@ -609,15 +630,20 @@ class Gateway(Service):
                 rows = result.get("rows", [])
                 readable = []
                 for row in rows:
-                    if row["id"] in self.active or self._waits_for_room(row, taken):
+                    if row["id"] in self.active:
                         continue
                     why = self._unreadable(row)
-                    if why is None:
+                    if why is not None:
+                        if self._room() and self.members.owns(row["id"], None):
+                            self._track(
+                                row["id"], partial(self._reject_unreadable, row["id"], None, why)
+                            )
+                        continue
+                    route = _route_of(row)  # None: read it, and its target says whose it is
+                    if route is not None and not self.members.owns(row["id"], route):
+                        continue
+                    if not self._waits_for_room(row, taken):
                         readable.append(row["id"])
-                    elif self._room():
-                        self._track(
-                            row["id"], partial(self._reject_unreadable, row["id"], None, why)
-                        )
                 yield self._submit_ids(readable)
                 if len(rows) < page:
                     break
@@ -669,11 +695,9 @@ class Gateway(Service):
         Whether a row of the C{due} view is for a route that is full, counting the rows this
         sweep C{taken} already.
         """
-        value = row.get("value")
-        named = value[2] if isinstance(value, list) and len(value) > 2 else False
-        if named is not None and not isinstance(named, str):
+        route = _route_of(row)
+        if route is None:
             return False
-        route: str = named or message.DEFAULT_ROUTE
         policy = self.policies.get(route)
         if policy is None or policy.inflight is None:
             return False
@@ -714,10 +738,10 @@ class Gateway(Service):
     @inlineCallbacks
     def _handle(self, doc: Doc) -> Any:
         for _ in range(20):
-            if not self.running:
+            if not self.running or not self.mine(doc):
                 return
             if doc.get("_conflicts"):
-                resolved = yield self._resolve(doc)
+                resolved = yield self.claims.resolve(doc)
                 doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
                 continue
             now = self.clock.seconds()
@@ -795,7 +819,7 @@ class Gateway(Service):
             self._count(new)
         if finishing and (new.get("callback") or {}).get("status") == "pending":
             delivery = self._deliver(new)
-            delivery.addErrback(_log_error, f"cannot deliver the callback of {new['_id']}")
+            delivery.addErrback(log_error, f"cannot deliver the callback of {new['_id']}")
             self._deliveries.add(delivery)
             delivery.addBoth(lambda _: self._deliveries.discard(delivery))
         return new
@@ -815,7 +839,7 @@ class Gateway(Service):
                     return  # another gateway took the delivery over
                 continue
             except Exception as e:
-                _log_error(Failure(e), f"cannot record the callback of {doc['_id']}")
+                log_error(Failure(e), f"cannot record the callback of {doc['_id']}")
                 return  # it stays pending: delivered again once its time is up
             break
         else:
@@ -845,22 +869,20 @@ class Gateway(Service):
         try:
             if not self.running or target.state != "ready":
                 return doc  # stopping, or the route went down: leave it for later
-            claimed = yield self._claim(doc)
+            claimed = yield self.claims.take(doc)
             if claimed is None:
                 return None
-            claim = self.claims[claimed["_id"]] = _Claim(self, claimed)
+            claim = self.claims.hold(claimed)
             try:
                 yield self._call(doc, claim, target, prepared)
                 return claimed
             finally:
-                claim.stop()
-                if self.claims.get(claimed["_id"]) is claim:
-                    del self.claims[claimed["_id"]]
+                self.claims.let_go(claim)
         finally:
             self._drained(name)
 
     @inlineCallbacks
-    def _call(self, doc: Doc, claim: _Claim, target: ITarget, prepared: Any) -> Any:
+    def _call(self, doc: Doc, claim: Claim, target: ITarget, prepared: Any) -> Any:
         """Call the target for a claimed message once the route has a slot; write the outcome."""
         name = target.name
         claimed = claim.claimed
@@ -959,88 +981,11 @@ class Gateway(Service):
             ids = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
             self._refilling[name] += len(ids)
             refill = self._refill(name, ids)
-            refill.addErrback(_log_error, "cannot read messages that waited")
+            refill.addErrback(log_error, "cannot read messages that waited")
             self._throttle()
         elif name in self._full:
             self._full.discard(name)
             self.sweep_soon()
-
-    @inlineCallbacks
-    def _claim(self, doc: Doc) -> Any:
-        """
-        Write a claim; answer the claimed document if the claim is this gateway's alone, or
-        None.  On one copy (a single node, PouchDB Server) the write decides: one request.  On
-        a cluster the claim is written with C{w} = every copy: 201 means every copy took it, so
-        no other claim can have; 202 (fewer copies took it: a race through another node, or a
-        node down) is confirmed by L{_confirm} before any call.
-        """
-        fields = message.claimed(doc, self.id, self.clock.seconds(), self.lease)
-        if self.copies <= 1:
-            claimed = yield self._transition(doc, fields)
-            return claimed
-        new = message.apply(doc, fields)
-        try:
-            status, result = yield self.db.write(new, w=self.copies)
-        except Conflict:
-            return None
-        new["_rev"] = result["rev"]
-        if status == 201:
-            return new
-        confirmed = yield self._confirm(new)
-        return confirmed
-
-    @inlineCallbacks
-    def _confirm(self, claimed: Doc) -> Any:
-        """
-        After C{settle} seconds, read the claim back from every copy: go on only if the winning
-        revision is this gateway's claim (CouchDB picks the same winner on every node, so of two
-        racing claims exactly one wins), after deleting the losing claims.
-        """
-        yield deferLater(self.clock, self.settle, lambda: None)
-        try:
-            current = yield self.db.get(claimed["_id"], conflicts="true", r=self.copies)
-        except UNAVAILABLE as e:  # a copy is out of reach: confirm against a read quorum
-            log.warn(
-                "{id}: cannot read every copy ({error}); confirming against a quorum",
-                id=claimed["_id"],
-                error=describe_error(e),
-            )
-            current = yield self.db.get(claimed["_id"], conflicts="true")
-        if not self.holds(current, claimed):
-            log.info("{id}: another claim won; not calling", id=claimed["_id"])
-            return None
-        if current.get("_conflicts"):
-            resolved = yield self._resolve(current)
-            current = resolved or message.apply(current, {})  # else the next sweep resolves it
-        return current
-
-    @inlineCallbacks
-    def _resolve(self, doc: Doc) -> Any:
-        """
-        Merge a message's conflicting revisions into the winning one and delete the losers
-        (L{message.resolve}); answer the document written, or None if it changed meanwhile.
-        """
-        losers = []
-        for rev in doc.get("_conflicts", []):
-            try:
-                losers.append((yield self.db.get(doc["_id"], rev=rev)))
-            except NotFound:
-                pass
-        merged = message.resolve(doc, losers)
-        if merged != message.apply(doc, {}):  # the losers add something: write that first
-            try:
-                result = yield self.db.put(merged)
-            except Conflict:
-                return None  # the winner changed: look again
-            merged["_rev"] = result["rev"]
-        if losers:  # only then delete them, so that nothing they held is ever lost
-            yield self.db.bulk_docs(
-                [{"_id": doc["_id"], "_rev": loser["_rev"], "_deleted": True} for loser in losers]
-            )
-        log.info(
-            "{id}: {n} conflicting revision(s) merged and deleted", id=doc["_id"], n=len(losers)
-        )
-        return merged
 
     def _failure(self, doc: Doc, error: Exception, route: str) -> dict[str, Any]:
         now = self.clock.seconds()
@@ -1056,16 +1001,6 @@ class Gateway(Service):
                 return message.retrying("transient", str(error), now, delay)
             return message.failed("transient", f"{error} (after {attempts} attempts)", now)
         return message.failed("error", describe_error(error), now)
-
-    def holds(self, doc: Doc, claimed: Doc) -> bool:
-        """Whether C{doc} is still under the claim this gateway wrote as C{claimed}."""
-        claim = doc.get("claim")
-        return (
-            doc.get("status") == "dispatching"
-            and isinstance(claim, dict)
-            and claim.get("by") == self.id
-            and doc.get("attempts") == claimed.get("attempts")
-        )
 
     def _count(self, doc: Mapping[str, Any], route: str | None = None) -> None:
         status = doc["status"]
@@ -1135,7 +1070,7 @@ class Gateway(Service):
             "counts": counts,
             "finished_here": dict(self.counts),
             "in_flight": len(self.active),
-            "calls": len(self.claims),
+            "calls": len(self.claims.held),
             "threads_busy": sum(t.busy for t in self.targets.values()),
             "max_inflight": self.max_inflight,
             "feed": {
@@ -1146,6 +1081,8 @@ class Gateway(Service):
                 "last_error": feed.last_error if feed else None,
             },
             "checkpoint": {"seq": self.checkpoint.seq, "pending": len(self.checkpoint)},
+            "members": self.members.describe(),
+            "claims": dict(self.claims.answers),
             "routes": {name: self.route(name) for name in sorted(self.targets)},
         }
 
@@ -1168,105 +1105,13 @@ class Gateway(Service):
         return about
 
 
-class _Claim:
-    """
-    A claim on a message whose call is in flight: renews the lease every third of it, and
-    writes the outcome over the claim without clobbering a client's edits.
-    """
-
-    def __init__(self, gateway: Gateway, doc: Doc) -> None:
-        self.gateway = gateway
-        self.claimed = doc
-        #: The latest revision this claim wrote.
-        self.doc = doc
-        self._renewing: Deferred[Any] | None = None
-        self._loop = LoopingCall(self._renew)
-        self._loop.clock = gateway.clock
-        self._loop.start(gateway.lease / 3, now=False)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    @inlineCallbacks
-    def _renew(self) -> Any:
-        gateway = self.gateway
-        now = gateway.clock.seconds()
-        fields = {
-            "claim": {"by": gateway.id, "until": iso(now + gateway.lease)},
-            "updated_at": iso(now),
-        }
-        self._renewing = self._write(fields, retry=False)
-        try:
-            yield self._renewing
-        except Exception as e:
-            log.warn(
-                "{id}: cannot renew the lease ({error}); trying again later",
-                id=self.doc["_id"],
-                error=describe_error(e),
-            )
-        finally:
-            self._renewing = None
-
-    @inlineCallbacks
-    def finish(self, fields: dict[str, Any]) -> Any:
-        """Write the outcome; answer the document written, or None if the claim was lost."""
-        self.stop()
-        if self._renewing is not None:
-            try:
-                yield self._renewing
-            except Exception:
-                pass
-        written = yield self._write(fields, retry=True)
-        return written
-
-    def give_back(self) -> Deferred[Any]:
-        """At stop, with the call still running: make the message due again at once."""
-        self.stop()
-        now = self.gateway.clock.seconds()
-        fields = message.retrying(
-            "interrupted", "couchgw stopped before the call ended; its outcome is unknown", now, 0
-        )
-        return self._write(fields, retry=False).addErrback(
-            _log_error, f"cannot give {self.doc['_id']} back"
-        )
-
-    @inlineCallbacks
-    def _write(self, fields: dict[str, Any], retry: bool) -> Any:
-        """
-        Write C{fields} over the claim, merging into the current revision on a conflict; give
-        up if the claim is no longer ours.  With C{retry}, CouchDB errors are waited out for as
-        long as the gateway runs (an answer is never dropped while it could be written).
-        """
-        gateway = self.gateway
-        doc_id = self.claimed["_id"]
-        doc = self.doc
-        backoff = Backoff(base=0.5, cap=30.0)
-        while True:
-            try:
-                written = yield gateway._transition(doc, fields)
-                if written is not None:
-                    self.doc = written
-                    return written
-                doc = yield gateway.db.get(doc_id)
-                if not gateway.holds(doc, self.claimed):
-                    log.warn("{id}: the claim was lost; its outcome is dropped", id=doc_id)
-                    return None
-            except _WAIT_OUT as e:
-                if not retry or gateway._closed:
-                    raise
-                delay = backoff.next()
-                log.warn(
-                    "{id}: cannot write the outcome ({error}); trying again in {delay:.1f}s",
-                    id=doc_id,
-                    error=describe_error(e),
-                    delay=delay,
-                )
-                yield deferLater(gateway.clock, delay, lambda: None)
-
-
-#: What a write-back waits out: CouchDB down, or refusing the credentials for a while.
-_WAIT_OUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, Unauthorized, Forbidden)
+def _route_of(row: Mapping[str, Any]) -> str | None:
+    """The route a row of the C{due} view names (None: a target that is not a string)."""
+    value = row.get("value")
+    named = value[2] if isinstance(value, list) and len(value) > 2 else False
+    if named is None:
+        return message.DEFAULT_ROUTE
+    return named if isinstance(named, str) else None
 
 
 def _first(
@@ -1302,29 +1147,3 @@ def _first(
 def _release(result: Any, slots: DeferredSemaphore) -> Any:
     slots.release()
     return result
-
-
-def _log_error(failure: Failure, what: str) -> None:
-    """
-    Log an expected error (CouchDB or the network) in one line, anything else in full; a
-    cancellation (the gateway stopping) not at all.
-    """
-    if failure.check(CancelledError):
-        return
-    if failure.check(CouchError, *UNAVAILABLE):
-        log.warn("{what}: {error}", what=what, error=describe_error(failure.value))
-    else:
-        log.failure(what, failure)
-
-
-def describe_error(error: BaseException) -> str:
-    """A one-line description of an error, without the URL's credentials."""
-    reasons = getattr(error, "reasons", None)  # twisted.web's ResponseFailed and kin
-    if reasons and isinstance(reasons[0], Failure):
-        error = reasons[0].value
-    if isinstance(error, CancelledError):
-        return "no answer in time"
-    text = str(error) or type(error).__name__
-    if isinstance(error, CouchError):
-        return text
-    return f"{type(error).__name__}: {text}" if type(error).__name__ not in text else text

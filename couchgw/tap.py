@@ -193,6 +193,15 @@ class Options(usage.Options):
             "A PEM file of the CAs that verify HTTPS (CouchDB, targets, callbacks); default: "
             "the system's.",
         ],
+        [
+            "announce",
+            None,
+            5.0,
+            "Seconds between this gateway's announcements to the others sharing the database "
+            "(they split the messages between them); it counts as gone 3 times that after the "
+            "last.",
+            _number("announce", float, 0.1, 3600),
+        ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
         [
@@ -378,6 +387,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         max_inflight=options["max-inflight"],
         sweep_interval=options["sweep"],
         heartbeat=options["heartbeat"],
+        announce=options["announce"],
         grace=options["grace"],
         max_bytes=options["max-message-bytes"],
     )

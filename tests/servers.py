@@ -32,6 +32,10 @@ from couchgw.embedded import find_executable
 
 ROOT = Path(__file__).resolve().parent.parent
 COUCH_ENV = "COUCHGW_TEST_COUCH"
+#: Three (or more) nodes of one Apache CouchDB cluster, comma-separated, for tests/test_on_cluster.py.
+CLUSTER_ENV = "COUCHGW_TEST_CLUSTER"
+#: A command that stops or starts one of those nodes: C{$COMMAND stop 3}, C{$COMMAND start 3}.
+CLUSTER_CONTROL_ENV = "COUCHGW_TEST_CLUSTER_CONTROL"
 _started: dict[str, Any] = {}
 
 
@@ -124,6 +128,50 @@ def couch_url() -> str:
             atexit.register(stop, process)
             _started["couch"] = url
     return str(_started["couch"])
+
+
+def cluster_urls() -> list[str]:
+    """The nodes of the cluster named by C{COUCHGW_TEST_CLUSTER} (none: no cluster tests)."""
+    named = os.environ.get(CLUSTER_ENV, "")
+    return [url.strip().rstrip("/") for url in named.split(",") if url.strip()]
+
+
+def server_problem(url: str, timeout: float = 5.0) -> str | None:
+    """Why a CouchDB server named for the tests cannot be used (None: it can)."""
+    clean, auth = split_credentials(url, {})
+    try:
+        status, welcome = http("GET", url, timeout=timeout)
+        if status == 401:
+            status, body = 401, welcome
+        elif status != 200 or not isinstance(welcome, dict) or "couchdb" not in welcome:
+            return f"{clean} is not a CouchDB server (it answered {status} to GET /)"
+        else:
+            status, body = http("GET", f"{url}/_all_dbs", timeout=timeout)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        return f"{clean} does not answer ({reason})"
+    if status == 401:
+        who = f"user {auth[0]!r}" if auth else "no credentials"
+        return f"{clean} refuses {who} (401); give an admin's in the URL, http://USER:PASSWORD@host:port"
+    if status != 200:
+        return f"{clean} answered {status} to GET /_all_dbs: {body}"
+    return None
+
+
+def cluster_problem(urls: list[str]) -> str | None:
+    """Why the nodes named for the cluster tests are not a cluster to test on (None: they are)."""
+    if len(urls) < 3:
+        return f"names {len(urls)} node(s); the cluster tests need 3, comma-separated"
+    for url in urls:
+        problem = server_problem(url)
+        if problem is not None:
+            return problem
+    status, membership = http("GET", f"{urls[0]}/_membership", timeout=5.0)
+    nodes = membership.get("cluster_nodes", []) if isinstance(membership, dict) else []
+    if status != 200 or len(nodes) < 3:
+        clean = split_credentials(urls[0], {})[0]
+        return f"{clean} is not a node of a cluster of 3 (its cluster_nodes: {nodes})"
+    return None
 
 
 def is_pouchdb() -> bool:

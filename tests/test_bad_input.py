@@ -30,6 +30,10 @@ def nested(depth: int) -> Any:
     return value
 
 
+#: Messages that Apache CouchDB itself refuses to store (its JSON parser takes a lone surrogate
+#: escape for invalid UTF-8): written one by one, and rejected by couchgw where they are stored.
+SERVER_MAY_REFUSE = {"lone-surrogate"}
+
 #: id -> (document, the exact reason it is rejected)
 CORPUS: dict[str, tuple[dict[str, Any], str]] = {
     "no-operation": (msg(text="x"), "operation is missing, and route 'default' names no default"),
@@ -269,13 +273,23 @@ class BadInput(GatewayTestCase):
         self.assertGreaterEqual(len(CORPUS) + 1, 30)  # and the one too deep to decode
         gateway = self.gateway(self.wsdl, max_bytes=LIMIT)
         yield self.ready(gateway)
-        docs = [{"_id": doc_id, **doc} for doc_id, (doc, _) in CORPUS.items()]
+        docs = [
+            {"_id": doc_id, **doc}
+            for doc_id, (doc, _) in CORPUS.items()
+            if doc_id not in SERVER_MAY_REFUSE
+        ]
         docs += [{"_id": doc_id, **doc} for doc_id, doc in IGNORED.items()]
         yield self.db.put({"_id": "deleted", **msg(operation="ping", status="forwarded")})
         deleted = yield self.db.get("deleted")
         docs.append({**deleted, "_deleted": True})
         result = yield self.db.bulk_docs(docs)
         self.assertEqual([r for r in result if not r.get("ok")], [])
+        refused = set()
+        for doc_id in SERVER_MAY_REFUSE:  # Apache CouchDB refuses these itself (400)
+            status = yield self.put_raw(doc_id, json.dumps(CORPUS[doc_id][0]).encode())
+            self.assertIn(status, (201, 400), doc_id)
+            if status == 400:
+                refused.add(doc_id)
         undecodable_utf8 = yield self.put_raw(
             "bad-utf8", b'{"type": "message", "operation": "pin\xff\xfeg"}'
         )
@@ -289,6 +303,8 @@ class BadInput(GatewayTestCase):
         self.assertEqual(good["status"], "forwarded")
         self.assertEqual(good["result"], "zażółć 🚀 \u200d\u05d0 end")
         for doc_id, (written, reason) in CORPUS.items():
+            if doc_id in refused:
+                continue
             raw = yield self.terminal(doc_id)
             doc = {k: raw[k] for k in ("status", "error") if k in raw}
             self.assertEqual(
@@ -308,7 +324,10 @@ class BadInput(GatewayTestCase):
         self.assertEqual(self.calls(), ["ping"])
         self.assertEqual(gateway.problems(), [])
         counted = gateway.counts.get("rejected", 0)
-        self.assertEqual(counted, len(CORPUS) + 1 + (1 if undecodable_utf8 in (200, 201) else 0))
+        self.assertEqual(
+            counted,
+            len(CORPUS) - len(refused) + 1 + (1 if undecodable_utf8 in (200, 201) else 0),
+        )
 
     @inlineCallbacks
     def test_unreadable_messages_found_by_the_sweep(self) -> Any:

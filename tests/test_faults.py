@@ -98,7 +98,7 @@ class CouchFaults(GatewayTestCase):
         gateway = self.gateway(wsdl)
         yield self.ready(gateway)
         yield self.db.bulk_docs([activate(f"r{i}", 10) for i in range(4)])
-        yield self.wait_for(lambda: len(gateway.claims) == 4, what="four calls in flight")
+        yield self.wait_for(lambda: len(gateway.claims.held) == 4, what="four calls in flight")
         kill(process)
         yield self.wait_for(
             lambda: gateway.feed is not None and gateway.feed.state != "connected",
@@ -242,14 +242,14 @@ class TargetFaults(GatewayTestCase):
         gateway = self.gateway(wsdl)
         yield self.ready(gateway)
         yield self.db.bulk_docs([activate(f"d{i}", 5) for i in range(4)])
-        yield self.wait_for(lambda: len(gateway.claims) == 4, what="four calls in flight")
+        yield self.wait_for(lambda: len(gateway.claims.held) == 4, what="four calls in flight")
         kill(process)
         yield self.db.bulk_docs([activate(f"w{i}", 1) for i in range(6)])
         yield self.wait_for(
             lambda: any("unreachable" in p or "unavailable" in p for p in gateway.problems()),
             what="the route to be reported down",
         )
-        yield self.wait_for(lambda: not gateway.claims, what="the calls in flight to end")
+        yield self.wait_for(lambda: not gateway.claims.held, what="the calls in flight to end")
         before = yield self.db.all_docs([f"w{i}" for i in range(6)], include_docs=True)
         yield gateway.sweep()
         yield deferLater(reactor, 0.5, lambda: None)
@@ -352,7 +352,7 @@ class Leases(GatewayTestCase):
         gateway = self.gateway(grace=1.0)
         yield self.ready(gateway)
         yield self.db.bulk_docs([activate("long", 40), activate("short", 5)])
-        yield self.wait_for(lambda: len(gateway.claims) == 2, what="both calls in flight")
+        yield self.wait_for(lambda: len(gateway.claims.held) == 2, what="both calls in flight")
         stopped_at = reactor.seconds()
         yield gateway.stopService()
         short = yield self.db.get("short")
@@ -377,7 +377,9 @@ class Leases(GatewayTestCase):
         slots = gateway._slots["default"].limit
         ids = [f"w{i}" for i in range(slots + 2)]
         yield self.db.bulk_docs([activate(doc_id, 40) for doc_id in ids])
-        yield self.wait_for(lambda: len(gateway.claims) == len(ids), what="every message claimed")
+        yield self.wait_for(
+            lambda: len(gateway.claims.held) == len(ids), what="every message claimed"
+        )
         yield gateway.stopService()
         found = yield self.db.all_docs(ids, include_docs=True)
         docs = [row["doc"] for row in found["rows"]]

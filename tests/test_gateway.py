@@ -29,7 +29,9 @@ class GatewayTestCase(TestCase):
     def setUp(self) -> None:
         pool = connection_pool(reactor)
         self.addCleanup(pool.closeCachedConnections)
-        self.db = Database(new_db_url(), Agent(reactor, pool=pool))
+        #: The database's URL, with the credentials that CouchDB asks for.
+        self.db_url = new_db_url()
+        self.db = Database(self.db_url, Agent(reactor, pool=pool))
         self.threads = ThreadPoolService(reactor, 4)
         self.threads.startService()
         self.addCleanup(self.threads.stopService)
@@ -41,6 +43,7 @@ class GatewayTestCase(TestCase):
         target = SoapTarget("default", wsdl or demo_wsdl(), self.threads, timeout=10)
         options.setdefault("heartbeat", 1.0)
         options.setdefault("sweep_interval", 1.0)
+        options.setdefault("announce", 0.5)
         gateway = Gateway(db or self.db, {"default": target}, reactor, **options)
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
@@ -86,8 +89,12 @@ class GatewayTestCase(TestCase):
         return doc
 
     @inlineCallbacks
-    def ready(self, gateway: Gateway) -> Any:
-        yield self.wait_for(lambda: not gateway.problems(), what="the gateway to be ready")
+    def ready(self, gateway: Gateway, timeout: float = 30.0) -> Any:
+        deadline = reactor.seconds() + timeout
+        while gateway.problems():
+            if reactor.seconds() > deadline:
+                self.fail(f"the gateway was not ready within {timeout}s: {gateway.problems()}")
+            yield deferLater(reactor, 0.05, lambda: None)
 
 
 class EndToEnd(GatewayTestCase):
@@ -194,6 +201,16 @@ class EndToEnd(GatewayTestCase):
         self.assertEqual(sorted(submitted), ids)
 
     @inlineCallbacks
+    def messages(self) -> Any:
+        """The revision of every message in the database, by id."""
+        docs = yield self.db.json("GET", "_all_docs", params={"include_docs": "true"})
+        return {
+            row["id"]: row["doc"]["_rev"]
+            for row in docs["rows"]
+            if row["doc"].get("type") == "message"
+        }
+
+    @inlineCallbacks
     def test_backlog_written_while_stopped_and_restart(self) -> Any:
         """Messages written before any gateway ran are forwarded; a restart redoes nothing."""
         yield self.db.create()
@@ -214,15 +231,14 @@ class EndToEnd(GatewayTestCase):
         self.assertIsNotNone(checkpoint["seq"])
         by_status = yield self.db.view(design.DDOC, "by_status", group="true")
         self.assertEqual(by_status["rows"], [{"key": "forwarded", "value": 20}])
-        docs = yield self.db.json("GET", "_all_docs", params={"include_docs": "true"})
-        revisions = {row["id"]: row["doc"]["_rev"] for row in docs["rows"]}
+        revisions = yield self.messages()
 
         again = self.gateway(gateway="second")
         yield self.ready(again)
         swept = again.counts.copy()
         yield again.sweep()
-        docs = yield self.db.json("GET", "_all_docs", params={"include_docs": "true"})
-        self.assertEqual({row["id"]: row["doc"]["_rev"] for row in docs["rows"]}, revisions)
+        again_revisions = yield self.messages()
+        self.assertEqual(again_revisions, revisions)
         self.assertEqual(again.counts, swept)
 
     @inlineCallbacks

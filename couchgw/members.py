@@ -1,0 +1,274 @@
+"""
+The gateways that share a database, and which of them handles each message.
+
+Every gateway announces itself in a document of the database, C{couchgw-gateway:<its id>}
+(C{type: "gateway"}), written again every C{beat} seconds with the time of writing; a gateway is
+alive while that time is less than C{ttl} seconds old.  A gateway that stops deletes its
+document; one that dies leaves it to expire.  On Apache CouchDB 2 and later the documents are
+C{_local/} ones: CouchDB runs no validate function for those (which would make an announcement
+wait behind every message write under load), and lists them with C{_local_docs}.
+
+Each message has one owner: of the live gateways that serve its route, the one whose hash of
+(gateway id, message id) is highest (rendezvous hashing).  Every gateway computes the same owner
+from the same members, and a gateway that leaves moves only its own messages to the others,
+each to one of them.  A gateway claims only the messages it owns, so gateways that share a
+database do not contend for a message while they agree on who is alive:
+
+- a gateway that joins others waits two beats before it claims anything (by then each of them
+  has read the members again, seen it, and stopped claiming its messages);
+- a gateway claims nothing while its own announcement may have expired for the others (it could
+  not write it, or not read the members, for C{ttl - beat} seconds): they may be taking its
+  messages over.
+
+The claim itself (L{couchgw.claims}) still settles the moments when two gateways disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from couchgw.couch import UNAVAILABLE, Conflict, CouchError, Database, Doc, NotFound, doc_path
+from couchgw.errors import describe_error
+from couchgw.message import parse_time
+from couchgw.timing import iso
+
+log = Logger()
+
+PREFIX = "couchgw-gateway:"
+#: What an announcement or a read of the others may meet: CouchDB's errors, or none reached.
+_EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
+TYPE = "gateway"
+
+
+def rank(gateway: str, doc_id: str) -> int:
+    """A gateway's score for a message: the highest score among the candidates owns it."""
+    digest = hashlib.blake2b(f"{gateway}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(doc_id: str, candidates: Iterable[str]) -> str | None:
+    """The candidate that owns C{doc_id} (rendezvous hashing), or None without candidates."""
+    return max(candidates, key=lambda gateway: rank(gateway, doc_id), default=None)
+
+
+class Members:
+    """
+    This gateway's announcement, and the live gateways it reads every C{beat} seconds.
+
+    @param on_change: called when gateways left or this one may claim again: messages it
+        passed over may be its own now (the gateway sweeps for them).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        gateway: str,
+        routes: Iterable[str],
+        *,
+        beat: float = 5.0,
+        ttl: float = 15.0,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.id = gateway
+        self.routes = sorted(routes)
+        self.beat = beat
+        self.ttl = max(ttl, 2 * beat)
+        self.on_change = on_change
+        #: The other live gateways: their routes, by id.
+        self.others: dict[str, frozenset[str]] = {}
+        self._doc: Doc = {"_id": PREFIX + gateway}
+        self._local = False
+        #: When (this clock) this gateway last wrote its announcement and read the others'.
+        self._written_at: float | None = None
+        self._read_at: float | None = None
+        #: From when this gateway may claim (None: not before its first beat).
+        self._from: float | None = None
+        self._loop: LoopingCall | None = None
+        self._beating: Deferred[Any] | None = None
+        self._was_claiming = False
+        #: Why the last announcement or read failed (None when it worked).
+        self.error: str | None = None
+
+    # -- who owns what ---------------------------------------------------------------------------
+
+    def claiming(self) -> bool:
+        """Whether this gateway may claim now: joined, and its announcement surely alive."""
+        now = self.clock.seconds()
+        if self._from is None or now < self._from:
+            return False
+        if self._written_at is None or self._read_at is None:
+            return False
+        return now - min(self._written_at, self._read_at) < self.ttl - self.beat
+
+    def owns(self, doc_id: str, route: str | None) -> bool:
+        """Whether this gateway is the one to handle this message now."""
+        if not self.claiming():
+            return False
+        if not self.others:
+            return True
+        candidates = [self.id]
+        if route is not None and route in self.routes:
+            candidates += [g for g, routes in self.others.items() if route in routes]
+        else:  # a route this gateway lacks: whoever has it (or, if none has, any of them)
+            serving = [g for g, routes in self.others.items() if route in routes]
+            candidates = serving or [self.id, *self.others]
+        return owner(doc_id, candidates) == self.id
+
+    def problems(self) -> list[str]:
+        """Why this gateway claims nothing now (empty when it claims its messages)."""
+        error = f": {self.error}" if self.error else ""
+        if self._from is None:
+            return [f"not announced to the other gateways yet{error}"]
+        if self.clock.seconds() < self._from:
+            return [f"joining {len(self.others)} other gateway(s): claims from {iso(self._from)}"]
+        if not self.claiming():
+            return [f"cannot announce this gateway to the others{error}"]
+        return []
+
+    def alive(self, gateway: str) -> bool:
+        """Whether a gateway is known to be alive (this one always is)."""
+        return gateway == self.id or gateway in self.others
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self, local: bool = False) -> None:
+        """Announce this gateway every beat (in a C{_local/} document with C{local})."""
+        self._local = local
+        self._doc = {"_id": ("_local/" if local else "") + PREFIX + self.id}
+        self._loop = LoopingCall(self._beat)
+        self._loop.clock = self.clock
+        self._loop.start(self.beat, now=True).addErrback(
+            lambda f: log.failure("announcing this gateway failed", f)
+        )
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        """Stop announcing; delete the announcement so that the others take over at once."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._from = None
+        if self._beating is not None:
+            try:
+                yield self._beating
+            except Exception:
+                pass
+        if "_rev" in self._doc:
+            try:
+                yield self.db.json(
+                    "DELETE", doc_path(self._doc["_id"]), params={"rev": self._doc["_rev"]}
+                )
+            except _EXPECTED as e:
+                log.warn(
+                    "cannot withdraw this gateway's announcement: {error}", error=describe_error(e)
+                )
+
+    @inlineCallbacks
+    def _beat(self) -> Any:
+        self._beating = Deferred()
+        try:
+            yield self._announce()
+            yield self._read()
+            self.error = None
+        except _EXPECTED as e:
+            self.error = describe_error(e)
+            log.warn("cannot announce this gateway or read the others: {error}", error=self.error)
+        finally:
+            beating, self._beating = self._beating, None
+            beating.callback(None)
+        claiming = self.claiming()
+        if claiming and not self._was_claiming:
+            self.on_change()
+        self._was_claiming = claiming
+
+    @inlineCallbacks
+    def _announce(self) -> Any:
+        started = self.clock.seconds()
+        doc = {
+            **self._doc,
+            "type": TYPE,
+            "gateway": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "routes": self.routes,
+            "beat": self.beat,
+            "ttl": self.ttl,
+            "at": iso(started),
+        }
+        try:
+            result = yield self.db.put(doc)
+        except Conflict:  # written before under this id, or the database is a new one
+            try:
+                current = yield self.db.get(doc["_id"])
+            except NotFound:
+                doc.pop("_rev", None)
+            else:
+                doc["_rev"] = current["_rev"]
+            result = yield self.db.put(doc)
+        self._doc = {**doc, "_rev": result["rev"]}
+        self._written_at = started
+
+    @inlineCallbacks
+    def _read(self) -> Any:
+        started = self.clock.seconds()
+        first = ("_local/" if self._local else "") + PREFIX
+        result = yield self.db.json(
+            "GET",
+            "_local_docs" if self._local else "_all_docs",
+            params={"startkey": first, "endkey": first + "\ufff0", "include_docs": "true"},
+        )
+        now = self.clock.seconds()
+        others = {
+            doc["gateway"]: frozenset(doc.get("routes") or [])
+            for doc in (row.get("doc") for row in result.get("rows", []))
+            if _alive(doc, now) and doc["gateway"] != self.id
+        }
+        left = set(self.others) - set(others)
+        joined = set(others) - set(self.others)
+        if joined or left:
+            log.info(
+                "gateways: {n} alive{joined}{left}",
+                n=len(others) + 1,
+                joined=f"; joined: {', '.join(sorted(joined))}" if joined else "",
+                left=f"; left: {', '.join(sorted(left))}" if left else "",
+            )
+        joining = self._read_at is None
+        self.others = others
+        self._read_at = started
+        if joining:
+            # alone: claim at once; with others: once each has read the members again
+            self._from = started + (2 * self.beat if others else 0.0)
+        if left and self.claiming():
+            self.on_change()
+
+    def describe(self) -> dict[str, Any]:
+        """The members as plain JSON (for C{/status})."""
+        return {
+            "gateways": sorted([self.id, *self.others]),
+            "claiming": self.claiming(),
+            "beat": self.beat,
+            "ttl": self.ttl,
+        }
+
+
+def _alive(doc: Mapping[str, Any] | None, now: float) -> bool:
+    if not isinstance(doc, Mapping) or doc.get("type") != TYPE:
+        return False
+    if not isinstance(doc.get("gateway"), str) or doc.get("_deleted"):
+        return False
+    at = parse_time(doc.get("at"))
+    ttl = doc.get("ttl")
+    if at is None or not isinstance(ttl, int | float):
+        return False
+    return now < at + ttl

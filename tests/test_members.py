@@ -1,0 +1,136 @@
+"""
+Gateways that share a database: who owns which message (rendezvous hashing), joining, leaving,
+and a gateway that cannot announce itself claiming nothing.  Announcements go to the real test
+server; time is a L{Clock}, and each beat is run by hand.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent
+
+from couchgw.couch import Database, connection_pool, supports_selector
+from couchgw.members import Members, owner
+from tests.servers import new_db_url
+
+
+class Ownership(SynchronousTestCase):
+    def test_owner_is_the_same_whatever_the_order(self) -> None:
+        for i in range(100):
+            self.assertEqual(owner(f"m{i}", ["a", "b", "c"]), owner(f"m{i}", ["c", "a", "b"]))
+        self.assertIsNone(owner("m", []))
+
+    def test_messages_spread_evenly(self) -> None:
+        counts = Counter(owner(f"m{i}", ["a", "b", "c"]) for i in range(3000))
+        self.assertEqual(set(counts), {"a", "b", "c"})
+        self.assertTrue(all(800 < n < 1200 for n in counts.values()), counts)
+
+    def test_a_gateway_leaving_moves_only_its_own_messages(self) -> None:
+        before = {f"m{i}": owner(f"m{i}", ["a", "b", "c"]) for i in range(1000)}
+        after = {doc_id: owner(doc_id, ["a", "c"]) for doc_id in before}
+        moved = {doc_id for doc_id in before if before[doc_id] != after[doc_id]}
+        self.assertEqual(moved, {doc_id for doc_id, was in before.items() if was == "b"})
+
+    def test_routes(self) -> None:
+        """A message goes to a gateway serving its route; any gateway for a route none serves."""
+        clock = Clock()
+        members = Members(None, clock, "a", ["default", "erp"], beat=1, ttl=3)  # type: ignore[arg-type]
+        members._from = members._written_at = members._read_at = 0.0
+        members.others = {"b": frozenset({"default"}), "c": frozenset({"crm"})}
+        ids = [f"m{i}" for i in range(300)]
+        self.assertTrue(all(members.owns(i, "erp") for i in ids))  # only a serves erp
+        self.assertFalse(any(members.owns(i, "crm") for i in ids))  # only c serves crm
+        mine = [i for i in ids if members.owns(i, "default")]
+        self.assertEqual(mine, [i for i in ids if owner(i, ["a", "b"]) == "a"])
+        nobody = [i for i in ids if members.owns(i, "nowhere")]
+        self.assertEqual(nobody, [i for i in ids if owner(i, ["a", "b", "c"]) == "a"])
+
+
+class Announcements(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        pool = connection_pool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.db = Database(new_db_url("members"), Agent(reactor, pool=pool))
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.changes: Counter[str] = Counter()
+
+    def members(self, name: str, local: bool) -> Members:
+        members = Members(
+            self.db,
+            self.clock,
+            name,
+            ["default"],
+            beat=5,
+            ttl=15,
+            on_change=lambda: self.changes.update([name]),
+        )
+        members._local = local
+        members._doc = {"_id": ("_local/" if local else "") + f"couchgw-gateway:{name}"}
+        return members
+
+    @inlineCallbacks
+    def test_join_split_leave(self) -> Any:
+        yield self.db.create()
+        welcome = yield self.db.welcome()
+        local = supports_selector(welcome)
+        a = self.members("a", local)
+        yield a._beat()
+        self.assertTrue(a.claiming())  # alone: at once
+        self.assertTrue(all(a.owns(f"m{i}", "default") for i in range(50)))
+        self.assertEqual(self.changes["a"], 1)
+
+        b = self.members("b", local)
+        yield b._beat()
+        self.assertEqual(set(b.others), {"a"})
+        self.assertFalse(b.claiming())  # joining: a may still claim b's messages for a beat
+        self.assertIn("joining 1 other gateway(s)", b.problems()[0])
+        self.clock.advance(5)
+        yield a._beat()  # a sees b, and stops claiming b's messages
+        self.assertEqual(set(a.others), {"b"})
+        yield b._beat()
+        self.assertFalse(b.claiming())
+        self.clock.advance(5)
+        yield b._beat()
+        self.assertTrue(b.claiming())
+        self.assertEqual(b.problems(), [])
+        ids = [f"m{i}" for i in range(200)]
+        owners = [(a.owns(i, "default"), b.owns(i, "default")) for i in ids]
+        self.assertEqual(set(owners), {(True, False), (False, True)})  # each has some, never both
+
+        yield b.stop()
+        self.assertFalse(b.claiming())
+        before = self.changes["a"]
+        yield a._beat()
+        self.assertEqual(a.others, {})
+        self.assertEqual(self.changes["a"], before + 1)  # a sweeps for what was b's
+        self.assertTrue(all(a.owns(i, "default") for i in ids))
+
+    @inlineCallbacks
+    def test_one_that_dies_expires(self) -> Any:
+        yield self.db.create()
+        welcome = yield self.db.welcome()
+        local = supports_selector(welcome)
+        a, b = self.members("a", local), self.members("b", local)
+        yield a._beat()
+        yield b._beat()
+        self.clock.advance(10)
+        yield a._beat()
+        yield b._beat()
+        self.assertEqual((set(a.others), set(b.others)), ({"b"}, {"a"}))
+        for _ in range(3):  # b is gone without a word: a beats on
+            self.clock.advance(5)
+            yield a._beat()
+        self.assertEqual(a.others, {})
+        self.assertTrue(a.claiming())
+        # b's clock went on too, and it could not announce itself meanwhile: it claims nothing
+        self.assertFalse(b.claiming())
+        self.assertEqual(b.problems(), ["cannot announce this gateway to the others"])
