@@ -91,22 +91,55 @@ class Claims:
     def take(self, doc: Doc) -> Any:
         """Claim a message: answer the claimed document if the claim is this gateway's alone."""
         fields = message.claimed(doc, self.id, self.clock.seconds(), self.lease)
-        if self.copies <= 1:
-            claimed = yield self.transition(doc, fields)
-            self.answers["taken" if claimed is not None else "lost"] += 1
-            return claimed
         new = message.apply(doc, fields)
         try:
+            if self.copies <= 1:
+                claimed = yield self.transition(doc, fields)
+                self.answers["taken" if claimed is not None else "lost"] += 1
+                return claimed
             status, result = yield self.db.write(new, w=self.copies)
         except Conflict:
             self.answers["lost"] += 1
             return None
+        except UNAVAILABLE as e:
+            # the claim may have got in all the same: a claim nobody knows it holds would wait
+            # out its whole lease
+            found = yield self._read_back(new, e)
+            if found is None or self.copies <= 1:
+                self.answers["taken" if found is not None else "lost"] += 1
+                return found
+            confirmed = yield self._confirm(found)
+            return confirmed
         new["_rev"] = result["rev"]
         if status == 201:
             self.answers["taken"] += 1
             return new
         confirmed = yield self._confirm(new)
         return confirmed
+
+    @inlineCallbacks
+    def _read_back(self, claimed: Doc, error: BaseException) -> Any:
+        """
+        After a claim write that failed without an answer: wait until the message can be read,
+        and answer it if it holds this claim (None if it does not).
+        """
+        doc_id = claimed["_id"]
+        log.warn(
+            "{id}: no answer to the claim ({error}); reading it back",
+            id=doc_id,
+            error=describe_error(error),
+        )
+        backoff = Backoff(base=0.5, cap=10.0)
+        while not self.closed:
+            yield deferLater(self.clock, backoff.next(), lambda: None)
+            try:
+                current = yield self.db.get(doc_id, conflicts="true")
+            except NotFound:
+                return None
+            except UNAVAILABLE:
+                continue
+            return current if self.holds(current, claimed) else None
+        return None
 
     @inlineCallbacks
     def _confirm(self, claimed: Doc) -> Any:
@@ -273,6 +306,9 @@ class Claim:
                     self.doc = written
                     return written
                 doc = yield claims.db.get(doc_id)
+                if _wrote(doc, fields):  # an earlier try got in, but its answer was lost
+                    self.doc = doc
+                    return doc
                 if not claims.holds(doc, self.claimed):
                     log.warn("{id}: the claim was lost; its outcome is dropped", id=doc_id)
                     return None
@@ -287,3 +323,8 @@ class Claim:
                     delay=delay,
                 )
                 yield deferLater(claims.clock, delay, lambda: None)
+
+
+def _wrote(doc: Doc, fields: dict[str, Any]) -> bool:
+    """Whether C{doc} already has C{fields} written (each to its value, or removed if None)."""
+    return all(doc.get(key) == value for key, value in fields.items())

@@ -434,6 +434,7 @@ class Gateway(Service):
         of calls still running back (C{retrying}, due at once); save the checkpoint.
         """
         super().stopService()
+        leaving = self.members.leave()  # the others take this gateway's messages over meanwhile
         for starting in [self._starting, *self._loading.values()]:
             if starting is not None:
                 starting.cancel()
@@ -469,6 +470,7 @@ class Gateway(Service):
                 "stopping: giving back {n} message(s) whose calls are still running", n=len(held)
             )
             yield DeferredList([claim.give_back() for claim in held])
+        yield leaving
         yield self.members.stop()
         self._closed = self.claims.closed = True
         if self.couch_error is None:

@@ -90,6 +90,9 @@ class Members:
         self.others: dict[str, frozenset[str]] = {}
         self._doc: Doc = {"_id": PREFIX + gateway}
         self._local = False
+        self._leaving = False
+        #: The gateways that are leaving: alive, finishing their calls, claiming nothing new.
+        self.leaving: set[str] = set()
         #: When (this clock) this gateway last wrote its announcement and read the others'.
         self._written_at: float | None = None
         self._read_at: float | None = None
@@ -129,6 +132,8 @@ class Members:
     def problems(self) -> list[str]:
         """Why this gateway claims nothing now (empty when it claims its messages)."""
         error = f": {self.error}" if self.error else ""
+        if self._leaving:
+            return ["leaving the other gateways: claims nothing new"]
         if self._from is None:
             return [f"not announced to the other gateways yet{error}"]
         if self.clock.seconds() < self._from:
@@ -138,8 +143,8 @@ class Members:
         return []
 
     def alive(self, gateway: str) -> bool:
-        """Whether a gateway is known to be alive (this one always is)."""
-        return gateway == self.id or gateway in self.others
+        """Whether a gateway is known to be alive (this one always is), leaving or not."""
+        return gateway == self.id or gateway in self.others or gateway in self.leaving
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -154,8 +159,28 @@ class Members:
         )
 
     @inlineCallbacks
+    def leave(self) -> Any:
+        """
+        Claim nothing more, and say so at once: the others take this gateway's messages over
+        while it finishes its calls in flight (it stays alive, announcing itself, till L{stop}).
+        """
+        self._from = None
+        self._leaving = True
+        if self._loop is None or not self._loop.running:
+            return
+        if self._beating is not None:
+            try:
+                yield self._beating
+            except Exception:
+                pass
+        try:
+            yield self._announce()
+        except _EXPECTED as e:
+            log.warn("cannot say this gateway is leaving: {error}", error=describe_error(e))
+
+    @inlineCallbacks
     def stop(self) -> Any:
-        """Stop announcing; delete the announcement so that the others take over at once."""
+        """Stop announcing; delete the announcement (the others see this gateway gone)."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._from = None
@@ -205,6 +230,7 @@ class Members:
             "beat": self.beat,
             "ttl": self.ttl,
             "at": iso(started),
+            "leaving": self._leaving,
         }
         try:
             result = yield self.db.put(doc)
@@ -229,11 +255,17 @@ class Members:
             params={"startkey": first, "endkey": first + "\ufff0", "include_docs": "true"},
         )
         now = self.clock.seconds()
-        others = {
-            doc["gateway"]: frozenset(doc.get("routes") or [])
+        alive = [
+            doc
             for doc in (row.get("doc") for row in result.get("rows", []))
             if _alive(doc, now) and doc["gateway"] != self.id
+        ]
+        others = {
+            doc["gateway"]: frozenset(doc.get("routes") or [])
+            for doc in alive
+            if doc.get("leaving") is not True
         }
+        self.leaving = {doc["gateway"] for doc in alive if doc.get("leaving") is True}
         left = set(self.others) - set(others)
         joined = set(others) - set(self.others)
         if joined or left:

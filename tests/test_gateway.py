@@ -25,6 +25,8 @@ from tests.servers import demo_wsdl, is_pouchdb, new_db_url, start_demo, stop
 
 class GatewayTestCase(TestCase):
     timeout = 60
+    #: Seconds the gateways' demo route waits for an answer.
+    target_timeout = 10.0
 
     def setUp(self) -> None:
         pool = connection_pool(reactor)
@@ -40,7 +42,9 @@ class GatewayTestCase(TestCase):
     def gateway(
         self, wsdl: str | None = None, db: Database | None = None, **options: Any
     ) -> Gateway:
-        target = SoapTarget("default", wsdl or demo_wsdl(), self.threads, timeout=10)
+        target = SoapTarget(
+            "default", wsdl or demo_wsdl(), self.threads, timeout=self.target_timeout
+        )
         options.setdefault("heartbeat", 1.0)
         options.setdefault("sweep_interval", 1.0)
         options.setdefault("announce", 0.5)
@@ -85,7 +89,11 @@ class GatewayTestCase(TestCase):
                 else None
             )
 
-        doc = yield self.wait_for(check, timeout, f"{doc_id} to finish")
+        try:
+            doc = yield self.wait_for(check, timeout, f"{doc_id} to finish")
+        except self.failureException:
+            last = yield self.db.get(doc_id, conflicts="true")
+            self.fail(f"{doc_id} did not finish within {timeout}s: it is {last}")
         return doc
 
     @inlineCallbacks

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
 
@@ -106,13 +106,21 @@ class Announcements(TestCase):
         owners = [(a.owns(i, "default"), b.owns(i, "default")) for i in ids]
         self.assertEqual(set(owners), {(True, False), (False, True)})  # each has some, never both
 
-        yield b.stop()
+        b._loop = LoopingCall(lambda: None)  # as if started: leave() announces at once
+        b._loop.start(3600, now=False)
+        yield b.leave()
         self.assertFalse(b.claiming())
+        self.assertEqual(b.problems(), ["leaving the other gateways: claims nothing new"])
         before = self.changes["a"]
         yield a._beat()
-        self.assertEqual(a.others, {})
+        self.assertEqual((a.others, a.leaving), ({}, {"b"}))
+        self.assertTrue(a.alive("b"))  # finishing its calls: its claims stand
         self.assertEqual(self.changes["a"], before + 1)  # a sweeps for what was b's
         self.assertTrue(all(a.owns(i, "default") for i in ids))
+        yield b.stop()
+        self.clock.advance(5)
+        yield a._beat()
+        self.assertFalse(a.alive("b"))
 
     @inlineCallbacks
     def test_one_that_dies_expires(self) -> Any:

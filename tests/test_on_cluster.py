@@ -26,6 +26,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.client import Agent
 
 from couchgw.couch import Conflict, Database, ServerError, connection_pool
@@ -76,6 +77,8 @@ class OnCluster(GatewayTestCase):
     """Gateways in this process, each talking to its own node."""
 
     timeout = 240
+    #: A call that times out is made again (its outcome is unknown): never on a busy machine.
+    target_timeout = 120.0
 
     def setUp(self) -> None:
         super().setUp()
@@ -87,6 +90,13 @@ class OnCluster(GatewayTestCase):
         self.nodes = [Database(f"{url}/{self.name}", self.agent) for url in self.urls]
         self.db = self.nodes[0]
         self.wsdl, self.demo_log, _ = self.demo()
+        # the gateways' log, for a test that fails: its path is in the failure
+        self.log_path = self.demo_log.with_name("gateways.log")
+        out = self.log_path.open("a")
+        observer = textFileLogObserver(out)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(out.close)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def activated(self, network: str) -> int:
         return self.demo_log.read_text().count(f"activated network={network}\n")
@@ -180,7 +190,7 @@ class OnCluster(GatewayTestCase):
         control = os.environ.get(CLUSTER_CONTROL_ENV)
         if not control:
             pytest.skip(f"${CLUSTER_CONTROL_ENV} names no command to stop and start a node")
-        gateways = self.on_each_node(announce=1.0, settle=0.2, lease=30.0)
+        gateways = self.on_each_node(announce=2.0, settle=0.2)
         for gateway in gateways:
             yield self.ready(gateway)
         ids = [f"n{i:03d}" for i in range(300)]
@@ -199,7 +209,10 @@ class OnCluster(GatewayTestCase):
             self.assertEqual(doc["status"], "forwarded", doc_id)
         calls = Counter(re.findall(r"activated network=(\S+)\n", self.demo_log.read_text()))
         self.assertEqual(sorted(calls), ids)
-        self.assertEqual({n: c for n, c in calls.items() if c > 1}, {})
+        answers = [dict(gateway.claims.answers) for gateway in gateways]
+        self.assertEqual(
+            {n: c for n, c in calls.items() if c > 1}, {}, f"{answers}; see {self.log_path}"
+        )
 
         def settled() -> bool:
             return not conflicted(self.urls, self.name)
