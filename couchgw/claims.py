@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
@@ -43,11 +43,15 @@ log = Logger()
 #: conflict (the gateway's C{_transition}: it counts outcomes and starts callbacks).
 Transition = Callable[[Doc, dict[str, Any]], "Deferred[Doc | None]"]
 
+#: What looking once more at a claim may meet.
+_RECHECK_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, NotFound, Conflict)
 #: What a write-back waits out: CouchDB down, or refusing the credentials for a while.
 _WAIT_OUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, Unauthorized, Forbidden)
 
 #: How often a confirmation tries to read every copy before it gives the claim up.
 CONFIRM_TRIES = 4
+#: Seconds after which a claim whose write got no answer is looked at once more.
+RECHECK = 60.0
 
 
 class Claims:
@@ -86,6 +90,8 @@ class Claims:
         #: How claims went: C{taken} at once, C{confirmed} after reading the copies back,
         #: C{lost} to another claim or an edit, C{unconfirmed} (not every copy could be read).
         self.answers: Counter[str] = Counter()
+        #: Claims whose write got no answer, to be looked at once more.
+        self._rechecks: set[IDelayedCall] = set()
 
     @inlineCallbacks
     def take(self, doc: Doc) -> Any:
@@ -104,7 +110,7 @@ class Claims:
         except UNAVAILABLE as e:
             # the claim may have got in all the same: a claim nobody knows it holds would wait
             # out its whole lease
-            found = yield self._read_back(new, e)
+            found = yield self._read_back(doc, new, e)
             if found is None or self.copies <= 1:
                 self.answers["taken" if found is not None else "lost"] += 1
                 return found
@@ -118,10 +124,12 @@ class Claims:
         return confirmed
 
     @inlineCallbacks
-    def _read_back(self, claimed: Doc, error: BaseException) -> Any:
+    def _read_back(self, before: Doc, claimed: Doc, error: BaseException) -> Any:
         """
         After a claim write that failed without an answer: wait until the message can be read,
-        and answer it if it holds this claim (None if it does not).
+        and answer it if it holds this claim (None if it does not).  A write still queued in
+        CouchDB may land later: the message is looked at once more, C{RECHECK} seconds on, and
+        a claim of this gateway's found then (which nobody works on) is given back.
         """
         doc_id = claimed["_id"]
         log.warn(
@@ -138,8 +146,35 @@ class Claims:
                 return None
             except UNAVAILABLE:
                 continue
-            return current if self.holds(current, claimed) else None
+            if self.holds(current, claimed):
+                return current
+            self._rechecks.add(self.clock.callLater(RECHECK, self._recheck, before, claimed))
+            return None
         return None
+
+    @inlineCallbacks
+    def _recheck(self, before: Doc, claimed: Doc) -> Any:
+        """Give back a claim that landed after this gateway had read that it did not."""
+        self._rechecks = {call for call in self._rechecks if call.active()}
+        try:
+            current = yield self.db.get(claimed["_id"])
+            if self.holds(current, claimed) and claimed["_id"] not in self.held:
+                log.warn("{id}: a claim that landed late is given back", id=claimed["_id"])
+                yield self.transition(current, message.released(before))
+        except _RECHECK_ERRORS as e:
+            log.warn(
+                "{id}: cannot look at a claim that may have landed late: {error}",
+                id=claimed["_id"],
+                error=describe_error(e),
+            )
+
+    def stop(self) -> None:
+        """The gateway stops: no more looking back at claims."""
+        self.closed = True
+        for call in self._rechecks:
+            if call.active():
+                call.cancel()
+        self._rechecks.clear()
 
     @inlineCallbacks
     def _confirm(self, claimed: Doc) -> Any:

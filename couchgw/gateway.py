@@ -472,7 +472,8 @@ class Gateway(Service):
             yield DeferredList([claim.give_back() for claim in held])
         yield leaving
         yield self.members.stop()
-        self._closed = self.claims.closed = True
+        self._closed = True
+        self.claims.stop()
         if self.couch_error is None:
             try:
                 yield self.save_checkpoint()

@@ -53,11 +53,13 @@ class ScriptedCouch(Resource):
         super().__init__()
         self.script = script
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
 
     def render(self, request: Request) -> bytes:
         method, path = request.method.decode(), request.path.decode()
         args = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
         self.requests.append((method, path, args))
+        self.bodies.append(request.content.read() if request.content else b"")
         status, body = self.script[(method, path)].pop(0)
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
@@ -68,7 +70,7 @@ class ClaimDecision(SynchronousTestCase):
     """What a claim write's answer means, with stubbed answers."""
 
     def claim(
-        self, n: int, script: dict[tuple[str, str], list[tuple[int, Any]]]
+        self, n: int, script: dict[tuple[str, str], list[tuple[int, Any]]], seconds: float = 25
     ) -> tuple[Any, ScriptedCouch]:
         couch = ScriptedCouch(script)
         clock = Clock()
@@ -80,7 +82,7 @@ class ClaimDecision(SynchronousTestCase):
         gateway.claims.copies = n
         doc = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping"}
         d = gateway.claims.take(doc)
-        for _ in range(100):  # the answers, the settle delay, the answers after it
+        for _ in range(int(seconds * 4)):  # the answers, the delays, the answers after them
             agent.flush()
             clock.advance(0.25)
         return self.successResultOf(d), couch
@@ -188,6 +190,45 @@ class ClaimDecision(SynchronousTestCase):
         )
         self.assertIsNone(claimed)
         self.assertEqual([args.get("r") for _, _, args in couch.requests[1:]], ["3"] * 4)
+
+    def test_an_answer_lost_but_the_claim_got_in(self) -> None:
+        """The connection dropped after the claim went in: read back, confirmed, called."""
+        claimed, couch = self.claim(
+            3,
+            {
+                ("PUT", "/db/m"): [(500, {"error": "internal_server_error"})],
+                ("GET", "/db/m"): [(200, self.claimed_by("me", "2-b"))] * 3,
+            },
+        )
+        self.assertEqual(claimed["_rev"], "2-b")
+        self.assertEqual(
+            [args for _, _, args in couch.requests[1:]],
+            [{"conflicts": "true"}, {"r": "3"}, {"conflicts": "true", "r": "3"}],
+        )
+
+    def test_a_claim_that_lands_late_is_given_back(self) -> None:
+        """Read back before it landed: not ours; once it landed, nobody would work on it."""
+        first = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping"}
+        claimed, couch = self.claim(
+            1,
+            {
+                ("POST", "/db/_bulk_docs"): [
+                    (500, {"error": "internal_server_error"}),
+                    (201, [{"ok": True, "id": "m", "rev": "3-c"}]),
+                ],
+                ("GET", "/db/m"): [(200, first), (200, self.claimed_by("me", "2-b"))],
+            },
+            seconds=90,
+        )
+        self.assertIsNone(claimed)
+        method, path, _ = couch.requests[-1]
+        self.assertEqual((method, path), ("POST", "/db/_bulk_docs"))
+        released = json.loads(couch.bodies[-1])["docs"][0]
+        self.assertEqual(released["_rev"], "2-b")
+        self.assertEqual(
+            {k: released.get(k) for k in ("status", "claim", "attempts")},
+            {"status": None, "claim": None, "attempts": None},
+        )
 
     def test_conflict_means_lost(self) -> None:
         claimed, couch = self.claim(
