@@ -109,6 +109,20 @@ class _GatewayState(Collector):
                 "Seconds since the checkpoint was last written.",
                 value=age,
             )
+        claims = CounterMetricFamily(
+            "couchgw_claims",
+            "Claims by how they went: taken at once, confirmed (a cluster's copies read back), "
+            "lost (to another gateway or an edit), unconfirmed (not every copy could be read).",
+            labels=["answer"],
+        )
+        for answer in ("taken", "confirmed", "lost", "unconfirmed"):
+            claims.add_metric([answer], gateway.claims.answers[answer])
+        yield claims
+        yield GaugeMetricFamily(
+            "couchgw_gateways",
+            "Gateways sharing the database that this one sees alive (itself included).",
+            value=len(gateway.members.others) + 1,
+        )
         yield GaugeMetricFamily(
             "couchgw_up",
             "1 while CouchDB answers and the gateway works.",

@@ -66,6 +66,9 @@ def test_metrics_move_as_messages_flow(running: Any) -> None:
     assert after[("couchgw_checkpoint_age_seconds", ())] >= 0
     assert ("couchgw_feed_reconnects_total", ()) in after
     assert ("couchgw_retries_total", (("route", "default"),)) not in after  # none yet
+    assert after[("couchgw_claims_total", (("answer", "taken"),))] == 3  # alone: each at once
+    assert after[("couchgw_claims_total", (("answer", "lost"),))] == 0
+    assert after[("couchgw_gateways", ())] == 1
 
 
 @pytest.mark.skipif(
