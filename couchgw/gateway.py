@@ -269,6 +269,13 @@ class Gateway(Service):
                 yield deferLater(self.clock, delay, lambda: None)
         if not self.running:
             return
+        if first:
+            # who else is there decides which messages are this gateway's: know it before the
+            # feed brings any (alone, it claims them all at once)
+            self.members.start(local=supports_selector(welcome))
+            yield self.members.started()
+            if not self.running:
+                return
         self.couch_error = None
         self.claims.copies = copies(info)
         self.checkpoint = Checkpoint(saved.get("seq"))
@@ -303,7 +310,6 @@ class Gateway(Service):
         self.feed.start()
         self._publish_door()
         if first:
-            self.members.start(local=supports_selector(welcome))
             for target in self.targets.values():
                 self._reload(target)
             # the feed brings every new message; the sweep's first look, for what came due

@@ -101,6 +101,12 @@ class Members:
         self._loop: LoopingCall | None = None
         self._beating: Deferred[Any] | None = None
         self._was_claiming = False
+        #: Whether it passed over messages while it could not claim (it sweeps once it can).
+        self._passed_over = False
+        #: Whether the first announcement and read of the others ended (well or not), and who
+        #: waits for that.
+        self._first_done = False
+        self._first_waiting: list[Deferred[None]] = []
         #: Why the last announcement or read failed (None when it worked).
         self.error: str | None = None
 
@@ -118,6 +124,7 @@ class Members:
     def owns(self, doc_id: str, route: str | None) -> bool:
         """Whether this gateway is the one to handle this message now."""
         if not self.claiming():
+            self._passed_over = True
             return False
         if not self.others:
             return True
@@ -148,8 +155,19 @@ class Members:
 
     # -- life cycle ------------------------------------------------------------------------------
 
+    def started(self) -> Deferred[None]:
+        """A Deferred that fires once the first beat (announcement, read) ended, well or not."""
+        waiter: Deferred[None] = Deferred()
+        if self._first_done:
+            waiter.callback(None)
+        else:
+            self._first_waiting.append(waiter)
+        return waiter
+
     def start(self, local: bool = False) -> None:
         """Announce this gateway every beat (in a C{_local/} document with C{local})."""
+        self._first_done = self._leaving = False
+        self._read_at = self._written_at = None
         self._local = local
         self._doc = {"_id": ("_local/" if local else "") + PREFIX + self.id}
         self._loop = LoopingCall(self._beat)
@@ -213,9 +231,15 @@ class Members:
             beating, self._beating = self._beating, None
             beating.callback(None)
         claiming = self.claiming()
-        if claiming and not self._was_claiming:
-            self.on_change()
+        if claiming and not self._was_claiming and self._passed_over:
+            self._passed_over = False
+            self.on_change()  # what it passed over while it could not claim may be its own
         self._was_claiming = claiming
+        if not self._first_done:
+            self._first_done = True
+            waiting, self._first_waiting = self._first_waiting, []
+            for waiter in waiting:
+                waiter.callback(None)
 
     @inlineCallbacks
     def _announce(self) -> Any:

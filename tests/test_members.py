@@ -83,10 +83,11 @@ class Announcements(TestCase):
         welcome = yield self.db.welcome()
         local = supports_selector(welcome)
         a = self.members("a", local)
+        self.assertFalse(a.owns("early", "default"))  # before its first beat: nobody's yet
         yield a._beat()
         self.assertTrue(a.claiming())  # alone: at once
         self.assertTrue(all(a.owns(f"m{i}", "default") for i in range(50)))
-        self.assertEqual(self.changes["a"], 1)
+        self.assertEqual(self.changes["a"], 1)  # it sweeps for what it passed over
 
         b = self.members("b", local)
         yield b._beat()
