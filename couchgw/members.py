@@ -220,10 +220,16 @@ class Members:
     @inlineCallbacks
     def _beat(self) -> Any:
         self._beating = Deferred()
+        fenced = (
+            self._from is not None and self._from <= self.clock.seconds() and not self.claiming()
+        )
         try:
             yield self._announce()
             yield self._read()
             self.error = None
+            if fenced and self.others:
+                # the others may have taken this gateway for gone: it joins them again
+                self._from = self.clock.seconds() + 2 * self.beat
         except _EXPECTED as e:
             self.error = describe_error(e)
             log.warn("cannot announce this gateway or read the others: {error}", error=self.error)

@@ -174,6 +174,30 @@ def cluster_problem(urls: list[str]) -> str | None:
     return None
 
 
+def setup_error(cluster: str) -> str:
+    """The one line a test run gives when C{COUCHGW_TEST_CLUSTER} names C{cluster}: its error."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--co",
+            "tests/test_units.py",
+        ],
+        cwd=ROOT,
+        env={**os.environ, CLUSTER_ENV: cluster},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode != 0 and len(lines) == 1, run.stderr
+    return lines[0]
+
+
 def is_pouchdb() -> bool:
     return "express-pouchdb" in (http("GET", couch_url())[1] or {})
 

@@ -17,7 +17,7 @@ from twisted.web.client import Agent
 
 from couchgw.couch import Database, connection_pool, supports_selector
 from couchgw.members import Members, owner
-from tests.servers import new_db_url
+from tests.servers import free_port, new_db_url, setup_error
 
 
 class Ownership(SynchronousTestCase):
@@ -143,3 +143,26 @@ class Announcements(TestCase):
         # b's clock went on too, and it could not announce itself meanwhile: it claims nothing
         self.assertFalse(b.claiming())
         self.assertEqual(b.problems(), ["cannot announce this gateway to the others"])
+        yield b._beat()  # it can again: but a took it for gone, so it joins again
+        self.assertFalse(b.claiming())
+        self.assertIn("joining 1 other gateway(s)", b.problems()[0])
+        self.clock.advance(5)
+        yield a._beat()
+        yield b._beat()
+        self.clock.advance(5)
+        yield b._beat()
+        self.assertTrue(b.claiming())
+
+
+def test_a_bad_cluster_for_the_tests_is_one_line() -> None:
+    """A node that does not answer stops the test run at once, saying so in one line."""
+    port = free_port()  # nothing listens there
+    named = f"http://admin:x@127.0.0.1:{port}," * 2 + f"http://a:b@127.0.0.1:{port}"
+    error = setup_error(named)
+    assert error.startswith(f"ERROR: COUCHGW_TEST_CLUSTER: http://127.0.0.1:{port} does not answer")
+    assert "x@" not in error and ":b@" not in error  # no password shown
+    error = setup_error("http://127.0.0.1:1")
+    assert (
+        error
+        == "ERROR: COUCHGW_TEST_CLUSTER: names 1 node(s); the cluster tests need 3, comma-separated"
+    )

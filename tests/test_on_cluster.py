@@ -31,7 +31,15 @@ from twisted.web.client import Agent
 
 from couchgw.couch import Conflict, Database, ServerError, connection_pool
 from couchgw.gateway import Gateway
-from tests.servers import CLUSTER_CONTROL_ENV, cluster_urls, http, start_demo, stop, wait_until
+from tests.servers import (
+    CLUSTER_CONTROL_ENV,
+    cluster_urls,
+    http,
+    setup_error,
+    start_demo,
+    stop,
+    wait_until,
+)
 from tests.test_e2e import TERMINAL, Twistd, wait_terminal
 from tests.test_gateway import GatewayTestCase
 
@@ -225,6 +233,17 @@ class OnCluster(GatewayTestCase):
 
 def _run(command: str) -> None:
     subprocess.run(shlex.split(command), check=True, timeout=180, capture_output=True)
+
+
+def test_a_wrong_password_for_the_cluster_is_one_line() -> None:
+    nodes = cluster_urls()
+    wrong = re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:wrong@", nodes[0])
+    if "@" not in wrong:
+        wrong = wrong.replace("//", "//admin:wrong@", 1)
+    error = setup_error(",".join([wrong, *nodes[1:]]))
+    clean = re.sub(r"//[^@/]*@", "//", nodes[0])
+    assert error.startswith(f"ERROR: COUCHGW_TEST_CLUSTER: {clean} refuses user "), error
+    assert "wrong" not in error
 
 
 def test_three_gateways_one_per_node(tmp_path: Path) -> None:
