@@ -54,9 +54,14 @@ def activate(doc_id: str, count: int = 1) -> dict[str, Any]:
     }
 
 
-@pytest.mark.skipif(bool(os.environ.get(COUCH_ENV)), reason="kills and starts PouchDB Server")
+@pytest.mark.skipif(
+    bool(os.environ.get(COUCH_ENV)), reason="kills, starts or reconfigures PouchDB Server"
+)
 class CouchFaults(GatewayTestCase):
-    """Each test runs a PouchDB Server of its own, on a port of its own."""
+    """
+    Each test runs a PouchDB Server of its own, on a port of its own: it stops, starts or
+    changes the admins of the server itself, which a shared external server cannot be put to.
+    """
 
     timeout = 120
 
@@ -159,20 +164,23 @@ class CouchFaults(GatewayTestCase):
         doc = yield self.terminal("m")
         self.assertEqual((doc["status"], doc["result"]), ("forwarded", "later"))
 
+
+class DatabaseFaults(GatewayTestCase):
+    """On the test server (PouchDB Server, or the CouchDB named by $COUCHGW_TEST_COUCH)."""
+
+    timeout = 120
+
     @inlineCallbacks
     def test_database_deleted(self) -> Any:
         """The database is created again and followed from its start."""
-        port = free_port()
-        self.couch(port, wait=True)
-        self.use_couch(port)
         gateway = self.gateway()
         yield self.ready(gateway)
         yield self.db.put({"_id": "before", "type": "message", "operation": "ping"})
         yield self.terminal("before")
-        status, _ = http("DELETE", self.db.url)
+        status, _ = http("DELETE", self.db_url)
         self.assertEqual(status, 200)
         yield self.wait_for(
-            lambda: http("GET", self.db.url)[0] == 200, what="the database to be created again"
+            lambda: http("GET", self.db_url)[0] == 200, what="the database to be created again"
         )
         yield self.ready(gateway)
         yield self.db.put({"_id": "after", "type": "message", "operation": "ping", "text": "x"})
