@@ -33,7 +33,17 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from couchgw import message
-from couchgw.couch import UNAVAILABLE, Conflict, Database, Doc, Forbidden, NotFound, Unauthorized
+from couchgw.couch import (
+    UNAVAILABLE,
+    Conflict,
+    CouchError,
+    Database,
+    Doc,
+    Forbidden,
+    NotFound,
+    ServerError,
+    Unauthorized,
+)
 from couchgw.errors import describe_error, log_error
 from couchgw.timing import Backoff, iso
 
@@ -43,8 +53,8 @@ log = Logger()
 #: conflict (the gateway's C{_transition}: it counts outcomes and starts callbacks).
 Transition = Callable[[Doc, dict[str, Any]], "Deferred[Doc | None]"]
 
-#: What looking once more at a claim may meet.
-_RECHECK_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, NotFound, Conflict)
+#: What looking once more at a claim, or merging the losing claims, may meet.
+_COUCH_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, CouchError)
 #: What a write-back waits out: CouchDB down, or refusing the credentials for a while.
 _WAIT_OUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, Unauthorized, Forbidden)
 
@@ -161,7 +171,7 @@ class Claims:
             if self.holds(current, claimed) and claimed["_id"] not in self.held:
                 log.warn("{id}: a claim that landed late is given back", id=claimed["_id"])
                 yield self.transition(current, message.released(before))
-        except _RECHECK_ERRORS as e:
+        except _COUCH_ERRORS as e:
             log.warn(
                 "{id}: cannot look at a claim that may have landed late: {error}",
                 id=claimed["_id"],
@@ -182,7 +192,8 @@ class Claims:
         doc_id = claimed["_id"]
         yield deferLater(self.clock, self.settle, lambda: None)
         backoff = Backoff(base=0.5, cap=5.0)
-        for attempt in range(CONFIRM_TRIES):
+        tries = 0
+        while True:
             try:
                 yield self.db.get(doc_id, r=self.copies)  # copies that differ are repaired
                 current = yield self.db.get(doc_id, conflicts="true", r=self.copies)
@@ -190,7 +201,10 @@ class Claims:
             except NotFound:
                 return None  # deleted
             except UNAVAILABLE as e:
-                if attempt == CONFIRM_TRIES - 1:
+                # CouchDB answering that not every copy replied counts; its node out of reach
+                # is waited out (the claim is confirmed once it is back)
+                tries += isinstance(e, ServerError)
+                if tries >= CONFIRM_TRIES or self.closed:
                     self.answers["unconfirmed"] += 1
                     log.warn(
                         "{id}: cannot read every copy to confirm the claim ({error}); not "
@@ -206,8 +220,16 @@ class Claims:
             return None
         self.answers["confirmed"] += 1
         if current.get("_conflicts"):
-            resolved = yield self.resolve(current)
-            current = resolved or message.apply(current, {})  # else the next sweep resolves it
+            try:
+                resolved = yield self.resolve(current)
+            except _COUCH_ERRORS as e:  # the claim won all the same: the sweep merges later
+                log.warn(
+                    "{id}: cannot merge the losing claims: {error}",
+                    id=doc_id,
+                    error=describe_error(e),
+                )
+                resolved = None
+            current = resolved or message.apply(current, {})
         return current
 
     @inlineCallbacks

@@ -198,7 +198,7 @@ class OnCluster(GatewayTestCase):
         control = os.environ.get(CLUSTER_CONTROL_ENV)
         if not control:
             pytest.skip(f"${CLUSTER_CONTROL_ENV} names no command to stop and start a node")
-        gateways = self.on_each_node(announce=2.0, settle=0.2)
+        gateways = self.on_each_node(announce=3.0, settle=0.2)
         for gateway in gateways:
             yield self.ready(gateway)
         ids = [f"n{i:03d}" for i in range(300)]
