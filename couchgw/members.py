@@ -3,8 +3,10 @@ The gateways that share a database, and which of them handles each message.
 
 Every gateway announces itself in a document of the database, C{couchgw-gateway:<its id>}
 (C{type: "gateway"}), written again every C{beat} seconds with the time of writing; a gateway is
-alive while that time is less than C{ttl} seconds old.  A gateway that stops deletes its
-document; one that dies leaves it to expire.  On Apache CouchDB 2 and later the documents are
+alive while that time is less than C{ttl} seconds old.  A gateway that stops says at once that
+it is leaving (it claims nothing new, the others take its messages over, its calls in flight
+end), then deletes its document; one that dies leaves it to expire.  On Apache CouchDB 2 and
+later the documents are
 C{_local/} ones: CouchDB runs no validate function for those (which would make an announcement
 wait behind every message write under load), and lists them with C{_local_docs}.
 
@@ -18,7 +20,7 @@ database do not contend for a message while they agree on who is alive:
   has read the members again, seen it, and stopped claiming its messages);
 - a gateway claims nothing while its own announcement may have expired for the others (it could
   not write it, or not read the members, for C{ttl - beat} seconds): they may be taking its
-  messages over.
+  messages over.  Once it can again, it joins them as a new one does.
 
 The claim itself (L{couchgw.claims}) still settles the moments when two gateways disagree.
 """
@@ -43,10 +45,11 @@ from couchgw.timing import iso
 
 log = Logger()
 
+#: The announcements' ids (after C{_local/} on Apache CouchDB), and their type.
 PREFIX = "couchgw-gateway:"
+TYPE = "gateway"
 #: What an announcement or a read of the others may meet: CouchDB's errors, or none reached.
 _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
-TYPE = "gateway"
 
 
 def rank(gateway: str, doc_id: str) -> int:

@@ -47,7 +47,7 @@ class GatewayTestCase(TestCase):
         )
         options.setdefault("heartbeat", 1.0)
         options.setdefault("sweep_interval", 1.0)
-        options.setdefault("announce", 0.5)
+        options.setdefault("announce", 1.0)
         gateway = Gateway(db or self.db, {"default": target}, reactor, **options)
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)

@@ -26,6 +26,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.client import Agent
 
@@ -204,14 +205,11 @@ class OnCluster(GatewayTestCase):
         ids = [f"n{i:03d}" for i in range(300)]
         yield self.db.bulk_docs([activate(doc_id, 1) for doc_id in ids])
         yield self.wait_for(lambda: self.activated_any() >= 50, 60, "50 calls")
-        restarted = False
         try:
-            yield deferLater(reactor, 0, _run, f"{control} stop 3")
+            yield deferToThread(_run, f"{control} stop 3")
             yield self.wait_for(lambda: self.activated_any() >= 200, 120, "200 calls")
         finally:
-            yield deferLater(reactor, 0, _run, f"{control} start 3")
-            restarted = True
-        self.assertTrue(restarted)
+            yield deferToThread(_run, f"{control} start 3")
         for doc_id in ids:
             doc = yield self.terminal(doc_id, 120)
             self.assertEqual(doc["status"], "forwarded", doc_id)
@@ -222,10 +220,12 @@ class OnCluster(GatewayTestCase):
             {n: c for n, c in calls.items() if c > 1}, {}, f"{answers}; see {self.log_path}"
         )
 
-        def settled() -> bool:
-            return not conflicted(self.urls, self.name)
+        @inlineCallbacks
+        def settled() -> Any:
+            left = yield deferToThread(conflicted, self.urls, self.name)
+            return not left
 
-        yield deferLater(reactor, 0, wait_until, settled, 120, "no conflicts on any node")
+        yield self.wait_for(settled, 120, "no conflicts on any node")
 
     def activated_any(self) -> int:
         return self.demo_log.read_text().count("activated network=")
