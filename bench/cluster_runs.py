@@ -23,36 +23,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import http, start_demo, stop  # noqa: E402
-from tests.test_e2e import Twistd, wait_terminal  # noqa: E402
-from tests.test_on_cluster import conflicted  # noqa: E402
+from tests.servers import http, stop  # noqa: E402
+from tests.test_e2e import wait_terminal  # noqa: E402
+from tests.test_on_cluster import conflicted, gateways_per_node  # noqa: E402
 
 
 def run(urls: list[str], messages: int, folder: Path) -> dict[str, Any]:
     name = f"runs-{uuid.uuid4().hex[:8]}"
     assert http("PUT", f"{urls[0]}/{name}?n=3&q=2")[0] in (201, 202)
     log = folder / "target.log"
-    wsdl, demo = start_demo(log, 0.0)
-    routes = folder / "routes.toml"
-    json_url = wsdl.replace("/?wsdl", "/json")
-    routes.write_text(f'[routes.null]\nkind = "http"\nurl = "{json_url}"\nconcurrency = 50\n')
-    gateways = []
+    gateways, demo = gateways_per_node(folder, urls, name, log)
     try:
-        for i, url in enumerate(urls):
-            (folder / f"g{i + 1}").mkdir()
-            gateways.append(
-                Twistd(
-                    folder / f"g{i + 1}",
-                    "--couch",
-                    f"{url}/{name}",
-                    "--target",
-                    wsdl,
-                    "--routes",
-                    str(routes),
-                )
-            )
-        for gateway in gateways:
-            gateway.wait_ready(120)
         ids = [f"m{i:05d}" for i in range(messages)]
         began = time.monotonic()
         for first in range(0, messages, 250):

@@ -246,6 +246,45 @@ def test_a_wrong_password_for_the_cluster_is_one_line() -> None:
     assert "wrong" not in error
 
 
+def gateways_per_node(
+    folder: Path, urls: list[str], name: str, target_log: Path, *options: str
+) -> tuple[list[Twistd], Any]:
+    """
+    The demo (its JSON operations as the route C{null}, each call logged by message id to
+    C{target_log}) and one C{twistd couchgw} per node on database C{name}; answers the gateways,
+    ready, and the demo's process.  The caller stops them all.
+    """
+    wsdl, demo = start_demo(target_log, 0.0)
+    routes = folder / "routes.toml"
+    json_url = wsdl.replace("/?wsdl", "/json")
+    routes.write_text(f'[routes.null]\nkind = "http"\nurl = "{json_url}"\nconcurrency = 50\n')
+    gateways: list[Twistd] = []
+    try:
+        for i, url in enumerate(urls):
+            own = folder / f"gateway{i + 1}"
+            own.mkdir()
+            gateways.append(
+                Twistd(
+                    own,
+                    "--couch",
+                    f"{url}/{name}",
+                    "--target",
+                    wsdl,
+                    "--routes",
+                    str(routes),
+                    *options,
+                )
+            )
+        for gateway in gateways:
+            gateway.wait_ready(120)
+    except BaseException:
+        for gateway in gateways:
+            stop(gateway.process)
+        stop(demo)
+        raise
+    return gateways, demo
+
+
 def test_three_gateways_one_per_node(tmp_path: Path) -> None:
     """
     Three C{twistd couchgw}, each on its own node, 1,000 messages to a target that logs every
@@ -254,30 +293,8 @@ def test_three_gateways_one_per_node(tmp_path: Path) -> None:
     urls = cluster_urls()
     name = new_cluster_db("e2e")
     log = tmp_path / "target.log"
-    wsdl, demo = start_demo(log, 0.0)
-    json_url = wsdl.replace("/?wsdl", "/json")
-    routes = tmp_path / "routes.toml"
-    routes.write_text(f'[routes.null]\nkind = "http"\nurl = "{json_url}"\nconcurrency = 50\n')
-    started: list[Twistd] = []
+    started, demo = gateways_per_node(tmp_path, urls[:3], name, log, "--sweep", "5")
     try:
-        for i, url in enumerate(urls[:3]):
-            folder = tmp_path / f"gateway{i + 1}"
-            folder.mkdir()
-            started.append(
-                Twistd(
-                    folder,
-                    "--couch",
-                    f"{url}/{name}",
-                    "--target",
-                    wsdl,
-                    "--routes",
-                    str(routes),
-                    "--sweep",
-                    "5",
-                )
-            )
-        for gateway in started:
-            gateway.wait_ready(120)
         ids = [f"m{i:04d}" for i in range(1000)]
         for first in range(0, len(ids), 250):
             docs = [
