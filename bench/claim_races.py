@@ -76,8 +76,9 @@ def claims(urls: list[str], db: str, rounds: int) -> dict[str, Any]:
     from twisted.internet.defer import gatherResults, inlineCallbacks
     from twisted.web.client import Agent
 
-    from couchgw.claims import Claims
-    from couchgw.couch import Database, connection_pool
+    from couchgw.connections import connection_pool
+    from couchgw.couch.client import Database
+    from couchgw.gateway.claims import Claims
 
     pool = connection_pool(reactor)
     agent = Agent(reactor, pool=pool)
@@ -133,7 +134,7 @@ def main() -> int:
     db = f"races-{uuid.uuid4().hex[:8]}"
     assert http("PUT", f"{urls[0]}/{db}?n=3&q=2")[0] in (201, 202)
     # the validate functions a couchgw database has, so that writes cost what they cost there
-    from couchgw.design import load as design_docs
+    from couchgw.couch.design import load as design_docs
 
     for doc in design_docs().values():
         http("PUT", f"{urls[0]}/{db}/{doc['_id']}", doc)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from bench.backlog import cpu_seconds, drain, write_backlog  # noqa: E402
-from couchgw.couch import basic_auth, split_credentials  # noqa: E402
+from couchgw.connections import basic_auth, split_credentials  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def bare_suds(wsdl: str, calls: int, threads: int) -> float:
     """Calls per second of a plain suds loop on the demo's C{ping}, one client per thread."""
     from suds.client import Client
 
-    from couchgw.soap import clone
+    from couchgw.targets.soap import clone
 
     loaded = Client(wsdl)
     per = calls // threads

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from couchgw import message
-from couchgw.couch import basic_auth, split_credentials
+from couchgw.connections import basic_auth, split_credentials
 
 DEFAULT_COUCH = "http://127.0.0.1:5984/messages"
 DEFAULT_API = "http://127.0.0.1:8470"
@@ -272,8 +272,9 @@ def push(args: argparse.Namespace) -> int:
     from twisted.internet.task import react
     from twisted.web.client import HTTPConnectionPool
 
-    from couchgw import design
-    from couchgw.couch import Database, agent
+    from couchgw.connections import agent
+    from couchgw.couch import design
+    from couchgw.couch.client import Database
 
     @inlineCallbacks
     def run(reactor: Any) -> Any:

@@ -41,7 +41,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.wsgi import WSGIResource
 
-from couchgw.threads import ThreadPoolService
+from couchgw.targets.threads import ThreadPoolService
 
 log = Logger()
 

@@ -6,7 +6,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from couchgw.couch import UNAVAILABLE, CouchError
+from couchgw.couch.errors import UNAVAILABLE, CouchError
 
 log = Logger()
 

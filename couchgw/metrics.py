@@ -2,23 +2,49 @@
 Prometheus metrics (C{GET /metrics}), through C{prometheus_client}: a registry of the gateway's
 own, so that several gateways in one process (the tests) do not mix.
 
-Counters move as the gateway works; gauges are read off the gateway when scraped.
+Counters move as the gateway works; gauges are read off the gateway when scraped (it hands
+them over as L{Gauges}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from couchgw.gateway import Gateway
-
 #: From a millisecond ping to a call of many minutes.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+@dataclass(frozen=True)
+class RouteGauges:
+    name: str
+    in_flight: int
+    busy: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """The gateway's state at a scrape."""
+
+    routes: list[RouteGauges]
+    #: Documents being handled now (all routes).
+    active: int
+    feed_reconnects: int
+    feed_connected: bool
+    #: Seconds since the checkpoint was last written (None before that).
+    checkpoint_age: float | None
+    #: Claims by answer (taken, confirmed, lost, unconfirmed).
+    claims: Mapping[str, int]
+    #: Gateways sharing the database that this one sees alive (itself included).
+    gateways: int
+    #: Whether CouchDB answers.
+    up: bool
 
 
 class Metrics:
@@ -52,18 +78,18 @@ class Metrics:
         #: Changes of the database the feed has not read yet (set before each scrape).
         self.feed_lag: float | None = None
 
-    def watch(self, gateway: Gateway) -> None:
-        """Read the gauges off C{gateway} at each scrape."""
-        self.registry.register(_GatewayState(gateway, self))
+    def watch(self, read: Callable[[], Gauges]) -> None:
+        """Read the gauges with C{read} at each scrape."""
+        self.registry.register(_GatewayState(read, self))
 
 
 class _GatewayState(Collector):
-    def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
-        self.gateway = gateway
+    def __init__(self, read: Callable[[], Gauges], metrics: Metrics) -> None:
+        self.read = read
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        gateway = self.gateway
+        gauges = self.read()
         in_flight = GaugeMetricFamily(
             "couchgw_in_flight", "Messages being handled now, by route.", labels=["route"]
         )
@@ -75,26 +101,25 @@ class _GatewayState(Collector):
         ready = GaugeMetricFamily(
             "couchgw_route_ready", "1 when the route is ready, else 0.", labels=["route"]
         )
-        for name, target in sorted(gateway.targets.items()):
-            in_flight.add_metric([name], gateway.inflight[name])
-            busy.add_metric([name], target.busy)
-            ready.add_metric([name], 1 if target.state == "ready" else 0)
+        for route in gauges.routes:
+            in_flight.add_metric([route.name], route.in_flight)
+            busy.add_metric([route.name], route.busy)
+            ready.add_metric([route.name], 1 if route.ready else 0)
         yield in_flight
         yield busy
         yield ready
         yield GaugeMetricFamily(
-            "couchgw_active", "Documents being handled now (all routes).", value=len(gateway.active)
+            "couchgw_active", "Documents being handled now (all routes).", value=gauges.active
         )
-        feed = gateway.feed
         yield CounterMetricFamily(
             "couchgw_feed_reconnects",
             "Times the changes feed connected again.",
-            value=feed.reconnects if feed else 0,
+            value=gauges.feed_reconnects,
         )
         yield GaugeMetricFamily(
             "couchgw_feed_connected",
             "1 while the changes feed is connected.",
-            value=1 if feed is not None and feed.state == "connected" else 0,
+            value=1 if gauges.feed_connected else 0,
         )
         if self.metrics.feed_lag is not None:
             yield GaugeMetricFamily(
@@ -102,12 +127,11 @@ class _GatewayState(Collector):
                 "Changes of the database after the last one the feed read.",
                 value=self.metrics.feed_lag,
             )
-        age = gateway.checkpoint_age()
-        if age is not None:
+        if gauges.checkpoint_age is not None:
             yield GaugeMetricFamily(
                 "couchgw_checkpoint_age_seconds",
                 "Seconds since the checkpoint was last written.",
-                value=age,
+                value=gauges.checkpoint_age,
             )
         claims = CounterMetricFamily(
             "couchgw_claims",
@@ -116,15 +140,15 @@ class _GatewayState(Collector):
             labels=["answer"],
         )
         for answer in ("taken", "confirmed", "lost", "unconfirmed"):
-            claims.add_metric([answer], gateway.claims.answers[answer])
+            claims.add_metric([answer], gauges.claims.get(answer, 0))
         yield claims
         yield GaugeMetricFamily(
             "couchgw_gateways",
             "Gateways sharing the database that this one sees alive (itself included).",
-            value=len(gateway.members.others) + 1,
+            value=gauges.gateways,
         )
         yield GaugeMetricFamily(
             "couchgw_up",
             "1 while CouchDB answers and the gateway works.",
-            value=0 if gateway.couch_error else 1,
+            value=1 if gauges.up else 0,
         )

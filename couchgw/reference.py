@@ -6,7 +6,7 @@ The configuration reference, generated from the plugin's options so that it cann
 
 from __future__ import annotations
 
-from couchgw.tap import SECRET_ENV, Options
+from couchgw.options import SECRET_ENV, Options
 
 HEADER = """# Configuration reference
 

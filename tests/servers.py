@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from couchgw.couch import split_credentials
+from couchgw.connections import split_credentials
 from couchgw.embedded import find_executable
 
 ROOT = Path(__file__).resolve().parent.parent

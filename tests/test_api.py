@@ -9,7 +9,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from couchgw.api import API
+from couchgw.web.api import API
 
 
 class FakeGateway:

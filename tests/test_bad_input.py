@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from couchgw import message
-from couchgw.couch import doc_path
+from couchgw.couch.client import doc_path
 from tests.test_gateway import GatewayTestCase
 
 LIMIT = 64 * 1024  # --max-message-bytes for these tests
@@ -323,7 +323,7 @@ class BadInput(GatewayTestCase):
             self.assertTrue(doc["_rev"].startswith("1-"), doc_id)
         self.assertEqual(self.calls(), ["ping"])
         self.assertEqual(gateway.problems(), [])
-        counted = gateway.counts.get("rejected", 0)
+        counted = gateway.handling.counts.get("rejected", 0)
         self.assertEqual(
             counted,
             len(CORPUS) - len(refused) + 1 + (1 if undecodable_utf8 in (200, 201) else 0),
@@ -335,12 +335,12 @@ class BadInput(GatewayTestCase):
         rejects them in place, and they keep what the client wrote."""
         gateway = self.gateway(self.wsdl, max_bytes=LIMIT, sweep_interval=3600)
         yield self.ready(gateway)
-        assert gateway.feed is not None
-        gateway.feed.stop()
+        assert gateway.intake.feed is not None
+        gateway.intake.feed.stop()
         big = msg(operation="ping", text="y" * (2 * LIMIT))
         yield self.db.put({"_id": "big", **big})
         yield self.put_raw("deep", deep_json("deep", 1200))  # PouchDB indexes up to ~2000
-        yield gateway.sweep()
+        yield gateway.intake.sweep()
         yield self.rejected_in_place("deep", message.undecodable())
         doc = yield self.terminal("big")
         self.assertEqual(doc["status"], "rejected")

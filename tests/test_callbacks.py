@@ -17,9 +17,9 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from couchgw.callbacks import SIGNATURE_HEADER, Callbacks, signature
-from couchgw.couch import connection_pool
+from couchgw.connections import connection_pool
 from couchgw.gateway import Gateway
+from couchgw.gateway.callbacks import SIGNATURE_HEADER, Callbacks, signature
 from couchgw.timing import Backoff, iso
 from tests.test_gateway import GatewayTestCase
 
@@ -124,7 +124,7 @@ class CallbackTests(GatewayTestCase):
                 "error": "host 'localhost' is not one --callback-allow names",
             },
         )
-        yield gateway.sweep()
+        yield gateway.intake.sweep()
         self.assertEqual(self.receiver.received, [])
 
     @inlineCallbacks

@@ -26,10 +26,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from couchgw import design, message
-from couchgw.couch import Database, Doc, connection_pool
-from couchgw.door import DOOR_ID
-from couchgw.gateway import Gateway, copies
+from couchgw import message
+from couchgw.connections import connection_pool
+from couchgw.couch import design
+from couchgw.couch.client import Database, Doc
+from couchgw.gateway import Gateway
+from couchgw.gateway.claims import copies
+from couchgw.targets.door import DOOR_ID
 from couchgw.timing import iso
 from tests.test_gateway import GatewayTestCase
 
@@ -368,7 +371,7 @@ class Races(GatewayTestCase):
             doc = yield self.db.get(doc_id)
             for gateway in gateways:  # each takes itself for the only one, as while one joins
                 gateway.members.others.clear()
-            yield gatherResults([gateway.submit(dict(doc)) for gateway in gateways])
+            yield gatherResults([gateway.intake.submit(dict(doc)) for gateway in gateways])
             final = yield self.terminal(doc_id)
             self.assertEqual((final["status"], final["attempts"]), ("forwarded", 1))
             self.assertEqual(self.activated(doc_id), 1)
@@ -437,8 +440,8 @@ class Batches(SynchronousTestCase):
     """Writes gathered into _bulk_docs while a request is in flight."""
 
     def test_waiting_writes_go_together_with_their_own_outcomes(self) -> None:
-        from couchgw.batch import BulkWriter
-        from couchgw.couch import Conflict, ServerError
+        from couchgw.couch.batch import BulkWriter
+        from couchgw.couch.errors import Conflict, ServerError
 
         sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
 

@@ -15,9 +15,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.web.server import Site
 
-from couchgw.api import API
-from couchgw.events import Events
 from couchgw.gateway import Gateway
+from couchgw.web.api import API
+from couchgw.web.events import Events
 from tests.test_gateway import GatewayTestCase
 
 ORDER = ["new", "dispatching", "retrying", "forwarded"]

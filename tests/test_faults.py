@@ -20,11 +20,12 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from couchgw.couch import Database, connection_pool
+from couchgw.connections import connection_pool
+from couchgw.couch.client import Database
 from couchgw.gateway import Gateway
 from couchgw.message import parse_time
-from couchgw.soap import SoapTarget
 from couchgw.tap import Options
+from couchgw.targets.soap import SoapTarget
 from couchgw.timing import Backoff, iso
 from tests.servers import (
     COUCH_ENV,
@@ -106,7 +107,7 @@ class CouchFaults(GatewayTestCase):
         yield self.wait_for(lambda: len(gateway.claims.held) == 4, what="four calls in flight")
         kill(process)
         yield self.wait_for(
-            lambda: gateway.feed is not None and gateway.feed.state != "connected",
+            lambda: gateway.intake.feed is not None and gateway.intake.feed.state != "connected",
             what="the feed to notice",
         )
         yield self.wait_for(
@@ -235,7 +236,7 @@ class TargetFaults(GatewayTestCase):
             lambda: any("route default unavailable" in p for p in gateway.problems()),
             what="the route to be reported unavailable",
         )
-        yield gateway.sweep()
+        yield gateway.intake.sweep()
         doc = yield self.db.get("wait")
         self.assertNotIn("status", doc)
         self.demo(port=port)
@@ -258,11 +259,11 @@ class TargetFaults(GatewayTestCase):
             what="the route to be reported down",
         )
         yield self.wait_for(  # a claim being written as the route went down is given back too
-            lambda: not gateway.claims.held and not any(gateway.inflight.values()),
+            lambda: not gateway.claims.held and not any(gateway.dispatch.inflight.values()),
             what="the calls in flight to end",
         )
         before = yield self.db.all_docs([f"w{i}" for i in range(6)], include_docs=True)
-        yield gateway.sweep()
+        yield gateway.intake.sweep()
         yield deferLater(reactor, 0.5, lambda: None)
         after = yield self.db.all_docs([f"w{i}" for i in range(6)], include_docs=True)
         self.assertEqual(after, before)  # while the route is down, nothing is tried
@@ -335,7 +336,10 @@ class Leases(GatewayTestCase):
         yield self.wait_for(renewed, what="the lease to be renewed")
         doc = yield self.terminal("long")
         self.assertEqual((doc["status"], doc["attempts"]), ("forwarded", 1))
-        self.assertEqual(first.counts.get("forwarded", 0) + second.counts.get("forwarded", 0), 1)
+        self.assertEqual(
+            first.handling.counts.get("forwarded", 0) + second.handling.counts.get("forwarded", 0),
+            1,
+        )
 
     @inlineCallbacks
     def test_expired_claim_is_taken_over(self) -> Any:
@@ -385,7 +389,7 @@ class Leases(GatewayTestCase):
         """
         gateway = self.gateway(grace=0.5)
         yield self.ready(gateway)
-        slots = gateway._slots["default"].limit
+        slots = gateway.dispatch.slots["default"].limit
         ids = [f"w{i}" for i in range(slots + 2)]
         yield self.db.bulk_docs([activate(doc_id, 40) for doc_id in ids])
         yield self.wait_for(
@@ -411,15 +415,15 @@ class Backpressure(GatewayTestCase):
         gateway = self.gateway(max_inflight=3)
         yield self.ready(gateway)
         peak, paused = [0], [False]
-        track = gateway._track
+        track = gateway.intake._track
 
         def tracked(doc_id: str, work: Any) -> Any:
             d = track(doc_id, work)
-            peak[0] = max(peak[0], len(gateway.active))
-            paused[0] = paused[0] or bool(gateway.feed and gateway.feed.paused)
+            peak[0] = max(peak[0], len(gateway.intake.active))
+            paused[0] = paused[0] or bool(gateway.intake.feed and gateway.intake.feed.paused)
             return d
 
-        gateway._track = tracked  # type: ignore[method-assign]
+        gateway.intake._track = tracked  # type: ignore[method-assign]
         yield self.db.bulk_docs([activate(f"b{i:02d}", 2) for i in range(20)])
         for i in range(20):
             doc = yield self.terminal(f"b{i:02d}")
@@ -427,5 +431,5 @@ class Backpressure(GatewayTestCase):
         self.assertEqual(peak[0], 3)
         self.assertTrue(paused[0])
         yield deferLater(reactor, 0, lambda: None)
-        assert gateway.feed is not None
-        self.assertFalse(gateway.feed.paused)
+        assert gateway.intake.feed is not None
+        self.assertFalse(gateway.intake.feed.paused)

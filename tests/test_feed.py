@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from couchgw.feed import ChangesFeed
+from couchgw.couch.feed import ChangesFeed
 from couchgw.timing import Backoff
 
 

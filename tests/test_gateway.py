@@ -15,11 +15,14 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
-from couchgw import design
-from couchgw.couch import UNAVAILABLE, Conflict, Database, NotFound, connection_pool
-from couchgw.gateway import CHECKPOINT_ID, Gateway
-from couchgw.soap import SoapTarget
-from couchgw.threads import ThreadPoolService
+from couchgw.connections import connection_pool
+from couchgw.couch import design
+from couchgw.couch.client import Database
+from couchgw.couch.errors import UNAVAILABLE, Conflict, NotFound
+from couchgw.gateway import Gateway
+from couchgw.gateway.checkpoint import CHECKPOINT_ID
+from couchgw.targets.soap import SoapTarget
+from couchgw.targets.threads import ThreadPoolService
 from tests.servers import demo_wsdl, is_pouchdb, new_db_url, start_demo, stop
 
 
@@ -183,22 +186,23 @@ class EndToEnd(GatewayTestCase):
         """
         gateway = self.gateway()
         yield self.ready(gateway)
-        assert gateway.feed is not None
+        assert gateway.intake.feed is not None
         pouchdb = is_pouchdb()
         self.assertEqual(
-            gateway.feed._filter_params["filter"], "couchgw/messages" if pouchdb else "_selector"
+            gateway.intake.feed._filter_params["filter"],
+            "couchgw/messages" if pouchdb else "_selector",
         )
         submitted: list[str] = []
-        submit = gateway.submit
-        gateway.submit = lambda doc: (submitted.append(doc["_id"]), submit(doc))[1]  # type: ignore[method-assign]
+        submit = gateway.intake.submit
+        gateway.intake.submit = lambda doc: (submitted.append(doc["_id"]), submit(doc))[1]  # type: ignore[method-assign]
         brought: set[tuple[str, Any]] = set()
-        on_change = gateway.feed._on_change
+        on_change = gateway.intake.feed._on_change
 
         def record(change: dict[str, Any]) -> object:
             brought.add((change["id"], (change.get("doc") or {}).get("status")))
             return on_change(change)
 
-        gateway.feed._on_change = record
+        gateway.intake.feed._on_change = record
         ids = [f"own{i}" for i in range(5)]
         yield self.db.bulk_docs([{"_id": i, "type": "message", "operation": "ping"} for i in ids])
         for doc_id in ids:
@@ -243,11 +247,11 @@ class EndToEnd(GatewayTestCase):
 
         again = self.gateway(gateway="second")
         yield self.ready(again)
-        swept = again.counts.copy()
-        yield again.sweep()
+        swept = again.handling.counts.copy()
+        yield again.intake.sweep()
         again_revisions = yield self.messages()
         self.assertEqual(again_revisions, revisions)
-        self.assertEqual(again.counts, swept)
+        self.assertEqual(again.handling.counts, swept)
 
     @inlineCallbacks
     def test_write_back_keeps_a_client_edit(self) -> Any:
@@ -291,7 +295,10 @@ class EndToEnd(GatewayTestCase):
         for i in range(40):
             doc = yield self.terminal(f"p{i:02d}")
             self.assertEqual((doc["status"], doc["attempts"]), ("forwarded", 1))
-        self.assertEqual(first.counts.get("forwarded", 0) + second.counts.get("forwarded", 0), 40)
+        self.assertEqual(
+            first.handling.counts.get("forwarded", 0) + second.handling.counts.get("forwarded", 0),
+            40,
+        )
 
 
 class DesignDocuments(GatewayTestCase):

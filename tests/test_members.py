@@ -15,8 +15,9 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
 
-from couchgw.couch import Database, connection_pool, supports_selector
-from couchgw.members import Members, owner
+from couchgw.connections import connection_pool
+from couchgw.couch.client import Database, supports_selector
+from couchgw.gateway.members import Members, owner
 from tests.servers import free_port, new_db_url, setup_error
 
 

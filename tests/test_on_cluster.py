@@ -30,7 +30,9 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.client import Agent
 
-from couchgw.couch import Conflict, Database, ServerError, connection_pool
+from couchgw.connections import connection_pool
+from couchgw.couch.client import Database
+from couchgw.couch.errors import Conflict, ServerError
 from couchgw.gateway import Gateway
 from tests.servers import (
     CLUSTER_CONTROL_ENV,
@@ -147,7 +149,7 @@ class OnCluster(GatewayTestCase):
             for gateway in gateways:
                 gateway.members.others.clear()
             yield gatherResults(
-                [gateway.submit(doc) for gateway, doc in zip(gateways, docs, strict=True)]
+                [gateway.intake.submit(doc) for gateway, doc in zip(gateways, docs, strict=True)]
             )
             final = yield self.terminal(doc_id, 60)
             self.assertEqual((final["status"], final["attempts"]), ("forwarded", 1), doc_id)

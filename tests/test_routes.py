@@ -17,13 +17,13 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from couchgw.couch import connection_pool
+from couchgw.connections import connection_pool
 from couchgw.demo import DemoService
 from couchgw.gateway import Gateway, Policy
-from couchgw.httptarget import HttpTarget
-from couchgw.interfaces import Fault, Transient, Unreachable
-from couchgw.routes import RouteConfig, RoutesError, build, kinds, parse
 from couchgw.tap import Options
+from couchgw.targets.http import HttpTarget
+from couchgw.targets.interfaces import Fault, Transient, Unreachable
+from couchgw.targets.routes import RouteConfig, RoutesError, build, kinds, parse
 from couchgw.timing import RateLimit
 from tests.servers import free_port
 from tests.test_gateway import GatewayTestCase
@@ -257,7 +257,9 @@ class SideBySide(GatewayTestCase):
             for i in range(60)
         ]
         yield self.db.bulk_docs(slow)
-        yield self.wait_for(lambda: gateway.inflight["default"] >= 3, what="the slow route busy")
+        yield self.wait_for(
+            lambda: gateway.dispatch.inflight["default"] >= 3, what="the slow route busy"
+        )
         fast = [
             {"_id": f"fast{i}", "type": "message", "target": "fast", "operation": "ping"}
             for i in range(10)

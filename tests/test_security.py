@@ -26,11 +26,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.server import Site
 
-from couchgw.api import API
-from couchgw.couch import agent, connection_pool
-from couchgw.interfaces import Transient
-from couchgw.routes import RouteConfig, build, kinds
-from couchgw.soap import SoapTarget
+from couchgw.connections import agent, connection_pool
+from couchgw.targets.interfaces import Transient
+from couchgw.targets.routes import RouteConfig, build, kinds
+from couchgw.targets.soap import SoapTarget
+from couchgw.web.api import API
 from tests.servers import (
     COUCH_ENV,
     demo_wsdl,

@@ -19,9 +19,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from couchgw.interfaces import Fault, IRunner, ITarget, Unreachable
 from couchgw.message import Rejected
-from couchgw.soap import SoapTarget, clone, to_json
+from couchgw.targets.interfaces import Fault, IRunner, ITarget, Unreachable
+from couchgw.targets.soap import SoapTarget, clone, to_json
 from tests.servers import demo_wsdl, free_port
 
 

@@ -9,12 +9,13 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
-from couchgw.couch import rescans_filtered_feeds, split_credentials, supports_selector
+from couchgw.connections import split_credentials
+from couchgw.couch.client import rescans_filtered_feeds, supports_selector
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway
 from couchgw.tap import Options, makeService
-from couchgw.threads import ThreadPoolService
+from couchgw.targets.threads import ThreadPoolService
 
 
 def parse(*args: str) -> Options:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from couchgw import message
-from couchgw.checkpoint import Checkpoint
-from couchgw.framing import HEAD, TAIL, LineFramer, Oversize
+from couchgw.couch.framing import HEAD, TAIL, LineFramer, Oversize
+from couchgw.gateway.checkpoint import Checkpoint
 from couchgw.timing import Backoff, iso
 
 # -- framing -----------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_a_claim_given_back_before_its_call_restores_the_message() -> None:
 
 def test_unreadable_change_from_couchdb_and_pouchdb_lines() -> None:
     """The seq, id and revision of a change too large or deep to decode, from either layout."""
-    from couchgw.feed import _unreadable
+    from couchgw.couch.feed import _unreadable
 
     couch = b'{"seq":"12-g1AAA\\"x","id":"a\\"b","changes":[{"rev":"1-abc"}],"doc":{"x":[[['
     assert _unreadable(couch, b"]]]}}", "too deep") == {
@@ -250,7 +250,7 @@ def test_unreadable_change_from_couchdb_and_pouchdb_lines() -> None:
 
 
 def test_suds_http_status_errors() -> None:
-    from couchgw.soap import _http_status
+    from couchgw.targets.soap import _http_status
 
     assert _http_status(Exception((503, "Service Unavailable"))) == (503, "Service Unavailable")
     assert _http_status(Exception("other")) is None
@@ -261,8 +261,8 @@ def test_first_of_a_call_and_its_deadline() -> None:
     from twisted.internet.defer import Deferred, succeed
     from twisted.internet.task import Clock
 
-    from couchgw.gateway import _first
-    from couchgw.interfaces import Transient
+    from couchgw.gateway.dispatch import first as _first
+    from couchgw.targets.interfaces import Transient
 
     clock = Clock()
     call: Deferred[str] = Deferred()

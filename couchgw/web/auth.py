@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from couchgw.couch import Database, Forbidden, Unauthorized
+from couchgw.couch.client import Database
+from couchgw.couch.errors import Forbidden, Unauthorized
 
 log = Logger()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -38,9 +39,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from couchgw.couch import UNAVAILABLE, Conflict, CouchError, Database, Doc, NotFound, doc_path
+from couchgw.couch.client import Database, Doc, doc_path
+from couchgw.couch.errors import UNAVAILABLE, Conflict, CouchError, NotFound
 from couchgw.errors import describe_error
-from couchgw.message import parse_time
+from couchgw.message import DEFAULT_ROUTE, parse_time
 from couchgw.timing import iso
 
 log = Logger()
@@ -50,6 +52,11 @@ PREFIX = "couchgw-gateway:"
 TYPE = "gateway"
 #: What an announcement or a read of the others may meet: CouchDB's errors, or none reached.
 _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
+
+
+def gateway_id() -> str:
+    """An id unique to this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def rank(gateway: str, doc_id: str) -> int:
@@ -123,6 +130,11 @@ class Members:
         if self._written_at is None or self._read_at is None:
             return False
         return now - min(self._written_at, self._read_at) < self.ttl - self.beat
+
+    def mine(self, doc: Doc) -> bool:
+        """Whether a message is this gateway's to handle (L{owns}) now."""
+        target = doc.get("target", DEFAULT_ROUTE)
+        return self.owns(doc["_id"], target if isinstance(target, str) else None)
 
     def owns(self, doc_id: str, route: str | None) -> bool:
         """Whether this gateway is the one to handle this message now."""

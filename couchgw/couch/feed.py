@@ -16,15 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from couchgw.couch import Database, error_for
-from couchgw.framing import HEAD, TAIL, LineFramer, Oversize
+from couchgw.couch.client import Database
+from couchgw.couch.errors import error_for
+from couchgw.couch.framing import HEAD, TAIL, LineFramer, Oversize
 from couchgw.timing import Backoff
 
 log = Logger()
@@ -136,6 +137,21 @@ class ChangesFeed:
         return self._paused
 
     # -- connection ------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def lag(self, most: int = 10000) -> Any:
+        """
+        Changes of the database after the last one this feed read: CouchDB says how many are
+        pending; elsewhere they are counted (up to C{most}).  None before the first.
+        """
+        if self.since is None:
+            return None
+        since = self.since
+        result = yield self._db.json("GET", "_changes", params={"since": since, "limit": 1})
+        if isinstance(result.get("pending"), int):
+            return result["pending"] + len(result.get("results", []))
+        result = yield self._db.json("GET", "_changes", params={"since": since, "limit": most})
+        return len(result.get("results", []))
 
     def _params(self) -> dict[str, Any]:
         params: dict[str, Any] = {

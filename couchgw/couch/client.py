@@ -3,191 +3,29 @@ A small CouchDB client on treq: just what the gateway needs.
 
 Documents, C{_bulk_docs}, views, C{_local} documents, database and design-document creation,
 the server's welcome document and the continuous changes feed.  Errors become the typed
-exceptions below.  Credentials are sent as HTTP basic auth and never appear in C{repr}, logs
-or exception messages.
+exceptions of L{couchgw.couch.errors}.  Credentials are sent as HTTP basic auth and never appear
+in C{repr}, logs or exception messages.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import ssl
-from base64 import b64encode
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any, cast
-from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from treq.client import HTTPClient
-from twisted.application.service import Service
-from twisted.internet import error as network
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgent, IResponse
+
+from couchgw.connections import basic_auth, split_credentials
+from couchgw.couch.errors import NotFound, PreconditionFailed, Undecodable, error_for
 
 Doc = dict[str, Any]
-
-USER_ENV = "COUCHGW_COUCH_USER"
-PASSWORD_ENV = "COUCHGW_COUCH_PASSWORD"
-
-
-class CouchError(Exception):
-    """CouchDB answered with an error status."""
-
-    def __init__(self, status: int, error: str = "", reason: str = "", what: str = "") -> None:
-        super().__init__(status, error, reason, what)
-        self.status = status
-        self.error = error
-        self.reason = reason
-        self.what = what
-
-    def __str__(self) -> str:
-        detail = ": ".join(part for part in (self.error, self.reason) if part)
-        return f"CouchDB answered {self.status} to {self.what}" + (f" ({detail})" if detail else "")
-
-
-class BadRequest(CouchError):
-    """400."""
-
-
-class Unauthorized(CouchError):
-    """401: missing or wrong credentials."""
-
-
-class Forbidden(CouchError):
-    """403: the credentials are not allowed to do this, or a validate function refused."""
-
-
-class NotFound(CouchError):
-    """404."""
-
-
-class Conflict(CouchError):
-    """409: the revision given is not the current one."""
-
-
-class PreconditionFailed(CouchError):
-    """412: for instance, the database exists already."""
-
-
-class ServerError(CouchError):
-    """5xx."""
-
-
-class Undecodable(CouchError):
-    """The answer is not JSON Python can read (for instance, nested too deeply)."""
-
-
-#: What a request fails with while CouchDB, or the way to it, is down (worth trying again).
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    ServerError,
-    network.ConnectError,
-    network.ConnectionClosed,
-    network.TimeoutError,
-    ResponseFailed,
-    ResponseNeverReceived,
-    RequestTransmissionFailed,
-    CancelledError,  # a request that timed out
-    OSError,
-)
-
-_ERRORS: dict[int, type[CouchError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    412: PreconditionFailed,
-}
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line for every new connection
-
-
-def tls_policy(ca: str | None) -> IPolicyForHTTPS:
-    """
-    How HTTPS servers are verified: against the system's CAs, or only the CAs of the PEM file
-    C{ca} (a private CA).
-    """
-    if ca is None:
-        return BrowserLikePolicyForHTTPS()
-    with open(ca, "rb") as f:
-        pem = f.read()
-    certificates = [
-        Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + block)
-        for block in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-    ]
-    if not certificates:
-        raise ValueError(f"{ca} holds no PEM certificate")
-    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certificates))
-
-
-def agent(reactor: Any, pool: HTTPConnectionPool, ca: str | None = None) -> Agent:
-    """An agent over C{pool} that verifies HTTPS servers (see L{tls_policy})."""
-    return Agent(reactor, contextFactory=tls_policy(ca), pool=pool)
-
-
-def connection_pool(reactor: Any, size: int = 20) -> HTTPConnectionPool:
-    """A pool of kept-alive connections for a L{Database}'s agent."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = size
-    pool._factory = _QuietFactory  # type: ignore[attr-defined]
-    return pool
-
-
-class PoolCloser(Service):
-    """Closes an HTTP connection pool's idle connections at stop."""
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.pool.closeCachedConnections()
-
-
-def error_for(status: int, body: Any, what: str) -> CouchError:
-    """The typed exception for an error answer."""
-    error = reason = ""
-    if isinstance(body, Mapping):
-        error, reason = str(body.get("error", "")), str(body.get("reason", ""))
-    kind = _ERRORS.get(status, ServerError if status >= 500 else CouchError)
-    return kind(status, error, reason, what)
-
-
-def split_credentials(
-    url: str, environ: Mapping[str, str] | None = None
-) -> tuple[str, tuple[str, str] | None]:
-    """
-    Take the credentials out of a database URL.
-
-    @return: the URL without user info, and C{(user, password)} from the URL's user info or from
-        C{COUCHGW_COUCH_USER} / C{COUCHGW_COUCH_PASSWORD}, or L{None}.
-    """
-    environ = os.environ if environ is None else environ
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    if parts.username is not None:
-        return clean, (unquote(parts.username), unquote(parts.password or ""))
-    if environ.get(USER_ENV):
-        return clean, (environ[USER_ENV], environ.get(PASSWORD_ENV, ""))
-    return clean, None
 
 
 def supports_selector(welcome: Mapping[str, Any]) -> bool:
@@ -207,11 +45,6 @@ def rescans_filtered_feeds(welcome: Mapping[str, Any]) -> bool:
     every later write, until one passes.
     """
     return "express-pouchdb" in welcome
-
-
-def basic_auth(user: str, password: str) -> str:
-    """The C{Authorization} header's value for HTTP basic auth."""
-    return "Basic " + b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def check_access(url: str, timeout: float = 5.0, ca: str | None = None) -> None:

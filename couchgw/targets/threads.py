@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from couchgw.interfaces import IRunner
+from couchgw.targets.interfaces import IRunner
 
 T = TypeVar("T")
 log = Logger()

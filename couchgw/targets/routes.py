@@ -13,21 +13,19 @@ the route named C{default}, and a C{--routes} file (TOML) names more::
     rate = 5               # calls per second at most
     inflight = 40          # messages this route handles at once (its share of --max-inflight)
 
-Keys other than these are the kind's own (in L{RouteConfig.options}).
+Keys other than these are the kind's own (in L{RouteConfig.options}, L{couchgw.targets.interfaces}).
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.plugin import getPlugins
 
-from couchgw.interfaces import ITarget, ITargetFactory
 from couchgw.message import DEFAULT_ROUTE
+from couchgw.targets.interfaces import ITarget, ITargetFactory, RouteConfig
 
 COMMON = frozenset(
     {
@@ -48,32 +46,10 @@ class RoutesError(ValueError):
     """A routes file that cannot be used; C{str()} says why in one line."""
 
 
-@dataclass(frozen=True)
-class RouteConfig:
-    """One route as configured."""
-
-    name: str
-    kind: str = "soap"
-    #: The target's URL, or a callable answering it once it is known (the demo's).
-    url: str | Callable[[], str] | None = None
-    concurrency: int = 10
-    timeout: float = 300.0
-    retries: int = 5
-    backoff: float = 2.0
-    operation: str | None = None
-    rate: float | None = None
-    #: Messages handled at once for this route; None: bounded by C{--max-inflight} alone.
-    inflight: int | None = None
-    #: The kind's own keys.
-    options: Mapping[str, Any] = field(default_factory=dict)
-    #: A PEM file of the CAs that verify HTTPS (C{--ca}; None: the system's).
-    ca: str | None = None
-
-
 def kinds() -> dict[str, ITargetFactory]:
     """The kinds of route: couchgw's own, then those Twisted plugins supply."""
-    from couchgw.httptarget import HttpKind
-    from couchgw.soap import SoapKind
+    from couchgw.targets.http import HttpKind
+    from couchgw.targets.soap import SoapKind
 
     found: dict[str, ITargetFactory] = {"soap": SoapKind(), "http": HttpKind()}
     for factory in getPlugins(ITargetFactory):
@@ -182,28 +158,6 @@ def _number(
         bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
         raise fail(f"{key} must be {noun} {bound}, not {value!r}")
     return kind(value)
-
-
-def target_url(
-    config: RouteConfig, what: str, schemes: tuple[str, ...] = ("http", "https")
-) -> str | Callable[[], str]:
-    """
-    A route's URL, for a kind that takes no keys of its own.
-
-    @param what: what the URL is, for the error when it is missing.
-    @raise ValueError: a key of the kind's own, or the URL missing or of another scheme.
-    """
-    if config.options:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, sorted(config.options)))}")
-    url = config.url
-    if url is None:
-        raise ValueError(f"url is missing ({what})")
-    if isinstance(url, str):
-        parts = urlsplit(url)
-        if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
-            names = " or ".join(f"{scheme}://" for scheme in schemes)
-            raise ValueError(f"url must be {what}: an {names} URL, not {url!r}")
-    return url
 
 
 def build(

@@ -24,7 +24,7 @@ written with C{w = n}:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -33,12 +33,11 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from couchgw import message
-from couchgw.couch import (
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import (
     UNAVAILABLE,
     Conflict,
     CouchError,
-    Database,
-    Doc,
     Forbidden,
     NotFound,
     ServerError,
@@ -62,6 +61,15 @@ _WAIT_OUT: tuple[type[BaseException], ...] = (*UNAVAILABLE, Unauthorized, Forbid
 CONFIRM_TRIES = 4
 #: Seconds after which a claim whose write got no answer is looked at once more.
 RECHECK = 60.0
+
+
+def copies(info: Mapping[str, Any]) -> int:
+    """How many copies of each document the database keeps (C{cluster.n}; 1 without one)."""
+    cluster = info.get("cluster")
+    try:
+        return max(1, int(cluster["n"])) if isinstance(cluster, Mapping) else 1
+    except (KeyError, TypeError, ValueError):
+        return 1
 
 
 class Claims:

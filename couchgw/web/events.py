@@ -24,9 +24,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from couchgw import design
-from couchgw.couch import Database, supports_selector
-from couchgw.feed import Change, ChangesFeed
+from couchgw.couch import design
+from couchgw.couch.client import Database, supports_selector
+from couchgw.couch.feed import Change, ChangesFeed
 
 log = Logger()
 

@@ -10,6 +10,7 @@ files are parsed; C{.js} and C{.txt} files are taken as text.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -17,12 +18,37 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from couchgw.couch import Database, Doc, NotFound
+from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
+from couchgw.couch.errors import NotFound
 
 log = Logger()
 
 #: The gateway's own design document.
 DDOC = "couchgw"
+
+
+def new_messages(
+    welcome: Mapping[str, Any], selector: Mapping[str, Any], seq_interval: int
+) -> tuple[dict[str, Any], Any]:
+    """
+    The parameters and body of a changes feed of new messages (with their conflicts), filtered
+    as the server whose C{welcome} this is does best: with C{selector} (the C{new} filter's
+    equivalent) where it can.
+    """
+    params: dict[str, Any] = {"conflicts": "true"}
+    if supports_selector(welcome):
+        # a seq for every change costs a cluster work on a large database: every so often
+        # is enough for the checkpoint (a reconnect replays the rest, which is harmless)
+        params.update(filter="_selector", seq_interval=seq_interval)
+        return params, {"selector": selector}
+    if rescans_filtered_feeds(welcome):
+        # the "new" filter passes one write in three (a message's claim and outcome are
+        # passed over), and this server would scan those again on every write: follow every
+        # message's changes, and pass over at once those with nothing due
+        params["filter"] = f"{DDOC}/messages"
+    else:
+        params["filter"] = f"{DDOC}/new"
+    return params, None
 
 
 def _read(node: Traversable) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from couchgw.couch import Database, Doc, ServerError, error_for
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import ServerError, error_for
 
 #: The HTTP status a single-document write would have answered, by C{_bulk_docs} error.
 _STATUS = {"conflict": 409, "forbidden": 403, "unauthorized": 401, "not_found": 404}

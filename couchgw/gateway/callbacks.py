@@ -26,7 +26,7 @@ from twisted.internet.defer import CancelledError, TimeoutError, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from couchgw.couch import Doc
+from couchgw.couch.client import Doc
 from couchgw.timing import Backoff, iso
 
 log = Logger()

@@ -14,11 +14,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from couchgw.couch import NotFound
+from couchgw.couch.errors import NotFound
 from couchgw.errors import describe_error
-from couchgw.events import Event, Events, Stream, event_of
 from couchgw.gateway import Gateway
 from couchgw.message import TERMINAL
+from couchgw.web.events import Event, Events, Stream, event_of
 
 
 def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -215,7 +215,7 @@ SNAPSHOT_INTERVAL = 2.0
 
 @cache
 def _file(name: str) -> bytes:
-    return files("couchgw").joinpath("web", name).read_bytes()
+    return files("couchgw.web").joinpath(name).read_bytes()
 
 
 def _static(request: IRequest, name: str) -> bytes:

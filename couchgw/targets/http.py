@@ -35,9 +35,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from couchgw.couch import PoolCloser, agent, basic_auth, connection_pool, split_credentials
-from couchgw.interfaces import BaseTarget, Fault, ITarget, ITargetFactory, Transient, Unreachable
-from couchgw.routes import target_url
+from couchgw.connections import PoolCloser, agent, basic_auth, connection_pool, split_credentials
+from couchgw.targets.interfaces import (
+    BaseTarget,
+    Fault,
+    ITarget,
+    ITargetFactory,
+    Transient,
+    Unreachable,
+    target_url,
+)
 
 log = Logger()
 

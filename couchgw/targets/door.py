@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from couchgw.couch import Doc
-from couchgw.interfaces import ITarget
+from couchgw.couch.client import Doc
+from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"
 

@@ -1,0 +1,223 @@
+"""
+Handling one message: from its current state, decide what is due and do it.
+
+A message with conflicts is merged first (L{couchgw.gateway.claims}); a new one is checked,
+and rejected in place when it is malformed; a cancelled one is marked so; one whose route is
+ready is handed to the dispatch (L{couchgw.gateway.dispatch}), which claims and calls it; a
+finished one with a callback gets it delivered.  Every write is on the revision read: a
+conflict means the document changed, and it is read and looked at again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from couchgw import message
+from couchgw.couch import design
+from couchgw.couch.batch import BulkWriter
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import Conflict, NotFound
+from couchgw.errors import log_error
+from couchgw.gateway.callbacks import Callbacks
+from couchgw.gateway.claims import Claims
+from couchgw.gateway.dispatch import Dispatch
+from couchgw.gateway.members import Members
+from couchgw.gateway.routing import Routes
+from couchgw.message import Rejected
+from couchgw.metrics import Metrics
+
+log = Logger(namespace="couchgw.gateway")
+
+
+class Handling:
+    """
+    @param wait_for_room: keeps the id of a message whose route is full (L{Intake.wait_for_room}).
+    @param wake_at: sweeps at a time (L{Intake.wake_at}).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        writer: BulkWriter,
+        clock: IReactorTime,
+        gateway: str,
+        *,
+        members: Members,
+        routes: Routes,
+        dispatch: Dispatch,
+        metrics: Metrics,
+        callbacks: Callbacks | None,
+        wait_for_room: Callable[[str, str], None],
+        wake_at: Callable[[float], None],
+        running: Callable[[], bool],
+        max_bytes: int,
+    ) -> None:
+        self.db = db
+        self.writer = writer
+        self.clock = clock
+        self.id = gateway
+        self.members = members
+        self.routes = routes
+        self.dispatch = dispatch
+        self.metrics = metrics
+        self.callbacks = callbacks
+        self._wait_for_room = wait_for_room
+        self._wake_at = wake_at
+        self._running = running
+        self.max_bytes = max_bytes
+        #: Set by the gateway once its claims are made (they write through L{transition}).
+        self.claims: Claims
+        #: Messages this gateway brought to a final status, by status.
+        self.counts: dict[str, int] = {}
+        #: Callbacks being delivered (the stop waits for them within its grace).
+        self.deliveries: set[Deferred[None]] = set()
+
+    @inlineCallbacks
+    def handle(self, doc: Doc) -> Any:
+        targets = self.routes.targets
+        for _ in range(20):
+            if not self._running() or not self.members.mine(doc):
+                return
+            if doc.get("_conflicts"):
+                resolved = yield self.claims.resolve(doc)
+                doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
+                continue
+            now = self.clock.seconds()
+            due = message.due(doc, now)
+            if due is None:
+                return
+            if due == "callback":
+                if self.callbacks is None:
+                    return  # not this gateway's to deliver
+                record = self.callbacks.pending(doc["callback"], self.id, now)
+                written = yield self.transition(doc, {"callback": record})
+                if written is not None:
+                    yield self._deliver(written)
+            elif doc.get("cancel_requested") is True:
+                written = yield self.transition(doc, message.cancelled(now))
+            else:
+                try:
+                    if due == "new":
+                        message.check_new(doc, self.max_bytes)
+                    call = message.call_of(doc)
+                    target = targets.get(call.route)
+                    if target is None:
+                        raise Rejected(
+                            f"there is no route {message.short(call.route)} "
+                            f"(routes: {', '.join(sorted(targets))})"
+                        )
+                    if target.state != "ready":
+                        waiter = self.routes.wait_for(target)
+                        if waiter is None:
+                            return  # no room to wait: the sweep looks again once it is up
+                        yield waiter
+                        continue
+                    prepared = target.prepare(call.operation, call.args)
+                except Rejected as e:
+                    written = yield self.transition(doc, message.rejected(str(e), now))
+                    if written is not None:
+                        log.warn("{id} rejected: {reason}", id=doc["_id"], reason=str(e))
+                else:
+                    if self.dispatch.full(target.name):
+                        self._wait_for_room(target.name, doc["_id"])
+                        return  # it waits in CouchDB until its route has room
+                    written = yield self.dispatch.dispatch(doc, target, prepared)
+            if written is not None:
+                return
+            try:
+                doc = yield self.db.get(doc["_id"], conflicts="true")  # it changed: look again
+            except NotFound:
+                return  # deleted
+        log.warn("gave up on {id}: it kept changing", id=doc["_id"])
+
+    @inlineCallbacks
+    def reject_unreadable(self, doc_id: str, rev: str | None, why: str) -> Any:
+        """Reject a new message in place, without reading it (too large or too deep)."""
+        reason = message.too_large(self.max_bytes) if why == "too large" else message.undecodable()
+        fields = {
+            k: v for k, v in message.rejected(reason, self.clock.seconds()).items() if v is not None
+        }
+        try:
+            yield self.db.update(design.DDOC, "reject", doc_id, fields, rev=rev)
+        except (Conflict, NotFound):
+            return  # it changed or went: what is due now comes through the feed or the sweep
+        self._count(fields, "(none)")
+        log.warn("{id} rejected: {reason}", id=doc_id, reason=reason)
+
+    @inlineCallbacks
+    def transition(self, doc: Doc, fields: dict[str, Any]) -> Any:
+        """
+        Write C{fields} on the revision read; answer the new document, or None on a conflict.
+        A message that becomes final with a C{callback_url} gets its callback on the way.
+        """
+        finishing = (
+            message.is_terminal(fields)
+            and not message.is_terminal(doc)
+            and self.callbacks is not None
+        )
+        if finishing:
+            assert self.callbacks is not None
+            record = self.callbacks.begin(doc, self.id, self.clock.seconds())
+            if record is not None:
+                fields = {**fields, "callback": record}
+        new = message.apply(doc, fields)
+        try:
+            result = yield self.writer.write(new)
+        except Conflict:
+            return None
+        new["_rev"] = result["rev"]
+        if message.is_terminal(fields):
+            self._count(new)
+        if finishing and (new.get("callback") or {}).get("status") == "pending":
+            delivery = self._deliver(new)
+            delivery.addErrback(log_error, f"cannot deliver the callback of {new['_id']}")
+            self.deliveries.add(delivery)
+            delivery.addBoth(lambda _: self.deliveries.discard(delivery))
+        return new
+
+    @inlineCallbacks
+    def _deliver(self, doc: Doc) -> Any:
+        """Deliver a finished message's callback and record the outcome on it."""
+        assert self.callbacks is not None
+        record = yield self.callbacks.deliver(doc)
+        claimed = doc["callback"]
+        for _ in range(10):
+            try:
+                written = yield self.writer.write(message.apply(doc, {"callback": record}))
+            except Conflict:
+                doc = yield self.db.get(doc["_id"])
+                if doc.get("callback") != claimed:
+                    return  # another gateway took the delivery over
+                continue
+            except Exception as e:
+                log_error(Failure(e), f"cannot record the callback of {doc['_id']}")
+                return  # it stays pending: delivered again once its time is up
+            break
+        else:
+            return
+        self.metrics.callbacks.labels(record["status"]).inc()
+        log.info(
+            "{id}: callback {status} (attempt {n})",
+            id=doc["_id"],
+            status=record["status"],
+            n=record["attempts"],
+        )
+        if record["status"] == "retrying":
+            at = message.parse_time(record["next_attempt_at"])
+            self._wake_at(at if at is not None else self.clock.seconds())
+        return written
+
+    def _count(self, doc: Mapping[str, Any], route: str | None = None) -> None:
+        status = doc["status"]
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if route is None:
+            target = doc.get("target", message.DEFAULT_ROUTE)
+            known = isinstance(target, str) and target in self.routes.targets
+            route = target if known else "(none)"
+        self.metrics.messages.labels(route, status).inc()

@@ -1,0 +1,401 @@
+"""
+The gateway's intake: which documents are worth a look, and when.
+
+The changes feed is only a doorbell: a change makes the gateway look at a document, and what it
+does follows from the document's current state (L{couchgw.message.due}).  A periodic sweep over
+the C{due} view finds whatever the feed did not bring (messages written while no gateway ran,
+retries that are due, expired leases).  Backpressure lives here too: the feed pauses while
+C{max_inflight} documents are being handled, and the ids of messages whose route is full wait
+here until it drains (L{Intake.drained}).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from couchgw import message
+from couchgw.couch import design
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import NotFound
+from couchgw.couch.feed import Change, ChangesFeed
+from couchgw.errors import log_error
+from couchgw.gateway.checkpoint import SavedCheckpoint
+from couchgw.gateway.members import Members
+
+log = Logger(namespace="couchgw.gateway")
+
+#: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses).
+WAITING = 10000
+#: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
+SWEEP_TIMEOUT = 600.0
+#: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
+UNREADABLE_DEPTH = 100
+
+
+class Intake:
+    """
+    @param handle: looks at a document and does what is due (L{couchgw.gateway.handling}).
+    @param reject: rejects a new message in place without reading it: C{(id, rev, why)}.
+    @param bounds: each route's C{inflight} bound (None: none).
+    @param inflight: messages being dispatched, by route (kept by the dispatch).
+    @param working: whether the gateway runs and CouchDB answers (no sweep otherwise).
+    @param recover: called when the C{due} view is missing.
+    @param gone: called when the feed finds no database.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        members: Members,
+        checkpoint: SavedCheckpoint,
+        *,
+        handle: Callable[[Doc], Deferred[Any]],
+        reject: Callable[[str, str | None, str], Deferred[Any]],
+        bounds: Mapping[str, int | None],
+        inflight: Counter[str],
+        running: Callable[[], bool],
+        working: Callable[[], bool],
+        recover: Callable[[], Deferred[Any]],
+        gone: Callable[[], None],
+        max_inflight: int,
+        max_bytes: int,
+        heartbeat: float,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.members = members
+        self.checkpoint = checkpoint
+        self._handle = handle
+        self._reject = reject
+        self.bounds = bounds
+        self.inflight = inflight
+        self._running = running
+        self._working = working
+        self._recover = recover
+        self._gone = gone
+        self.max_inflight = max_inflight
+        self.max_bytes = max_bytes
+        self.heartbeat = heartbeat
+        self.feed: ChangesFeed | None = None
+        #: Documents being handled, by id: each Deferred fires when its handling ends.
+        self.active: dict[str, Deferred[None]] = {}
+        #: Routes that left messages in CouchDB because they were full; swept once they drain.
+        self._full: set[str] = set()
+        #: Ids of messages the feed brought for routes that were full, by route: they are
+        #: submitted again as their route drains (the feed pauses at L{WAITING} in all).
+        self._waiting_ids: dict[str, deque[str]] = {}
+        #: Of those, how many are being read to be submitted, by route.
+        self._refilling: Counter[str] = Counter()
+        self._sweep_again = False
+        self._sweeping: Deferred[None] | None = None
+        self._query: Deferred[Doc] | None = None
+        self._timers: dict[str, IDelayedCall] = {}
+
+    # -- the doorbell ----------------------------------------------------------------------------
+
+    def follow(self, welcome: Mapping[str, Any]) -> None:
+        """Follow the database's changes from the checkpoint, filtered as this server allows."""
+        params, body = design.new_messages(
+            welcome, message.NEW_SELECTOR, seq_interval=max(1, self.max_inflight // 2)
+        )
+        self.feed = ChangesFeed(
+            self.db,
+            self._changed,
+            self.clock,
+            params,
+            body,
+            since=self.checkpoint.current.seq,
+            heartbeat=self.heartbeat,
+            max_line=self.max_bytes + 64 * 1024,
+            on_missing=self._gone,
+        )
+        self.feed.start()
+
+    def unfollow(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+            self.feed = None
+
+    def _changed(self, change: Change) -> None:
+        checkpoint = self.checkpoint.current
+        token = checkpoint.received(change["seq"])
+        doc: Doc = change.get("doc") or {}
+        if "unreadable" in change:
+            if not self.members.owns(change["id"], None):
+                checkpoint.done(token)
+                return
+            rev = (change.get("changes") or [{}])[0].get("rev")
+            handled = self._track(
+                change["id"], lambda: self._reject(change["id"], rev, change["unreadable"])
+            )
+        elif (
+            change.get("deleted")
+            or not message.is_message(doc)
+            or (not doc.get("_conflicts") and message.due(doc, self.clock.seconds()) is None)
+            or not self.members.mine(doc)
+        ):
+            checkpoint.done(token)
+            return
+        else:
+            handled = self.submit(doc)
+        handled.addBoth(lambda _: checkpoint.done(token))
+
+    def submit(self, doc: Doc) -> Deferred[None]:
+        """
+        Look at a document and do what is due; a Deferred that fires when that is done.
+
+        A document already being handled is not handled twice at once.
+        """
+        return self._track(doc["_id"], lambda: self._handle(doc))
+
+    def _track(self, doc_id: str, work: Callable[[], Deferred[Any]]) -> Deferred[None]:
+        if doc_id in self.active:
+            return succeed(None)
+        finished: Deferred[None] = Deferred()
+        self.active[doc_id] = finished
+        self._throttle()
+
+        def end(result: Any) -> None:
+            if isinstance(result, Failure):
+                log_error(result, f"cannot handle {doc_id} now (the sweep tries again)")
+            del self.active[doc_id]
+            self._throttle()
+            finished.callback(None)
+
+        maybeDeferred(work).addBoth(end)
+        return finished
+
+    # -- backpressure ----------------------------------------------------------------------------
+
+    def _throttle(self) -> None:
+        """
+        Stop reading the feed while C{max_inflight} documents are being handled, or while
+        L{WAITING} messages wait for their routes to have room.
+        """
+        if self.feed is None:
+            return
+        waiting = sum(len(ids) for ids in self._waiting_ids.values())
+        if len(self.active) >= self.max_inflight or waiting >= WAITING:
+            self.feed.pause()
+        elif self.feed.paused and waiting < WAITING // 2:
+            self.feed.resume()
+
+    def wait_for_room(self, route: str, doc_id: str) -> None:
+        """
+        Keep the id of a message whose route is full, to submit it once there is room.  The
+        feed pauses at L{WAITING} ids, so only the few changes read before it did go beyond:
+        none is left to the sweep (whose view may take long to bring up to date).
+        """
+        self._waiting_ids.setdefault(route, deque()).append(doc_id)
+        self._throttle()
+
+    def drained(self, route: str) -> None:
+        """
+        A message of C{route} is done: once a full route is half empty, submit the messages
+        that wait for it (and sweep, if some were left to the sweep).
+        """
+        bound = self.bounds.get(route)
+        busy = self.inflight[route] + self._refilling[route]
+        if bound is None or busy > bound // 2 or not self._running():
+            return
+        waiting = self._waiting_ids.get(route)
+        if waiting:
+            ids = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
+            self._refilling[route] += len(ids)
+            refill = self._refill(route, ids)
+            refill.addErrback(log_error, "cannot read messages that waited")
+            self._throttle()
+        elif route in self._full:
+            self._full.discard(route)
+            self.sweep_soon()
+
+    @inlineCallbacks
+    def _refill(self, route: str, ids: list[str]) -> Any:
+        """Submit messages that waited for their route; those there is no room for wait on."""
+        try:
+            left = yield self._submit_ids(ids)
+        except BaseException:
+            self._full.add(route)  # they are in CouchDB still: the sweep finds them
+            raise
+        finally:
+            self._refilling[route] -= len(ids)
+        self._waiting_ids.setdefault(route, deque()).extend(left)
+        self._throttle()
+
+    def _room(self) -> bool:
+        return self._running() and len(self.active) < self.max_inflight
+
+    # -- the sweep -------------------------------------------------------------------------------
+
+    def sweep_soon(self) -> None:
+        if self._running() and "sweep" not in self._timers:
+            self._timers["sweep"] = self.clock.callLater(0, self._sweep_now)
+
+    def _sweep_now(self) -> None:
+        del self._timers["sweep"]
+        self.sweep().addErrback(log_error, "sweep failed")
+
+    def wake_at(self, when: float) -> None:
+        """Sweep at C{when} (one timer, for the earliest retry that is due)."""
+        timer = self._timers.get("wake")
+        if timer is not None and timer.active():
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+
+        def wake() -> None:
+            self._timers.pop("wake", None)
+            self.sweep_soon()
+
+        self._timers["wake"] = self.clock.callLater(max(0.0, when - self.clock.seconds()), wake)
+
+    @inlineCallbacks
+    def sweep(self) -> Any:
+        """Submit the work that is due now (as much as there is room for)."""
+        if self._sweeping is not None:
+            self._sweep_again = True  # what woke it may have come after this sweep's query
+            return
+        if not self._working():
+            return
+        self._sweep_again = False
+        self._sweeping = Deferred()
+        try:
+            now_ms = int(self.clock.seconds() * 1000)
+            page = max(self.max_inflight, 10)
+            params: dict[str, Any] = {"endkey": now_ms, "limit": page}
+            taken: Counter[str] = Counter()
+            for _ in range(10):
+                if not self._room():
+                    break
+                try:
+                    self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
+                    result = yield self._query
+                except NotFound:
+                    yield self._recover()
+                    return
+                rows = result.get("rows", [])
+                yield self._submit_ids(self._worth_reading(rows, taken))
+                if len(rows) < page:
+                    break
+                last = rows[-1]
+                params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+        finally:
+            self._query = None
+            sweeping, self._sweeping = self._sweeping, None
+            sweeping.callback(None)
+            if self._sweep_again:
+                self.sweep_soon()
+
+    def _worth_reading(self, rows: list[Mapping[str, Any]], taken: Counter[str]) -> list[str]:
+        """
+        The ids of the rows of the C{due} view that are this gateway's to read now; those too
+        large or too deep to read are rejected in place.
+        """
+        readable = []
+        for row in rows:
+            if row["id"] in self.active:
+                continue
+            why = self._unreadable(row)
+            if why is not None:
+                if self._room() and self.members.owns(row["id"], None):
+                    self._track(row["id"], partial(self._reject, row["id"], None, why))
+                continue
+            route = route_of(row)  # None: read it, and its target says whose it is
+            if route is not None and not self.members.owns(row["id"], route):
+                continue
+            if not self._waits_for_room(route, taken):
+                readable.append(row["id"])
+        return readable
+
+    @inlineCallbacks
+    def _submit_ids(self, ids: list[str]) -> Any:
+        """
+        Read these messages (with their conflicts) and submit them, as room allows; answers
+        the ids of those there was no room for.
+        """
+        ids = [doc_id for doc_id in ids if doc_id not in self.active]
+        if not ids:
+            return []
+        found = yield self.db.all_docs(ids, include_docs=True, conflicts=True)
+        left = []
+        for row in found.get("rows", []):
+            doc = row.get("doc")
+            if not doc or doc["_id"] in self.active:
+                continue
+            if self._room():
+                self.submit(doc)
+            else:
+                left.append(doc["_id"])
+        return left
+
+    def _waits_for_room(self, route: str | None, taken: Counter[str]) -> bool:
+        """
+        Whether a row of the C{due} view is for a route that is full, counting the rows this
+        sweep C{taken} already.
+        """
+        bound = None if route is None else self.bounds.get(route)
+        if route is None or bound is None:
+            return False
+        if self.inflight[route] + taken[route] >= bound:
+            self._full.add(route)
+            return True
+        taken[route] += 1
+        return False
+
+    def _unreadable(self, row: Mapping[str, Any]) -> str | None:
+        """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
+        value = row.get("value")
+        if row.get("key") != 0 or not isinstance(value, list) or len(value) < 2:
+            return None
+        size, depth = value[:2]
+        if isinstance(size, int) and size > self.max_bytes:
+            return "too large"
+        if isinstance(depth, int) and depth >= UNREADABLE_DEPTH:
+            return "too deep"
+        return None
+
+    # -- life cycle and state --------------------------------------------------------------------
+
+    def stop(self) -> Deferred[None] | None:
+        """Stop the timers, the feed and a sweep's query; answers the sweep to wait for."""
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self.feed is not None:
+            self.feed.stop()
+        if self._query is not None:
+            self._query.cancel()  # a sweep may wait minutes for its view
+        return self._sweeping
+
+    def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
+        """Changes of the database after the last one the feed read (None without a feed)."""
+        return succeed(None) if self.feed is None else self.feed.lag(most)
+
+    def describe_feed(self) -> dict[str, Any]:
+        feed = self.feed
+        return {
+            "state": feed.state if feed else "not started",
+            "paused": feed.paused if feed else False,
+            "since": feed.since if feed else None,
+            "reconnects": feed.reconnects if feed else 0,
+            "last_error": feed.last_error if feed else None,
+        }
+
+
+def route_of(row: Mapping[str, Any]) -> str | None:
+    """The route a row of the C{due} view names (None: a target that is not a string)."""
+    value = row.get("value")
+    named = value[2] if isinstance(value, list) and len(value) > 2 else False
+    if named is None:
+        return message.DEFAULT_ROUTE
+    return named if isinstance(named, str) else None

@@ -1,0 +1,194 @@
+"""The seams between the gateway and what it calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from zope.interface import Attribute, Interface
+
+from couchgw.connections import split_credentials
+
+
+class Fault(Exception):
+    """The target answered with a fault: final, never retried."""
+
+
+class Transient(Exception):
+    """The call failed in a way that may pass (connection refused or reset, timeout, HTTP 5xx)."""
+
+
+class Unreachable(Transient):
+    """
+    The target could not be reached at all (connection refused, host unknown or unreachable):
+    the route is down, not just this call.
+    """
+
+
+class ITarget(Interface):
+    """A system messages are forwarded to (a route's dispatcher)."""
+
+    name = Attribute("The route name.")
+    kind = Attribute('The kind of target, e.g. "soap".')
+    state = Attribute('"loading", "ready" or "unavailable".')
+    error = Attribute("Why the target is not ready, or None.")
+    concurrency = Attribute("How many calls may run at once.")
+    busy = Attribute("How many calls are running now.")
+    timeout = Attribute("Seconds a call may take; the gateway gives up on it a little later.")
+
+    def load() -> Any:
+        """Get ready (e.g. fetch the WSDL); a Deferred that fails if the target is unavailable."""
+
+    def unavailable(reason: str) -> None:
+        """The target was found unreachable: not ready until it loads again."""
+
+    def prepare(operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
+        """
+        Check a call against what the target offers and answer an opaque prepared call.
+
+        @raise couchgw.message.Rejected: the operation or the arguments do not fit.
+        """
+
+    def call(prepared: Any, message_id: str) -> Any:
+        """
+        Make the call; a Deferred firing with the answer as plain JSON, or failing with
+        L{Fault}, L{Transient} (L{Unreachable}), L{couchgw.message.Rejected}, or another error
+        (final).  It fires only once the call has really ended (its thread is free again).
+        """
+
+    def describe() -> dict[str, Any]:
+        """Plain JSON describing the target (kind, state, operations)."""
+
+
+class ITargetFactory(Interface):
+    """
+    A kind of route (C{kind = "..."} in a routes file).  Packages supply kinds of their own as
+    Twisted plugins: a module in their C{twisted/plugins/} folder with an object that provides
+    this interface (and L{twisted.plugin.IPlugin}).
+    """
+
+    kind = Attribute('The name routes files give this kind, e.g. "soap".')
+
+    def build(config: Any, reactor: Any, parent: Any) -> ITarget:
+        """
+        The target of one route.
+
+        @param config: the route's L{couchgw.routes.RouteConfig}; keys the common ones do not
+            cover are in C{config.options}.
+        @param reactor: the reactor.
+        @param parent: an L{twisted.application.service.IServiceCollection} to add services the
+            target needs (a thread pool, a connection pool to close) to; they start before the
+            gateway and stop after it.
+        @raise ValueError: the configuration is wrong; the message says how, in one line.
+        """
+
+
+class IRunner(Interface):
+    """Runs blocking functions off the reactor thread."""
+
+    busy = Attribute("Threads running a call now.")
+    size = Attribute("The most threads it runs at once.")
+
+    def run(f: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run C{f(*args, **kwargs)} in a thread; a Deferred with its result."""
+
+
+class BaseTarget:
+    """
+    What every kind of target shares: its name, URL (shown without credentials), state, and
+    the plain JSON that describes it.
+
+    @param url: the target's URL, or a callable answering it once it is known.
+    """
+
+    kind = ""
+
+    def __init__(
+        self,
+        name: str,
+        url: str | Callable[[], str],
+        timeout: float,
+        default_operation: str | None,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self.timeout = timeout
+        self.default_operation = default_operation
+        self.state = "loading"
+        self.error: str | None = None
+
+    def _full_url(self) -> str:
+        """The URL, with any credentials in it (never shown)."""
+        return self._url() if callable(self._url) else self._url
+
+    @property
+    def url(self) -> str | None:
+        """The URL without credentials (None until known)."""
+        try:
+            return split_credentials(self._full_url(), {})[0]
+        except RuntimeError:
+            return None
+
+    def unavailable(self, reason: str) -> None:
+        self.state, self.error = "unavailable", reason
+
+    def operations_described(self) -> Any:
+        """The operations the target offers as plain JSON, or None if it does not say."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "state": self.state,
+            "error": self.error,
+            "url": self.url,
+            "concurrency": getattr(self, "concurrency", None),
+            "default_operation": self.default_operation,
+            "operations": self.operations_described(),
+        }
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One route as configured."""
+
+    name: str
+    kind: str = "soap"
+    #: The target's URL, or a callable answering it once it is known (the demo's).
+    url: str | Callable[[], str] | None = None
+    concurrency: int = 10
+    timeout: float = 300.0
+    retries: int = 5
+    backoff: float = 2.0
+    operation: str | None = None
+    rate: float | None = None
+    #: Messages handled at once for this route; None: bounded by C{--max-inflight} alone.
+    inflight: int | None = None
+    #: The kind's own keys.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: A PEM file of the CAs that verify HTTPS (C{--ca}; None: the system's).
+    ca: str | None = None
+
+
+def target_url(
+    config: RouteConfig, what: str, schemes: tuple[str, ...] = ("http", "https")
+) -> str | Callable[[], str]:
+    """
+    A route's URL, for a kind that takes no keys of its own.
+
+    @param what: what the URL is, for the error when it is missing.
+    @raise ValueError: a key of the kind's own, or the URL missing or of another scheme.
+    """
+    if config.options:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, sorted(config.options)))}")
+    url = config.url
+    if url is None:
+        raise ValueError(f"url is missing ({what})")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
+            names = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"url must be {what}: an {names} URL, not {url!r}")
+    return url
