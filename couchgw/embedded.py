@@ -4,22 +4,33 @@ The embedded CouchDB: PouchDB Server as a supervised child process.
 It is for trying couchgw and for tests; production points C{--couch} at Apache CouchDB.  PouchDB
 Server comes from the npm registry, pinned by couchgw's C{package.json} and C{package-lock.json}
 (C{npm ci} in the source folder installs it).
+
+Each start of the child gets a token of its own, written into its configuration (the C{couchgw}
+key of its C{vendor} section, which its welcome document shows).  Requests reach the server
+only through L{EmbeddedCouch.agent}, which lets them through once the server on the port
+answered with that token: a server couchgw did not start, holding the port, is never used.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
+import treq
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.defer import CancelledError, Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.error import ConnectError, ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from couchgw.timing import Backoff
 
@@ -97,6 +108,13 @@ class EmbeddedCouch(Service):
         self._process: Any = None
         self._backoff = Backoff(base=0.5, cap=30.0)
         self._respawn: IDelayedCall | None = None
+        #: The token of the child now running; whether the server on the port answered with
+        #: it; why not, when something else answers there.
+        self.token: str | None = None
+        self.verified = False
+        self.stranger: str | None = None
+        self._verified: list[Deferred[None]] = []
+        self._checking: Deferred[None] | None = None
 
     @property
     def url(self) -> str:
@@ -115,6 +133,8 @@ class EmbeddedCouch(Service):
             args.append("--in-memory")
         else:
             args += ["--dir", str(self.data_dir.resolve())]
+        self.token, self.verified, self.stranger = uuid.uuid4().hex, False, None
+        self._write_token(self.token)
         self._child = _Child(self)
         # PouchDB Server writes config.json and log.txt into its working folder.
         self._process = self._reactor.spawnProcess(
@@ -125,11 +145,74 @@ class EmbeddedCouch(Service):
             url=self.url,
             dir=self.data_dir,
         )
+        self._checking = self._verify(self._child)
+        self._checking.addErrback(_unless_cancelled, "cannot check the embedded CouchDB")
+
+    def _write_token(self, token: str) -> None:
+        config = self.data_dir / "config.json"
+        try:
+            settings = json.loads(config.read_text("utf-8"))
+        except (OSError, ValueError):
+            settings = {}
+        if not isinstance(settings, dict):
+            settings = {}
+        vendor = settings.get("vendor")
+        settings["vendor"] = {**(vendor if isinstance(vendor, dict) else {}), "couchgw": token}
+        config.write_text(json.dumps(settings, indent=2), "utf-8")
+
+    @inlineCallbacks
+    def _verify(self, child: _Child) -> Any:
+        """Ask the port until the child answers with its token (for as long as it runs)."""
+        while child is self._child and self.running:
+            try:
+                response = yield treq.get(
+                    self.url + "/", timeout=2, persistent=False, reactor=self._reactor
+                )
+                welcome = yield response.json()
+            except Exception:
+                welcome = None
+            if child is not self._child:
+                return
+            vendor = welcome.get("vendor") if isinstance(welcome, dict) else None
+            if isinstance(vendor, dict) and vendor.get("couchgw") == self.token:
+                self.verified, self.stranger = True, None
+                waiting, self._verified = self._verified, []
+                for waiter in waiting:
+                    waiter.callback(None)
+                return
+            if welcome is not None and self.stranger is None:
+                self.stranger = (
+                    f"a server couchgw did not start answers on 127.0.0.1:{self.port}; the "
+                    "embedded CouchDB does not use it (pass --couch to use that server, or "
+                    "--embedded-port for another port)"
+                )
+                log.error("{why}", why=self.stranger)
+            yield deferLater(self._reactor, 0.2, lambda: None)
+
+    def agent(self, agent: IAgent, wait: float = 5.0) -> IAgent:
+        """C{agent}, letting requests through once the server on the port is the child."""
+        return _OwnServer(self, agent, wait)
+
+    def _when_verified(self, wait: float) -> Deferred[None]:
+        if self.verified:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._verified.append(waiter)
+        waiter.addTimeout(wait, self._reactor)
+
+        def late(failure: Failure) -> Failure:
+            if waiter in self._verified:
+                self._verified.remove(waiter)
+            why = self.stranger or f"the embedded CouchDB is not up on 127.0.0.1:{self.port}"
+            return Failure(ConnectError(string=why))
+
+        return waiter.addErrback(late)
 
     def _ended(self, child: _Child, reason: Failure, stderr: str) -> None:
         if child is not self._child:
             return
         self._child = self._process = None
+        self.verified = False
         if not self.running:
             return
         self.restarts += 1
@@ -152,6 +235,8 @@ class EmbeddedCouch(Service):
         super().stopService()
         if self._respawn is not None and self._respawn.active():
             self._respawn.cancel()
+        if self._checking is not None:
+            self._checking.cancel()
         child, process = self._child, self._process
         if child is None or process is None:
             return succeed(None)
@@ -173,3 +258,30 @@ class EmbeddedCouch(Service):
                 killer.cancel()
 
         return child.ended.addCallback(ended)
+
+
+def _unless_cancelled(failure: Failure, what: str) -> None:
+    if not failure.check(CancelledError):
+        log.failure(what, failure)
+
+
+@implementer(IAgent)
+class _OwnServer:
+    """An agent whose requests wait (up to C{wait} seconds) for the embedded server's check."""
+
+    def __init__(self, couch: EmbeddedCouch, agent: IAgent, wait: float) -> None:
+        self._couch = couch
+        self._agent = agent
+        self._wait = wait
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        if self._couch.verified:
+            return self._agent.request(method, uri, headers, bodyProducer)
+        if not self._couch.running:
+            return fail(ConnectError(string="the embedded CouchDB is stopped"))
+        checked = self._couch._when_verified(self._wait)
+        return checked.addCallback(
+            lambda _: self._agent.request(method, uri, headers, bodyProducer)
+        )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from couchgw.couch.client import Doc
 from couchgw.timing import iso
+
+#: A JSON document, as CouchDB stores it.
+Doc = dict[str, Any]
 
 #: Fields only couchgw writes.
 GATEWAY_FIELDS = (
@@ -81,13 +83,13 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
-def due(doc: Any, now: float) -> str | None:
+def due(doc: Any, now: float, gone: Callable[[Doc], bool] | None = None) -> str | None:
     """
     What is due for this document now: C{"new"}, C{"retry"} (a retry whose time has come),
-    C{"takeover"} (a claim whose lease expired), C{"callback"} (a finished message's callback,
-    to be delivered or tried again), or L{None} (nothing: not a message, finished, claimed, or
-    waiting for its retry).  A status couchgw never writes counts as new, so that the message
-    is rejected.
+    C{"takeover"} (a claim whose lease expired, or whose gateway C{gone} says is gone),
+    C{"callback"} (a finished message's callback, to be delivered or tried again), or L{None}
+    (nothing: not a message, finished, claimed, or waiting for its retry).  A status couchgw
+    never writes counts as new, so that the message is rejected.
     """
     if not is_message(doc):
         return None
@@ -100,7 +102,8 @@ def due(doc: Any, now: float) -> str | None:
     if status == "dispatching":
         claim = doc.get("claim")
         until = parse_time(claim.get("until")) if isinstance(claim, dict) else None
-        return "takeover" if until is None or until <= now else None
+        expired = until is None or until <= now
+        return "takeover" if expired or (gone is not None and gone(doc)) else None
     callback = doc.get("callback")
     if isinstance(callback, dict) and isinstance(doc.get("callback_url"), str):
         if callback.get("status") == "pending":
@@ -298,6 +301,23 @@ def released(before: Doc) -> dict[str, Any]:
     return {**fields, "claim": None}
 
 
+def out(before: Doc, reason: str, now: float) -> dict[str, Any]:
+    """
+    Give a claim back because its route is out: the message uses no attempt (its attempts are
+    as before the claim), and is C{retrying} at once, with why it waits and since when its
+    failures began (kept from before).
+    """
+    error = before.get("error")
+    since = error.get("since") if isinstance(error, dict) else None
+    return {
+        **released(before),
+        "status": "retrying",
+        "error": {"kind": "transient", "message": reason, "since": since or iso(now)},
+        "next_attempt_at": iso(now),
+        "updated_at": iso(now),
+    }
+
+
 def _terminal(status: str, now: float, **fields: Any) -> dict[str, Any]:
     return {
         "status": status,
@@ -325,11 +345,14 @@ def cancelled(now: float) -> dict[str, Any]:
     return _terminal("cancelled", now)
 
 
-def retrying(kind: str, text: str, now: float, delay: float) -> dict[str, Any]:
+def retrying(
+    kind: str, text: str, now: float, delay: float, since: float | None = None
+) -> dict[str, Any]:
+    """Called again after C{delay}; C{since}: when the failures in a row began (now)."""
     return {
         "status": "retrying",
         "claim": None,
-        "error": {"kind": kind, "message": text},
+        "error": {"kind": kind, "message": text, "since": iso(now if since is None else since)},
         "next_attempt_at": iso(now + delay),
         "updated_at": iso(now),
     }

@@ -25,7 +25,10 @@ class RouteGauges:
     name: str
     in_flight: int
     busy: int
+    #: Loaded and not out.
     ready: bool
+    #: Times its target was found out (its circuit breaker opened).
+    outages: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,21 @@ class _GatewayState(Collector):
         ready = GaugeMetricFamily(
             "couchgw_route_ready", "1 when the route is ready, else 0.", labels=["route"]
         )
+        outages = CounterMetricFamily(
+            "couchgw_route_outages",
+            "Times the route's target was found out (its calls failing one after another): "
+            "its calls stopped, and its messages waited without using attempts.",
+            labels=["route"],
+        )
         for route in gauges.routes:
             in_flight.add_metric([route.name], route.in_flight)
             busy.add_metric([route.name], route.busy)
             ready.add_metric([route.name], 1 if route.ready else 0)
+            outages.add_metric([route.name], route.outages)
         yield in_flight
         yield busy
         yield ready
+        yield outages
         yield GaugeMetricFamily(
             "couchgw_active", "Documents being handled now (all routes).", value=gauges.active
         )

@@ -6,6 +6,7 @@ with one line that says what is wrong.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -95,8 +96,8 @@ class Options(usage.Options):
             None,
             None,
             "A TOML file of further routes ([routes.NAME] tables: kind, url, concurrency, "
-            "timeout, retries, backoff, operation, rate, inflight); --target is the route "
-            "'default'.",
+            "timeout, retries, backoff, backoff_max, retry_for, operation, rate, inflight); "
+            "--target is the route 'default'.",
         ],
         [
             "timeout",
@@ -253,6 +254,19 @@ class Options(usage.Options):
                 self["pouchdb-server"] = find_executable()
             except NotInstalled as e:
                 raise usage.UsageError(str(e)) from None
+            port = self["embedded-port"]
+            if _taken(port):
+                raise usage.UsageError(
+                    f"--embedded-port {port} is taken on 127.0.0.1 (another CouchDB?): to use "
+                    f"that server, pass --couch=http://127.0.0.1:{port}/messages; for the "
+                    "embedded one, --embedded-port with a free port"
+                )
+        demo = self["demo-port"]
+        if any(c.url == "demo" for c in self["route-configs"]) and demo and _taken(demo):
+            raise usage.UsageError(
+                f"--demo-port {demo} is taken on 127.0.0.1: pass --demo-port with a free port "
+                "(0: any)"
+            )
 
     def _routes(self) -> None:
         """Read the routes file, and size the in-flight bound to fit the routes' own."""
@@ -290,3 +304,14 @@ class Options(usage.Options):
         except usage.UsageError as e:
             text = str(e).removeprefix("Parameter type enforcement failed: ")
             raise SystemExit(f"twistd couchgw: {text} (see twistd couchgw --help)") from None
+
+
+def _taken(port: int) -> bool:
+    """Whether a server listens on 127.0.0.1:C{port} (so that no child of ours could)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False

@@ -15,6 +15,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
+from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from couchgw.connections import PoolCloser, agent, connection_pool
@@ -49,6 +50,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     top = Stack()
 
     couch = options["couch"]
+    embedded: EmbeddedCouch | None = None
     if couch is None:
         embedded = EmbeddedCouch(
             reactor,
@@ -62,7 +64,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     pool = connection_pool(reactor)
     PoolCloser(pool).setServiceParent(top)
-    db = Database(couch, agent(reactor, pool, options.get("ca")))
+    to_couch: IAgent = agent(reactor, pool, options.get("ca"))
+    if embedded is not None:  # only once the server on its port is the child it started
+        to_couch = embedded.agent(to_couch)
+    db = Database(couch, to_couch)
 
     configs: list[RouteConfig] = options["route-configs"]
     if any(config.url == "demo" for config in configs):
@@ -96,7 +101,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         reactor,
         callbacks=callbacks,
         policies={
-            c.name: Policy(retries=c.retries, backoff=c.backoff, rate=c.rate, inflight=c.inflight)
+            c.name: Policy(
+                retries=c.retries,
+                backoff=c.backoff,
+                rate=c.rate,
+                inflight=c.inflight,
+                retry_for=c.retry_for,
+                backoff_max=c.backoff_max,
+            )
             for c in configs
         },
         gateway=options["gateway-id"],

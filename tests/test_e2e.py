@@ -428,3 +428,87 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, gateways: Any) -> None:
         second.terminate()
     finally:
         stop(demo)
+
+
+def _held_by(db: str, ids: list[str], gateway: str) -> set[str]:
+    """The messages the gateway C{gateway} holds claims on."""
+    _, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+    return {
+        row["id"]
+        for row in body["rows"]
+        if row["doc"].get("status") == "dispatching"
+        and (row["doc"].get("claim") or {}).get("by") == gateway
+    }
+
+
+def _killed_mid_call(
+    tmp_path: Path,
+    gateways: Any,
+    prefix: str,
+    options: list[str],
+    before: list[list[str]],
+    after: list[list[str]],
+) -> tuple[float, set[str]]:
+    """
+    A gateway (C{options}) is SIGKILLed while it calls; gateways with the options C{before}
+    run beside it, and with those C{after} are started just after the kill.  Answers the
+    seconds from the kill until no message was held by the dead gateway, and the messages it
+    held; checks that every message is forwarded and that only those held were called twice.
+    """
+    wsdl, demo = start_demo(tmp_path / "demo.log", delay=0.1)
+    try:
+        db = new_db_url(prefix)
+        doomed = gateways("--couch", db, "--target", wsdl, *options)
+        others = [gateways("--couch", db, "--target", wsdl, *args) for args in before]
+        for gateway in [doomed, *others]:
+            gateway.wait_ready()
+        doomed_id = http("GET", f"{doomed.api}/status")[1]["gateway"]
+        ids = [f"{prefix}-{i:02d}" for i in range(40)]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": activation_docs(ids, 10)})
+        assert status == 201
+        wait_until(lambda: len(_held_by(db, ids, doomed_id)) >= 3, 60, "calls in flight")
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        doomed.process.wait(10)
+        held = _held_by(db, ids, doomed_id)
+        others += [gateways("--couch", db, "--target", wsdl, *args) for args in after]
+        wait_until(lambda: not _held_by(db, ids, doomed_id), 120, "the dead gateway's claims")
+        took = time.monotonic() - killed
+        finished = wait_terminal(db, ids, 120)
+        assert {d["status"] for d in finished.values()} == {"forwarded"}
+        calls = activations(tmp_path / "demo.log", f"{prefix}-")
+        assert set(calls) == set(ids)
+        assert {i for i, n in calls.items() if n > 1} <= held, (calls, held)
+        return took, held
+    finally:
+        stop(demo)
+
+
+def test_a_killed_gateways_messages_are_taken_over_within_seconds(
+    tmp_path: Path, gateways: Any
+) -> None:
+    """
+    SIGKILL mid-call, the default --lease of 600 s and --announce of 5 s: another gateway
+    takes the dead one's claims over once its announcement expires, not its leases.
+    """
+    took, held = _killed_mid_call(
+        tmp_path, gateways, "kill", ["--threads", "5"], [["--threads", "5"]], []
+    )
+    assert held
+    print(f"taken over {took:.1f}s after the kill ({len(held)} claims)")
+    assert took < 30, took
+
+
+def test_a_restarted_gateway_takes_its_dead_predecessors_claims_at_once(
+    tmp_path: Path, gateways: Any
+) -> None:
+    """
+    A gateway SIGKILLed and started again on the same host: the new process sees the old one's
+    process gone and takes its claims at once, long before its announcement (--announce 30:
+    alive for 90 s) would expire.
+    """
+    options = ["--threads", "5", "--announce", "30"]
+    took, held = _killed_mid_call(tmp_path, gateways, "restart", options, [], [options])
+    assert held
+    print(f"taken over {took:.1f}s after the kill ({len(held)} claims)")
+    assert took < 60, took

@@ -6,8 +6,11 @@ server; time is a L{Clock}, and each beat is run by hand.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections import Counter
 from typing import Any
+from unittest import SkipTest
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -15,9 +18,12 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
 
+from couchgw import message
 from couchgw.connections import connection_pool
 from couchgw.couch.client import Database, supports_selector
-from couchgw.gateway.members import Members, owner
+from couchgw.gateway import members as members_module
+from couchgw.gateway.members import HOME, Members, owner
+from couchgw.timing import iso
 from tests.servers import free_port, new_db_url, setup_error
 
 
@@ -51,6 +57,57 @@ class Ownership(SynchronousTestCase):
         self.assertEqual(mine, [i for i in ids if owner(i, ["a", "b"]) == "a"])
         nobody = [i for i in ids if members.owns(i, "nowhere")]
         self.assertEqual(nobody, [i for i in ids if owner(i, ["a", "b", "c"]) == "a"])
+
+
+def claimed(by: str, at: float) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "status": "dispatching",
+        "claim": {"by": by, "until": iso(at + 600)},
+        "dispatched_at": iso(at),
+    }
+
+
+class Gone(SynchronousTestCase):
+    def test_a_holder_unseen_a_beat_after_its_claim_is_gone(self) -> None:
+        """
+        A gateway announces itself before it claims: one not alive when this gateway read the
+        others more than a beat after the claim is gone, and its claim due before its lease ends.
+        """
+        clock = Clock()
+        clock.advance(10_000)
+        members = Members(None, clock, "a", ["default"], beat=5, ttl=15)  # type: ignore[arg-type]
+        members._from = members._written_at = members._read_at = 10_000.0
+        members.others = {"b": frozenset({"default"})}
+        members.leaving = {"l"}
+        for holder, at, gone in [
+            ("a", 9_990, False),  # itself
+            ("b", 9_990, False),  # alive
+            ("l", 9_990, False),  # leaving: finishing its calls
+            ("c", 9_990, True),  # not seen although the others were read since
+            ("c", 9_996, False),  # claimed too shortly before the read to be sure
+        ]:
+            doc = claimed(holder, at)
+            self.assertEqual(members.holder_gone(doc), gone, (holder, at))
+            self.assertEqual(
+                message.due(doc, clock.seconds(), members.holder_gone), "takeover" if gone else None
+            )
+        members.ended = {"d"}  # a predecessor on this host whose process ended: at once
+        self.assertTrue(members.holder_gone(claimed("d", 9_999.9)))
+
+    def test_a_predecessor_on_this_host_is_ended_once_its_process_is(self) -> None:
+        if HOME is None:
+            raise SkipTest("no /proc here: processes of this host are not compared")
+        child = subprocess.Popen(["true"])
+        child.wait()
+        doc = {"type": "gateway", "gateway": "x", "home": HOME}
+        self.assertTrue(members_module._ended({**doc, "pid": child.pid}))
+        self.assertFalse(members_module._ended({**doc, "pid": os.getppid()}))  # running
+        self.assertFalse(members_module._ended({**doc, "pid": os.getpid()}))  # this process
+        self.assertFalse(members_module._ended({**doc, "pid": child.pid, "home": "elsewhere"}))
+        self.assertFalse(
+            members_module._ended({"type": "gateway", "gateway": "x", "pid": child.pid})
+        )
 
 
 class Announcements(TestCase):

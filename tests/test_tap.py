@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -114,3 +115,20 @@ def test_selector_only_on_apache_couchdb_2_and_later() -> None:
 def test_pouchdb_server_rescans_filtered_feeds() -> None:
     assert rescans_filtered_feeds({"express-pouchdb": "Welcome!", "version": "4.2.0"})
     assert not rescans_filtered_feeds({"couchdb": "Welcome", "version": "3.5.0"})
+
+
+def test_a_taken_embedded_port_is_one_line(tmp_path: Any) -> None:
+    """Without --couch, a port some other server listens on is refused at once, in one line."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(SystemExit) as raised:
+            parse("--data", str(tmp_path), "--embedded-port", str(port))
+        text = str(raised.value)
+        assert f"--embedded-port {port} is taken on 127.0.0.1" in text
+        assert f"--couch=http://127.0.0.1:{port}/messages" in text
+        assert "\n" not in text
+        with pytest.raises(SystemExit) as raised:
+            parse("--couch", "http://127.0.0.1:9/messages", "--demo-port", str(port))
+        assert f"--demo-port {port} is taken on 127.0.0.1" in str(raised.value)

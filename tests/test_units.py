@@ -277,3 +277,48 @@ def test_first_of_a_call_and_its_deadline() -> None:
     results: list[Any] = []
     answered.addCallback(results.append)
     assert results == ["ok"] and clock.getDelayedCalls() == []
+
+
+def test_breaker_opens_on_outages_in_a_row_and_probes_with_one_call() -> None:
+    from twisted.internet.task import Clock
+
+    from couchgw.gateway.breaker import Breaker
+
+    clock = Clock()
+    changes: list[str] = []
+    breaker = Breaker(
+        clock,
+        "erp",
+        Backoff(base=1.0, cap=4.0, uniform=lambda low, high: high),
+        lambda: changes.append(breaker.state),
+    )
+    assert not breaker.failed("reset")  # the first after a success: the message's own
+    breaker.succeeded()
+    assert not breaker.failed("reset")
+    assert breaker.failed("reset")  # the second in a row: the route's
+    assert (breaker.state, breaker.out, breaker.reason, breaker.opened) == (
+        "open",
+        True,
+        "reset",
+        1,
+    )
+    assert not breaker.take_probe()
+    clock.advance(1.0)
+    assert (breaker.state, breaker.out) == ("probing", False)
+    assert breaker.take_probe() and not breaker.take_probe()  # one probe at a time
+    breaker.pass_on()  # the probe was not made: another call may be it
+    assert breaker.take_probe()
+    assert breaker.failed("reset")  # the probe failed: open again, for longer
+    clock.advance(1.0)
+    assert breaker.out
+    clock.advance(1.0)
+    assert breaker.take_probe()
+    breaker.succeeded()
+    assert (breaker.state, breaker.out, breaker.reason, breaker.opened) == (
+        "closed",
+        False,
+        None,
+        1,
+    )
+    assert changes == ["open", "probing", "probing", "open", "probing", "closed"]
+    assert Breaker(clock, "crm", Backoff(base=1.0, cap=4.0)).failed("refused", unreachable=True)

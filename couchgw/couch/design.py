@@ -20,11 +20,14 @@ from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
 from couchgw.couch.errors import NotFound
+from couchgw.message import DEFAULT_ROUTE
 
 log = Logger()
 
 #: The gateway's own design document.
 DDOC = "couchgw"
+#: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
+UNREADABLE_DEPTH = 100
 
 
 def new_messages(
@@ -108,3 +111,34 @@ def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
 
 #: The design documents as this version of couchgw ships them.
 DOCS = load()
+
+
+# -- rows of the due view (views/due/map.js) ---------------------------------------------------
+
+
+def route_of(row: Mapping[str, Any]) -> str | None:
+    """The route a row of the C{due} view names (None: a target that is not a string)."""
+    value = row.get("value")
+    named = value[2] if isinstance(value, list) and len(value) > 2 else value
+    if named is None:
+        return DEFAULT_ROUTE
+    return named if isinstance(named, str) else None
+
+
+def claim_holder(row: Mapping[str, Any]) -> str:
+    """The gateway holding the claim of a C{["claim", gateway]} row of the C{due} view."""
+    key = row.get("key")
+    return str(key[1]) if isinstance(key, list) and len(key) == 2 else ""
+
+
+def unreadable(row: Mapping[str, Any], max_bytes: int) -> str | None:
+    """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
+    value = row.get("value")
+    if row.get("key") != 0 or not isinstance(value, list) or len(value) < 2:
+        return None
+    size, depth = value[:2]
+    if isinstance(size, int) and size > max_bytes:
+        return "too large"
+    if isinstance(depth, int) and depth >= UNREADABLE_DEPTH:
+        return "too deep"
+    return None

@@ -138,6 +138,16 @@ class ChangesFeed:
 
     # -- connection ------------------------------------------------------------------------------
 
+    def describe(self) -> dict[str, Any]:
+        """The feed's state as plain JSON."""
+        return {
+            "state": self.state,
+            "paused": self.paused,
+            "since": self.since,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
     @inlineCallbacks
     def lag(self, most: int = 10000) -> Any:
         """

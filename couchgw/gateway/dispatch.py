@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import (
@@ -24,10 +25,11 @@ from twisted.python.failure import Failure
 from couchgw import message
 from couchgw.couch.client import Doc
 from couchgw.errors import describe_error
+from couchgw.gateway.breaker import Breaker
 from couchgw.gateway.claims import Claim, Claims
 from couchgw.message import Rejected
 from couchgw.metrics import Metrics
-from couchgw.targets.interfaces import Fault, ITarget, Transient, Unreachable
+from couchgw.targets.interfaces import Fault, ITarget, Outage, Transient, Unreachable
 from couchgw.timing import Backoff, RateLimit
 
 log = Logger(namespace="couchgw.gateway")
@@ -48,13 +50,17 @@ class Policy:
     rate: float | None = None
     #: Messages of this route handled at once; more wait in CouchDB, submitted as it drains.
     inflight: int | None = None
+    #: Seconds a message keeps retrying from its first transient failure (instead of counting).
+    retry_for: float | None = None
+    #: The longest wait between retries, and between probes of the route when it is out.
+    backoff_max: float = 300.0
 
 
 class Dispatch:
     """
     @param drained: called when a message of a route is done (L{Intake.drained}).
     @param wake_at: sweeps at a time, for a retry (L{Intake.wake_at}).
-    @param route_down: called when a target is unreachable (L{Routes.down}).
+    @param route_back: called when a route that was out answers again (L{Routes.back}).
     """
 
     def __init__(
@@ -70,7 +76,7 @@ class Dispatch:
         running: Callable[[], bool],
         drained: Callable[[str], None],
         wake_at: Callable[[float], None],
-        route_down: Callable[[ITarget, str], None],
+        route_back: Callable[[str], None],
     ) -> None:
         self.clock = clock
         self.claims = claims
@@ -81,12 +87,24 @@ class Dispatch:
         self._running = running
         self._drained = drained
         self._wake_at = wake_at
-        self._route_down = route_down
+        self._route_back = route_back
         self.slots = {name: DeferredSemaphore(max(1, t.concurrency)) for name, t in targets.items()}
         self._backoffs = {
-            name: Backoff(base=policy.backoff, cap=300.0, floor=min(1.0, policy.backoff))
+            name: Backoff(
+                base=policy.backoff, cap=policy.backoff_max, floor=min(1.0, policy.backoff)
+            )
             for name, policy in self.policies.items()
             if policy.backoff is not None
+        }
+        #: Each route's circuit breaker: an outage of its target costs no attempts.
+        self.breakers = {
+            name: Breaker(
+                clock,
+                name,
+                Backoff(base=1.0, cap=max(1.0, policy.backoff_max)),
+                partial(self._breaker_changed, name),
+            )
+            for name, policy in self.policies.items()
         }
         self._rates = {
             name: RateLimit(clock, policy.rate)
@@ -100,6 +118,31 @@ class Dispatch:
         #: Claimed messages waiting for a slot of their route (cancelled at stop).
         self._queued: set[Deferred[Any]] = set()
 
+    def _breaker_changed(self, route: str) -> None:
+        if not self.breakers[route].out:  # closed, or a probe may go: the waiting go on
+            self._route_back(route)
+
+    def out(self, route: str) -> bool:
+        """Whether a route's target is out (its breaker open, no probe to make): no call now."""
+        return self.breakers[route].out
+
+    def turn(self, route: str) -> str | None:
+        """
+        Whether a call of this route may be made now: C{"call"}, C{"probe"} (the call that
+        tells whether a route that was out is back: this caller makes it), or None (out).
+        """
+        breaker = self.breakers[route]
+        if breaker.closed:
+            return "call"
+        return "probe" if breaker.take_probe() else None
+
+    def problems(self) -> list[str]:
+        return [
+            f"route {name} out: {breaker.reason}"
+            for name, breaker in sorted(self.breakers.items())
+            if not breaker.closed
+        ]
+
     def full(self, route: str) -> bool:
         """Whether a route has as many messages in flight as its C{inflight} bound allows."""
         bound = self.bounds[route]
@@ -108,30 +151,41 @@ class Dispatch:
     def retries_of(self, route: str) -> int:
         return self.policies[route].retries or self.retries
 
+    def start(self) -> None:
+        for breaker in self.breakers.values():
+            breaker.start()
+
     def stop(self) -> None:
-        """Messages claimed and waiting for a slot give their claims back."""
+        """Messages claimed and waiting for a slot give their claims back; no more probes."""
         for queued in list(self._queued):
             queued.cancel()
+        for breaker in self.breakers.values():
+            breaker.stop()
 
     @inlineCallbacks
-    def dispatch(self, doc: Doc, target: ITarget, prepared: Any) -> Any:
+    def dispatch(self, doc: Doc, target: ITarget, prepared: Any, probe: bool = False) -> Any:
         """
         Claim, wait for one of the route's slots, call, write back; answer None if the claim
         lost (the document changed).  The claim comes before the slot, so that a slot set free
         goes to a message claimed already: its call starts as the last one ends, not a CouchDB
         round trip later.  The route's C{inflight} bound limits how many wait so, claimed.
+        With C{probe}, the call is the one that tells whether a route that was out is back.
         """
         name = target.name
         self.inflight[name] += 1
         try:
             if not self._running() or target.state != "ready":
+                if probe:
+                    self.breakers[name].pass_on()
                 return doc  # stopping, or the route went down: leave it for later
             claimed = yield self.claims.take(doc)
             if claimed is None:
+                if probe:
+                    self.breakers[name].pass_on()
                 return None
             claim = self.claims.hold(claimed)
             try:
-                yield self._call(doc, claim, target, prepared)
+                yield self._call(doc, claim, target, prepared, probe)
                 return claimed
             finally:
                 self.claims.let_go(claim)
@@ -140,16 +194,22 @@ class Dispatch:
             self._drained(name)
 
     @inlineCallbacks
-    def _call(self, doc: Doc, claim: Claim, target: ITarget, prepared: Any) -> Any:
-        """Call the target for a claimed message once the route has a slot; write the outcome."""
+    def _call(self, doc: Doc, claim: Claim, target: ITarget, prepared: Any, probe: bool) -> Any:
+        """
+        Call the target for a claimed message once the route has a slot; write the outcome.  A
+        failure that is the route's (L{Breaker}) is no outcome: the claim is given back.
+        """
         name = target.name
         claimed = claim.claimed
+        breaker = self.breakers[name]
         slots = self.slots[name]
         queued = slots.acquire()
         self._queued.add(queued)
         try:
             yield queued
         except CancelledError:  # stopping
+            if probe:
+                breaker.pass_on()
             yield claim.finish(message.released(doc))
             return
         finally:
@@ -159,8 +219,10 @@ class Dispatch:
             rate = self._rates.get(name)
             if rate is not None:
                 yield rate.wait()
-            if not self._running() or target.state != "ready":
-                # stopping, or the route went down, while it waited: give the claim back
+            if not self._running() or target.state != "ready" or not (breaker.closed or probe):
+                # stopping, or the route went down or out, while it waited: give the claim back
+                if probe:
+                    breaker.pass_on()
                 yield claim.finish(message.released(doc))
                 return
             log.info(
@@ -178,13 +240,26 @@ class Dispatch:
                     call,
                     target.timeout + CALL_MARGIN,
                     self.clock,
-                    Transient(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
+                    Outage(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
                 )
+            except Outage as e:
+                route_out = breaker.failed(str(e), unreachable=isinstance(e, Unreachable))
+                if route_out and not self._too_late(claimed, name):
+                    log.warn(
+                        "{id}: route {route} is out ({error}); it waits for the route",
+                        id=claimed["_id"],
+                        route=name,
+                        error=str(e),
+                    )
+                    now = self.clock.seconds()
+                    yield claim.finish(message.out(doc, f"route out: {e}", now))
+                    return
+                fields = self.outcome_of(claimed, e, name)
             except Exception as e:
-                if isinstance(e, Unreachable):
-                    self._route_down(target, str(e))
+                breaker.succeeded()  # it answered
                 fields = self.outcome_of(claimed, e, name)
             else:
+                breaker.succeeded()
                 fields = message.forwarded(answer, self.clock.seconds())
             duration = self.clock.seconds() - started
             self.metrics.dispatch.labels(name).observe(duration)
@@ -197,6 +272,16 @@ class Dispatch:
             if slot_held:
                 slots.release()
 
+    def _too_late(self, doc: Doc, route: str) -> bool:
+        """Whether a message's failures began C{retry_for} ago (its route's setting) or more."""
+        retry_for = self.policies[route].retry_for
+        since = _first_failure(doc)
+        return (
+            retry_for is not None
+            and since is not None
+            and self.clock.seconds() - since >= retry_for
+        )
+
     def outcome_of(self, doc: Doc, error: Exception, route: str) -> dict[str, Any]:
         """The fields a failed call writes: final, or C{retrying} after a backoff."""
         now = self.clock.seconds()
@@ -206,11 +291,20 @@ class Dispatch:
             return message.rejected(str(error), now)
         if isinstance(error, Transient):
             attempts = int(doc.get("attempts") or 1)
-            retries = self.retries_of(route)
-            if attempts < retries:
+            since = _first_failure(doc) or now
+            retry_for = self.policies[route].retry_for
+            if retry_for is None:
+                again = attempts < self.retries_of(route)
+            else:
+                again = now - since < retry_for
+            if again:
                 delay = self._backoffs.get(route, self.retry_backoff).delay(attempts - 1)
-                return message.retrying("transient", str(error), now, delay)
-            return message.failed("transient", f"{error} (after {attempts} attempts)", now)
+                return message.retrying("transient", str(error), now, delay, since)
+            return message.failed(
+                "transient",
+                f"{error} (after {attempts} attempts in {now - since:.0f}s)",
+                now,
+            )
         return message.failed("error", describe_error(error), now)
 
     def _log_outcome(self, doc: Doc, fields: dict[str, Any], route: str, duration: float) -> None:
@@ -274,3 +368,11 @@ def first(
 def _release(result: Any, slots: DeferredSemaphore) -> Any:
     slots.release()
     return result
+
+
+def _first_failure(doc: Doc) -> float | None:
+    """When the transient failures of a message that is being retried began."""
+    error = doc.get("error")
+    if not isinstance(error, dict) or error.get("kind") != "transient":
+        return None
+    return message.parse_time(error.get("since"))

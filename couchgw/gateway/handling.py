@@ -81,15 +81,17 @@ class Handling:
     @inlineCallbacks
     def handle(self, doc: Doc) -> Any:
         targets = self.routes.targets
-        for _ in range(20):
+        looks = 0  # at the document as it changed (waits for a route do not count)
+        while looks < 20:
             if not self._running() or not self.members.mine(doc):
                 return
             if doc.get("_conflicts"):
                 resolved = yield self.claims.resolve(doc)
                 doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
+                looks += 1
                 continue
             now = self.clock.seconds()
-            due = message.due(doc, now)
+            due = message.due(doc, now, self.members.holder_gone)
             if due is None:
                 return
             if due == "callback":
@@ -112,7 +114,7 @@ class Handling:
                             f"there is no route {message.short(call.route)} "
                             f"(routes: {', '.join(sorted(targets))})"
                         )
-                    if target.state != "ready":
+                    if target.state != "ready" or self.dispatch.out(target.name):
                         waiter = self.routes.wait_for(target)
                         if waiter is None:
                             return  # no room to wait: the sweep looks again once it is up
@@ -127,11 +129,17 @@ class Handling:
                     if self.dispatch.full(target.name):
                         self._wait_for_room(target.name, doc["_id"])
                         return  # it waits in CouchDB until its route has room
-                    written = yield self.dispatch.dispatch(doc, target, prepared)
+                    turn = self.dispatch.turn(target.name)
+                    if turn is None:
+                        continue  # the route is out: wait for it
+                    written = yield self.dispatch.dispatch(
+                        doc, target, prepared, probe=turn == "probe"
+                    )
             if written is not None:
                 return
             try:
                 doc = yield self.db.get(doc["_id"], conflicts="true")  # it changed: look again
+                looks += 1
             except NotFound:
                 return  # deleted
         log.warn("gave up on {id}: it kept changing", id=doc["_id"])

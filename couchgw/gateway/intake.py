@@ -36,8 +36,6 @@ log = Logger(namespace="couchgw.gateway")
 WAITING = 10000
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
-#: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
-UNREADABLE_DEPTH = 100
 
 
 class Intake:
@@ -140,7 +138,7 @@ class Intake:
         elif (
             change.get("deleted")
             or not message.is_message(doc)
-            or (not doc.get("_conflicts") and message.due(doc, self.clock.seconds()) is None)
+            or (not doc.get("_conflicts") and self._nothing_due(doc))
             or not self.members.mine(doc)
         ):
             checkpoint.done(token)
@@ -148,6 +146,9 @@ class Intake:
         else:
             handled = self.submit(doc)
         handled.addBoth(lambda _: checkpoint.done(token))
+
+    def _nothing_due(self, doc: Doc) -> bool:
+        return message.due(doc, self.clock.seconds(), self.members.holder_gone) is None
 
     def submit(self, doc: Doc) -> Deferred[None]:
         """
@@ -269,31 +270,56 @@ class Intake:
         self._sweep_again = False
         self._sweeping = Deferred()
         try:
-            now_ms = int(self.clock.seconds() * 1000)
-            page = max(self.max_inflight, 10)
-            params: dict[str, Any] = {"endkey": now_ms, "limit": page}
-            taken: Counter[str] = Counter()
-            for _ in range(10):
-                if not self._room():
-                    break
-                try:
-                    self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
-                    result = yield self._query
-                except NotFound:
-                    yield self._recover()
-                    return
-                rows = result.get("rows", [])
-                yield self._submit_ids(self._worth_reading(rows, taken))
-                if len(rows) < page:
-                    break
-                last = rows[-1]
-                params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+            yield self._take_over()
+            yield self._sweep_due()
+        except NotFound:
+            yield self._recover()
         finally:
             self._query = None
             sweeping, self._sweeping = self._sweeping, None
             sweeping.callback(None)
             if self._sweep_again:
                 self.sweep_soon()
+
+    @inlineCallbacks
+    def _sweep_due(self) -> Any:
+        """Submit what the C{due} view says is due now, a page at a time while there is room."""
+        now_ms = int(self.clock.seconds() * 1000)
+        page = max(self.max_inflight, 10)
+        params: dict[str, Any] = {"endkey": now_ms, "limit": page}
+        taken: Counter[str] = Counter()
+        for _ in range(10):
+            if not self._room():
+                break
+            self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
+            result = yield self._query
+            rows = result.get("rows", [])
+            yield self._submit_ids(self._worth_reading(rows, taken))
+            if len(rows) < page:
+                break
+            last = rows[-1]
+            params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+
+    @inlineCallbacks
+    def _take_over(self) -> Any:
+        """
+        Submit the claimed messages of gateways not seen alive that are this gateway's: those
+        whose gateway is gone are due at once (L{Members.holder_gone}), not when their lease
+        ends.
+        """
+        if not self._room():
+            return
+        self._query = self.db.view(
+            design.DDOC, "due", timeout=SWEEP_TIMEOUT, startkey=["claim"], endkey=["claim", {}]
+        )
+        result = yield self._query
+        ids = [
+            row["id"]
+            for row in result.get("rows", [])
+            if not self.members.alive(design.claim_holder(row))
+            and self.members.owns(row["id"], design.route_of(row))
+        ]
+        yield self._submit_ids(ids)
 
     def _worth_reading(self, rows: list[Mapping[str, Any]], taken: Counter[str]) -> list[str]:
         """
@@ -304,12 +330,12 @@ class Intake:
         for row in rows:
             if row["id"] in self.active:
                 continue
-            why = self._unreadable(row)
+            why = design.unreadable(row, self.max_bytes)
             if why is not None:
                 if self._room() and self.members.owns(row["id"], None):
                     self._track(row["id"], partial(self._reject, row["id"], None, why))
                 continue
-            route = route_of(row)  # None: read it, and its target says whose it is
+            route = design.route_of(row)  # None: read it, and its target says whose it is
             if route is not None and not self.members.owns(row["id"], route):
                 continue
             if not self._waits_for_room(route, taken):
@@ -351,18 +377,6 @@ class Intake:
         taken[route] += 1
         return False
 
-    def _unreadable(self, row: Mapping[str, Any]) -> str | None:
-        """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
-        value = row.get("value")
-        if row.get("key") != 0 or not isinstance(value, list) or len(value) < 2:
-            return None
-        size, depth = value[:2]
-        if isinstance(size, int) and size > self.max_bytes:
-            return "too large"
-        if isinstance(depth, int) and depth >= UNREADABLE_DEPTH:
-            return "too deep"
-        return None
-
     # -- life cycle and state --------------------------------------------------------------------
 
     def stop(self) -> Deferred[None] | None:
@@ -382,20 +396,12 @@ class Intake:
         return succeed(None) if self.feed is None else self.feed.lag(most)
 
     def describe_feed(self) -> dict[str, Any]:
-        feed = self.feed
-        return {
-            "state": feed.state if feed else "not started",
-            "paused": feed.paused if feed else False,
-            "since": feed.since if feed else None,
-            "reconnects": feed.reconnects if feed else 0,
-            "last_error": feed.last_error if feed else None,
-        }
-
-
-def route_of(row: Mapping[str, Any]) -> str | None:
-    """The route a row of the C{due} view names (None: a target that is not a string)."""
-    value = row.get("value")
-    named = value[2] if isinstance(value, list) and len(value) > 2 else False
-    if named is None:
-        return message.DEFAULT_ROUTE
-    return named if isinstance(named, str) else None
+        if self.feed is None:
+            return {
+                "state": "not started",
+                "paused": False,
+                "since": None,
+                "reconnects": 0,
+                "last_error": None,
+            }
+        return self.feed.describe()

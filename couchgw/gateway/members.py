@@ -54,6 +54,36 @@ TYPE = "gateway"
 _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
 
 
+def _home() -> str | None:
+    """
+    What a process on this host shares with this one when their pids can be compared: the
+    boot and the pid namespace (None where that cannot be told: pids are then never compared).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{socket.gethostname()} {boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+HOME = _home()
+
+
+def _ended(doc: Mapping[str, Any]) -> bool:
+    """Whether an announcement is of a process of this host (boot, pid namespace) that ended."""
+    pid = doc.get("pid")
+    if HOME is None or doc.get("home") != HOME or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's)
+    return False
+
+
 def gateway_id() -> str:
     """An id unique to this process."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -119,6 +149,8 @@ class Members:
         self._first_waiting: list[Deferred[None]] = []
         #: Why the last announcement or read failed (None when it worked).
         self.error: str | None = None
+        #: Gateways of this host whose process ended (a predecessor that was killed).
+        self.ended: set[str] = set()
 
     # -- who owns what ---------------------------------------------------------------------------
 
@@ -163,6 +195,22 @@ class Members:
         if not self.claiming():
             return [f"cannot announce this gateway to the others{error}"]
         return []
+
+    def holder_gone(self, doc: Doc) -> bool:
+        """
+        Whether the gateway holding a claimed message is gone, so that its claim need not wait
+        out its lease: a predecessor on this host whose process ended, or a gateway not alive
+        when this one read the others a beat after the claim (a gateway announces itself before
+        it claims anything, so one alive then would have been seen).
+        """
+        claim = doc.get("claim")
+        holder = claim.get("by") if isinstance(claim, Mapping) else None
+        if not isinstance(holder, str) or self.alive(holder):
+            return False
+        if holder in self.ended:
+            return True
+        since = parse_time(doc.get("dispatched_at"))
+        return self._read_at is not None and since is not None and self._read_at > since + self.beat
 
     def alive(self, gateway: str) -> bool:
         """Whether a gateway is known to be alive (this one always is), leaving or not."""
@@ -271,6 +319,7 @@ class Members:
             "gateway": self.id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "home": HOME,
             "routes": self.routes,
             "beat": self.beat,
             "ttl": self.ttl,
@@ -300,10 +349,12 @@ class Members:
             params={"startkey": first, "endkey": first + "\ufff0", "include_docs": "true"},
         )
         now = self.clock.seconds()
+        docs = [doc for doc in (row.get("doc") for row in result.get("rows", [])) if _valid(doc)]
+        ended = {doc["gateway"] for doc in docs if _ended(doc)}
         alive = [
             doc
-            for doc in (row.get("doc") for row in result.get("rows", []))
-            if _alive(doc, now) and doc["gateway"] != self.id
+            for doc in docs
+            if _alive(doc, now) and doc["gateway"] != self.id and doc["gateway"] not in ended
         ]
         others = {
             doc["gateway"]: frozenset(doc.get("routes") or [])
@@ -320,14 +371,22 @@ class Members:
                 joined=f"; joined: {', '.join(sorted(joined))}" if joined else "",
                 left=f"; left: {', '.join(sorted(left))}" if left else "",
             )
+        if ended - self.ended:
+            log.info("gateways ended on this host: {ended}", ended=", ".join(sorted(ended)))
         joining = self._read_at is None
+        gone = bool(left or ended - self.ended)
         self.others = others
+        self.ended = ended
         self._read_at = started
         if joining:
             # alone: claim at once; with others: once each has read the members again
             self._from = started + (2 * self.beat if others else 0.0)
-        if left and self.claiming():
-            self.on_change()
+        if gone:
+            # their claims are due now: sweep for them (once this gateway may claim)
+            if self.claiming():
+                self.on_change()
+            else:
+                self._passed_over = True
 
     def describe(self) -> dict[str, Any]:
         """The members as plain JSON (for C{/status})."""
@@ -339,11 +398,16 @@ class Members:
         }
 
 
-def _alive(doc: Mapping[str, Any] | None, now: float) -> bool:
-    if not isinstance(doc, Mapping) or doc.get("type") != TYPE:
-        return False
-    if not isinstance(doc.get("gateway"), str) or doc.get("_deleted"):
-        return False
+def _valid(doc: Any) -> bool:
+    return (
+        isinstance(doc, Mapping)
+        and doc.get("type") == TYPE
+        and isinstance(doc.get("gateway"), str)
+        and not doc.get("_deleted")
+    )
+
+
+def _alive(doc: Mapping[str, Any], now: float) -> bool:
     at = parse_time(doc.get("at"))
     ttl = doc.get("ttl")
     if at is None or not isinstance(ttl, int | float):

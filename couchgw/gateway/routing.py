@@ -141,12 +141,14 @@ class Routes:
         for waiter in self._waiting.pop(name, []):
             waiter.callback(None)
 
-    def down(self, target: ITarget, reason: str) -> None:
-        """A call found the route's target unreachable: mark it so, and load it again."""
-        if target.state == "ready":
-            log.warn("route {route} is unreachable: {reason}", route=target.name, reason=reason)
-            target.unavailable(f"unreachable: {reason}")
-        self.reload(target)
+    def back(self, name: str) -> None:
+        """
+        A route that was out answers again (or may be probed): the messages waiting for it go
+        on, and those it gave back or turned away are swept for.
+        """
+        self._ready(name)
+        self._turned_away.discard(name)
+        self._sweep_soon()
 
     def stop(self) -> None:
         """Stop loading; the messages waiting for a route end."""

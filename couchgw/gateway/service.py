@@ -135,7 +135,7 @@ class Gateway(Service):
             running=self._running,
             drained=lambda route: self.intake.drained(route),
             wake_at=lambda when: self.intake.wake_at(when),
-            route_down=self.routes.down,
+            route_back=self.routes.back,
         )
         self.handling = Handling(
             db,
@@ -185,6 +185,7 @@ class Gateway(Service):
     def startService(self) -> None:
         super().startService()
         self.claims.closed = False
+        self.dispatch.start()
         self._begin(first=True)
 
     def _begin(self, first: bool) -> None:
@@ -323,7 +324,7 @@ class Gateway(Service):
         if feed["state"] != "connected":
             error = feed["last_error"]
             problems.append(f"changes feed {feed['state']}" + (f": {error}" if error else ""))
-        return problems + self.routes.problems()
+        return problems + self.routes.problems() + self.dispatch.problems()
 
     def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
         return self.intake.feed_lag(most)
@@ -365,10 +366,13 @@ class Gateway(Service):
         target = self.targets[name]
         policy = self.dispatch.policies[name]
         about = dict(target.describe()) if describe else {}
+        breaker = self.dispatch.breakers[name]
+        out = target.state == "ready" and not breaker.closed
         about.update(
             kind=target.kind,
-            state=target.state,
-            error=target.error,
+            state="out" if out else target.state,
+            error=f"out: {breaker.reason}" if out else target.error,
+            breaker=breaker.describe(),
             concurrency=target.concurrency,
             busy=target.busy,
             in_flight=self.dispatch.inflight[name],
@@ -383,7 +387,13 @@ class Gateway(Service):
         feed = self.intake.feed
         return Gauges(
             routes=[
-                RouteGauges(name, self.dispatch.inflight[name], t.busy, t.state == "ready")
+                RouteGauges(
+                    name,
+                    self.dispatch.inflight[name],
+                    t.busy,
+                    t.state == "ready" and self.dispatch.breakers[name].closed,
+                    self.dispatch.breakers[name].opened,
+                )
                 for name, t in sorted(self.targets.items())
             ],
             active=len(self.intake.active),

@@ -41,6 +41,7 @@ from couchgw.targets.interfaces import (
     Fault,
     ITarget,
     ITargetFactory,
+    Outage,
     Transient,
     Unreachable,
     target_url,
@@ -51,6 +52,8 @@ log = Logger()
 #: The largest answer taken (its JSON becomes the result, inside the message document).
 MAX_ANSWER = 8 * 1024 * 1024
 
+#: Answers that say the target is out, not that this call failed.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
 #: The connection could not be made at all: the route is down, not just this call.
 _UNREACHABLE = (network.ConnectionRefusedError, network.DNSLookupError, network.NoRouteError)
 _TRANSIENT = (
@@ -167,7 +170,7 @@ class HttpTarget(BaseTarget):
         except _UNREACHABLE as e:
             raise Unreachable(_text(e)) from None
         except _TRANSIENT as e:
-            raise Transient(_text(e)) from None
+            raise Outage(_text(e)) from None
         raw = b"".join(chunks)
         code = response.code
         if 200 <= code < 300:
@@ -180,6 +183,8 @@ class HttpTarget(BaseTarget):
                     f"the target answered HTTP {code} with something that is not JSON: {raw[:80]!r}"
                 ) from None
         text = f"the target answered HTTP {code}" + _detail(raw)
+        if code in OUTAGE_STATUSES:
+            raise Outage(text)
         if code >= 500 or code in (408, 429):
             raise Transient(text)
         raise Fault(text)

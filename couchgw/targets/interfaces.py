@@ -20,10 +20,18 @@ class Transient(Exception):
     """The call failed in a way that may pass (connection refused or reset, timeout, HTTP 5xx)."""
 
 
-class Unreachable(Transient):
+class Outage(Transient):
+    """
+    The target, not this call, failed: the connection reset or closed without an answer, TLS
+    failing, HTTP 502, 503 or 504, no answer in time.  Outages one after another are the
+    route's, and cost its messages no attempts (L{couchgw.gateway.breaker}).
+    """
+
+
+class Unreachable(Outage):
     """
     The target could not be reached at all (connection refused, host unknown or unreachable):
-    the route is down, not just this call.
+    the route is down, not just this call (which was never sent).
     """
 
 
@@ -54,8 +62,9 @@ class ITarget(Interface):
     def call(prepared: Any, message_id: str) -> Any:
         """
         Make the call; a Deferred firing with the answer as plain JSON, or failing with
-        L{Fault}, L{Transient} (L{Unreachable}), L{couchgw.message.Rejected}, or another error
-        (final).  It fires only once the call has really ended (its thread is free again).
+        L{Fault}, L{Transient} (L{Outage}, L{Unreachable}), L{couchgw.message.Rejected}, or
+        another error (final).  It fires only once the call has really ended (its thread is
+        free again).
         """
 
     def describe() -> dict[str, Any]:
@@ -166,6 +175,11 @@ class RouteConfig:
     rate: float | None = None
     #: Messages handled at once for this route; None: bounded by C{--max-inflight} alone.
     inflight: int | None = None
+    #: Seconds a message keeps retrying from its first transient failure (None: C{retries}
+    #: bounds it instead).
+    retry_for: float | None = None
+    #: The longest wait between retries, and between probes of a route that is out.
+    backoff_max: float = 300.0
     #: The kind's own keys.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: A PEM file of the CAs that verify HTTPS (C{--ca}; None: the system's).

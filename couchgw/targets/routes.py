@@ -12,6 +12,8 @@ the route named C{default}, and a C{--routes} file (TOML) names more::
     operation = "activate" # for messages that name none
     rate = 5               # calls per second at most
     inflight = 40          # messages this route handles at once (its share of --max-inflight)
+    retry_for = "1h"       # retry transient failures for this long (instead of `retries` times)
+    backoff_max = 300      # seconds: the longest wait between retries, and between probes
 
 Keys other than these are the kind's own (in L{RouteConfig.options}, L{couchgw.targets.interfaces}).
 """
@@ -38,6 +40,8 @@ COMMON = frozenset(
         "operation",
         "rate",
         "inflight",
+        "retry_for",
+        "backoff_max",
     }
 )
 
@@ -130,6 +134,8 @@ def _route(
         operation=operation,
         rate=_number(table, "rate", float, 0.001, None, fail),
         inflight=inflight if inflight is not None else max(10, 2 * concurrency),
+        retry_for=_duration(table, "retry_for", fail),
+        backoff_max=_or(_number(table, "backoff_max", float, 0.01, None, fail), 300.0),
         options={k: v for k, v in table.items() if k not in COMMON},
         ca=defaults.ca,
     )
@@ -158,6 +164,32 @@ def _number(
         bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
         raise fail(f"{key} must be {noun} {bound}, not {value!r}")
     return kind(value)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(
+    table: Mapping[str, Any], key: str, fail: Callable[[str], RoutesError]
+) -> float | None:
+    """Seconds, given as a number or as a text such as C{"90s"}, C{"30m"}, C{"1h"}, C{"2d"}."""
+    if key not in table:
+        return None
+    value = table[key]
+    seconds = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value[-1:] in _UNITS:
+        try:
+            seconds = float(value[:-1]) * _UNITS[value[-1]]
+        except ValueError:
+            seconds = None
+    if seconds is None or not seconds > 0:
+        raise fail(
+            f"{key} must be a positive duration (seconds, or a text such as '90s', '30m', "
+            f"'1h', '2d'), not {value!r}"
+        )
+    return seconds
 
 
 def build(

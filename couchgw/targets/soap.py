@@ -31,12 +31,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from couchgw.message import Rejected, short
+from couchgw.targets.http import OUTAGE_STATUSES
 from couchgw.targets.interfaces import (
     BaseTarget,
     Fault,
     IRunner,
     ITarget,
     ITargetFactory,
+    Outage,
     Transient,
     Unreachable,
     target_url,
@@ -265,18 +267,22 @@ class SoapTarget(BaseTarget):
         except WebFault as e:
             raise Fault(_fault_text(e)) from None
         except TransportError as e:
-            if e.httpcode is None or e.httpcode >= 500:
+            if e.httpcode is None or e.httpcode in OUTAGE_STATUSES:
+                raise Outage(f"HTTP {e.httpcode}: {e}") from None
+            if e.httpcode >= 500:
                 raise Transient(f"HTTP {e.httpcode}: {e}") from None
             raise RuntimeError(f"the target answered HTTP {e.httpcode}: {e}") from None
         except (OSError, http.client.HTTPException) as e:
             if _unreachable(e):
                 raise Unreachable(_oserror_text(e)) from None
-            raise Transient(_oserror_text(e)) from None
+            raise Outage(_oserror_text(e)) from None
         except Exception as e:
             status = _http_status(e)
             if status is None:
                 raise
             text = f"the target answered HTTP {status[0]} ({status[1]})"
+            if status[0] in OUTAGE_STATUSES:
+                raise Outage(text) from None
             if status[0] >= 500 or status[0] in (408, 429):
                 raise Transient(text) from None
             raise RuntimeError(text) from None
