@@ -35,15 +35,6 @@ GATEWAY_FIELDS = (
 TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled"})
 #: Every status couchgw writes; any other value a client set is invalid.
 STATUSES = TERMINAL | {"dispatching", "retrying"}
-#: A Mango selector of new messages (the equivalent of C{_design/couchgw}'s C{new} filter).
-NEW_SELECTOR = {
-    "type": "message",
-    "$or": [
-        {"status": {"$exists": False}},
-        {"status": None},
-        {"status": {"$nin": sorted(STATUSES)}},
-    ],
-}
 #: How deeply a message's arguments may nest (objects and arrays).
 MAX_DEPTH = 32
 #: Characters XML 1.0 (and so SOAP) cannot carry, and lone surrogates (not Unicode at all).

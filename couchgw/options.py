@@ -97,7 +97,7 @@ class Options(usage.Options):
             None,
             "A TOML file of further routes ([routes.NAME] tables: kind, url, concurrency, "
             "timeout, retries, backoff, backoff_max, retry_for, operation, rate, inflight); "
-            "--target is the route 'default'.",
+            "the route 'default' is the one --target names.",
         ],
         [
             "timeout",

@@ -21,8 +21,8 @@ from twisted.web.client import Agent
 from couchgw import message
 from couchgw.connections import connection_pool
 from couchgw.couch.client import Database, supports_selector
-from couchgw.gateway import members as members_module
-from couchgw.gateway.members import HOME, Members, owner
+from couchgw.gateway import host
+from couchgw.gateway.members import Members, owner
 from couchgw.timing import iso
 from tests.servers import free_port, new_db_url, setup_error
 
@@ -96,18 +96,15 @@ class Gone(SynchronousTestCase):
         self.assertTrue(members.holder_gone(claimed("d", 9_999.9)))
 
     def test_a_predecessor_on_this_host_is_ended_once_its_process_is(self) -> None:
-        if HOME is None:
+        if host.HOME is None:
             raise SkipTest("no /proc here: processes of this host are not compared")
         child = subprocess.Popen(["true"])
         child.wait()
-        doc = {"type": "gateway", "gateway": "x", "home": HOME}
-        self.assertTrue(members_module._ended({**doc, "pid": child.pid}))
-        self.assertFalse(members_module._ended({**doc, "pid": os.getppid()}))  # running
-        self.assertFalse(members_module._ended({**doc, "pid": os.getpid()}))  # this process
-        self.assertFalse(members_module._ended({**doc, "pid": child.pid, "home": "elsewhere"}))
-        self.assertFalse(
-            members_module._ended({"type": "gateway", "gateway": "x", "pid": child.pid})
-        )
+        self.assertTrue(host.ended(host.HOME, child.pid))
+        self.assertFalse(host.ended(host.HOME, os.getppid()))  # running
+        self.assertFalse(host.ended(host.HOME, os.getpid()))  # this process
+        self.assertFalse(host.ended("another host", child.pid))
+        self.assertFalse(host.ended(None, child.pid))
 
 
 class Announcements(TestCase):

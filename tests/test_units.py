@@ -246,6 +246,14 @@ def test_unreadable_change_from_couchdb_and_pouchdb_lines() -> None:
         "changes": [{"rev": "2-def"}],
         "unreadable": "too large",
     }
+    # most changes of a feed with seq_interval (Apache CouchDB) carry no seq
+    sampled = b'{"seq":null,"id":"deep","changes":[{"rev":"1-abc"}],"doc":{"x":[[['
+    assert _unreadable(sampled, b"]]]}}", "too deep") == {
+        "seq": None,
+        "id": "deep",
+        "changes": [{"rev": "1-abc"}],
+        "unreadable": "too deep",
+    }
     assert _unreadable(b'{"doc":{}}', b"}", "too deep") is None
 
 

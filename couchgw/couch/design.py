@@ -20,30 +20,36 @@ from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
 from couchgw.couch.errors import NotFound
-from couchgw.message import DEFAULT_ROUTE
+from couchgw.message import DEFAULT_ROUTE, STATUSES
 
 log = Logger()
 
 #: The gateway's own design document.
 DDOC = "couchgw"
+#: A Mango selector of new messages (the equivalent of C{_design/couchgw}'s C{new} filter).
+NEW_SELECTOR = {
+    "type": "message",
+    "$or": [
+        {"status": {"$exists": False}},
+        {"status": None},
+        {"status": {"$nin": sorted(STATUSES)}},
+    ],
+}
 #: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
 UNREADABLE_DEPTH = 100
 
 
-def new_messages(
-    welcome: Mapping[str, Any], selector: Mapping[str, Any], seq_interval: int
-) -> tuple[dict[str, Any], Any]:
+def new_messages(welcome: Mapping[str, Any], seq_interval: int) -> tuple[dict[str, Any], Any]:
     """
     The parameters and body of a changes feed of new messages (with their conflicts), filtered
-    as the server whose C{welcome} this is does best: with C{selector} (the C{new} filter's
-    equivalent) where it can.
+    as the server whose C{welcome} this is does best.
     """
     params: dict[str, Any] = {"conflicts": "true"}
     if supports_selector(welcome):
         # a seq for every change costs a cluster work on a large database: every so often
         # is enough for the checkpoint (a reconnect replays the rest, which is harmless)
         params.update(filter="_selector", seq_interval=seq_interval)
-        return params, {"selector": selector}
+        return params, {"selector": NEW_SELECTOR}
     if rescans_filtered_feeds(welcome):
         # the "new" filter passes one write in three (a message's claim and outcome are
         # passed over), and this server would scan those again on every write: follow every

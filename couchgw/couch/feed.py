@@ -312,8 +312,10 @@ class ChangesFeed:
 _STRING = rb'"(?:[^"\\]|\\.)*"'
 _ID = re.compile(rb'"id":(' + _STRING + rb")")
 _REV = re.compile(rb'"changes":\[\{"rev":(' + _STRING + rb")")
-_SEQ_FIRST = re.compile(rb'^\{"seq":(' + _STRING + rb"|-?\d+)")
-_SEQ_LAST = re.compile(rb'"seq":(' + _STRING + rb"|-?\d+)\}\s*$")
+#: A change's seq: CouchDB's (a string; null for most changes of a feed with seq_interval),
+#: PouchDB's (a number).
+_SEQ_FIRST = re.compile(rb'^\{"seq":(' + _STRING + rb"|-?\d+|null)")
+_SEQ_LAST = re.compile(rb'"seq":(' + _STRING + rb"|-?\d+|null)\}\s*$")
 
 
 def _unreadable(head: bytes, tail: bytes, why: str) -> Change | None:
@@ -340,3 +342,16 @@ def _decode(body: Any) -> Any:
         return json.loads(body)
     except (TypeError, ValueError):
         return None
+
+
+def describe(feed: ChangesFeed | None) -> dict[str, Any]:
+    """A feed's state as plain JSON (that of one not started for None)."""
+    if feed is None:
+        return {
+            "state": "not started",
+            "paused": False,
+            "since": None,
+            "reconnects": 0,
+            "last_error": None,
+        }
+    return feed.describe()

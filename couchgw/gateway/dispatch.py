@@ -148,6 +148,26 @@ class Dispatch:
         bound = self.bounds[route]
         return bound is not None and self.inflight[route] >= bound
 
+    def describe(self, target: ITarget, offers: bool = False) -> dict[str, Any]:
+        """A route's state and policy as plain JSON; with C{offers}, what its target offers."""
+        name = target.name
+        policy, breaker = self.policies[name], self.breakers[name]
+        out = target.state == "ready" and not breaker.closed
+        about = dict(target.describe()) if offers else {}
+        about.update(
+            kind=target.kind,
+            state="out" if out else target.state,
+            error=f"out: {breaker.reason}" if out else target.error,
+            breaker=breaker.describe(),
+            concurrency=target.concurrency,
+            busy=target.busy,
+            in_flight=self.inflight[name],
+            inflight=policy.inflight,
+            retries=self.retries_of(name),
+            rate=policy.rate,
+        )
+        return about
+
     def retries_of(self, route: str) -> int:
         return self.policies[route].retries or self.retries
 

@@ -94,7 +94,17 @@ class Handling:
             due = message.due(doc, now, self.members.holder_gone)
             if due is None:
                 return
-            if due == "callback":
+            if due == "takeover":
+                # its gateway is gone, or its lease expired: free it at once (whatever room
+                # there is for it), its outcome unknown; it is claimed anew as a retry
+                holder = (doc.get("claim") or {}).get("by")
+                why = f"taken over from gateway {holder}: the outcome of its call is unknown"
+                written = yield self.transition(doc, message.retrying("interrupted", why, now, 0))
+                if written is not None:
+                    log.warn("{id} {why}", id=doc["_id"], why=why)
+                    doc = written
+                    continue
+            elif due == "callback":
                 if self.callbacks is None:
                     return  # not this gateway's to deliver
                 record = self.callbacks.pending(doc["callback"], self.id, now)

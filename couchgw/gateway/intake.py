@@ -102,9 +102,7 @@ class Intake:
 
     def follow(self, welcome: Mapping[str, Any]) -> None:
         """Follow the database's changes from the checkpoint, filtered as this server allows."""
-        params, body = design.new_messages(
-            welcome, message.NEW_SELECTOR, seq_interval=max(1, self.max_inflight // 2)
-        )
+        params, body = design.new_messages(welcome, seq_interval=max(1, self.max_inflight // 2))
         self.feed = ChangesFeed(
             self.db,
             self._changed,
@@ -307,8 +305,6 @@ class Intake:
         whose gateway is gone are due at once (L{Members.holder_gone}), not when their lease
         ends.
         """
-        if not self._room():
-            return
         self._query = self.db.view(
             design.DDOC, "due", timeout=SWEEP_TIMEOUT, startkey=["claim"], endkey=["claim", {}]
         )
@@ -319,7 +315,9 @@ class Intake:
             if not self.members.alive(design.claim_holder(row))
             and self.members.owns(row["id"], design.route_of(row))
         ]
-        yield self._submit_ids(ids)
+        # beyond max_inflight if need be: they are few (what gone gateways held), and they
+        # are freed at once
+        yield self._submit_ids(ids, always=True)
 
     def _worth_reading(self, rows: list[Mapping[str, Any]], taken: Counter[str]) -> list[str]:
         """
@@ -343,10 +341,10 @@ class Intake:
         return readable
 
     @inlineCallbacks
-    def _submit_ids(self, ids: list[str]) -> Any:
+    def _submit_ids(self, ids: list[str], always: bool = False) -> Any:
         """
-        Read these messages (with their conflicts) and submit them, as room allows; answers
-        the ids of those there was no room for.
+        Read these messages (with their conflicts) and submit them, as room allows (or
+        C{always}); answers the ids of those there was no room for.
         """
         ids = [doc_id for doc_id in ids if doc_id not in self.active]
         if not ids:
@@ -357,7 +355,7 @@ class Intake:
             doc = row.get("doc")
             if not doc or doc["_id"] in self.active:
                 continue
-            if self._room():
+            if self._room() or (always and self._running()):
                 self.submit(doc)
             else:
                 left.append(doc["_id"])
@@ -390,18 +388,3 @@ class Intake:
         if self._query is not None:
             self._query.cancel()  # a sweep may wait minutes for its view
         return self._sweeping
-
-    def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
-        """Changes of the database after the last one the feed read (None without a feed)."""
-        return succeed(None) if self.feed is None else self.feed.lag(most)
-
-    def describe_feed(self) -> dict[str, Any]:
-        if self.feed is None:
-            return {
-                "state": "not started",
-                "paused": False,
-                "since": None,
-                "reconnects": 0,
-                "last_error": None,
-            }
-        return self.feed.describe()

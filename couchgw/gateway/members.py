@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from couchgw.couch.client import Database, Doc, doc_path
 from couchgw.couch.errors import UNAVAILABLE, Conflict, CouchError, NotFound
 from couchgw.errors import describe_error
+from couchgw.gateway import host
 from couchgw.message import DEFAULT_ROUTE, parse_time
 from couchgw.timing import iso
 
@@ -52,36 +53,6 @@ PREFIX = "couchgw-gateway:"
 TYPE = "gateway"
 #: What an announcement or a read of the others may meet: CouchDB's errors, or none reached.
 _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
-
-
-def _home() -> str | None:
-    """
-    What a process on this host shares with this one when their pids can be compared: the
-    boot and the pid namespace (None where that cannot be told: pids are then never compared).
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{socket.gethostname()} {boot} {os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return None
-
-
-HOME = _home()
-
-
-def _ended(doc: Mapping[str, Any]) -> bool:
-    """Whether an announcement is of a process of this host (boot, pid namespace) that ended."""
-    pid = doc.get("pid")
-    if HOME is None or doc.get("home") != HOME or not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists (another user's)
-    return False
 
 
 def gateway_id() -> str:
@@ -319,7 +290,7 @@ class Members:
             "gateway": self.id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "home": HOME,
+            "home": host.HOME,
             "routes": self.routes,
             "beat": self.beat,
             "ttl": self.ttl,
@@ -350,7 +321,7 @@ class Members:
         )
         now = self.clock.seconds()
         docs = [doc for doc in (row.get("doc") for row in result.get("rows", [])) if _valid(doc)]
-        ended = {doc["gateway"] for doc in docs if _ended(doc)}
+        ended = {doc["gateway"] for doc in docs if host.ended(doc.get("home"), doc.get("pid"))}
         alive = [
             doc
             for doc in docs

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from couchgw.couch import design
 from couchgw.couch.batch import BulkWriter
 from couchgw.couch.client import Database, supports_selector
 from couchgw.couch.errors import NotFound
+from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.checkpoint import SavedCheckpoint
@@ -320,14 +321,16 @@ class Gateway(Service):
             problems.append(f"CouchDB at {self.db.url} refuses the credentials: {self.db.refused}")
         else:
             problems += self.members.problems()
-        feed = self.intake.describe_feed()
+        feed = describe_feed(self.intake.feed)
         if feed["state"] != "connected":
             error = feed["last_error"]
             problems.append(f"changes feed {feed['state']}" + (f": {error}" if error else ""))
         return problems + self.routes.problems() + self.dispatch.problems()
 
     def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
-        return self.intake.feed_lag(most)
+        """Changes of the database after the last one the feed read (None without a feed)."""
+        feed = self.intake.feed
+        return succeed(None) if feed is None else feed.lag(most)
 
     @inlineCallbacks
     def status(self) -> Any:
@@ -351,7 +354,7 @@ class Gateway(Service):
             "calls": len(self.claims.held),
             "threads_busy": sum(t.busy for t in self.targets.values()),
             "max_inflight": self.max_inflight,
-            "feed": self.intake.describe_feed(),
+            "feed": describe_feed(self.intake.feed),
             "checkpoint": {
                 "seq": self.checkpoint.current.seq,
                 "pending": len(self.checkpoint.current),
@@ -363,24 +366,7 @@ class Gateway(Service):
 
     def route(self, name: str, describe: bool = False) -> dict[str, Any]:
         """A route's state and policy as plain JSON; with C{describe}, what its target offers."""
-        target = self.targets[name]
-        policy = self.dispatch.policies[name]
-        about = dict(target.describe()) if describe else {}
-        breaker = self.dispatch.breakers[name]
-        out = target.state == "ready" and not breaker.closed
-        about.update(
-            kind=target.kind,
-            state="out" if out else target.state,
-            error=f"out: {breaker.reason}" if out else target.error,
-            breaker=breaker.describe(),
-            concurrency=target.concurrency,
-            busy=target.busy,
-            in_flight=self.dispatch.inflight[name],
-            inflight=policy.inflight,
-            retries=self.dispatch.retries_of(name),
-            rate=policy.rate,
-        )
-        return about
+        return self.dispatch.describe(self.targets[name], describe)
 
     def gauges(self) -> Gauges:
         """What the metrics read at each scrape."""
