@@ -5,7 +5,8 @@ function (doc) {
   // can reject a message too big or too deep to read without reading it; and its target (null
   // when it names none, false when it is not a string), so that the gateway can pass over the
   // messages of a route that is full. A message with conflicting revisions (written through
-  // different cluster nodes, or replicated) is due at once: the gateway merges them.
+  // different cluster nodes, or replicated) is due at once: the gateway merges them. A claimed
+  // message is also keyed ["claim", the gateway holding it] (arrays sort after every number).
   if (doc.type !== "message") return;
   var statuses = ["dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
   var route = doc.target === undefined ? null : typeof doc.target === "string" ? doc.target : false;
@@ -13,7 +14,11 @@ function (doc) {
   if (doc.status == null || statuses.indexOf(doc.status) < 0) at = 0;
   else if (doc._conflicts) return emit(0, [null, 0, route]);
   else if (doc.status === "retrying") at = Date.parse(doc.next_attempt_at) || 0;
-  else if (doc.status === "dispatching") at = Date.parse(doc.claim && doc.claim.until) || 0;
+  else if (doc.status === "dispatching") {
+    at = Date.parse(doc.claim && doc.claim.until) || 0;
+    // and under the gateway that holds it, so that the others can take over a gone one's claims
+    if (doc.claim && typeof doc.claim.by === "string") emit(["claim", doc.claim.by], route);
+  }
   else if (doc.callback && typeof doc.callback_url === "string") {
     // a finished message whose callback is being delivered (until a time) or waits to be tried again
     if (doc.callback.status === "pending") at = Date.parse(doc.callback.until) || 0;
