@@ -49,6 +49,7 @@ class Handling:
         gateway: str,
         *,
         members: Members,
+        claims: Claims,
         routes: Routes,
         dispatch: Dispatch,
         metrics: Metrics,
@@ -63,6 +64,7 @@ class Handling:
         self.clock = clock
         self.id = gateway
         self.members = members
+        self.claims = claims
         self.routes = routes
         self.dispatch = dispatch
         self.metrics = metrics
@@ -71,8 +73,6 @@ class Handling:
         self._wake_at = wake_at
         self._running = running
         self.max_bytes = max_bytes
-        #: Set by the gateway once its claims are made (they write through L{transition}).
-        self.claims: Claims
         #: Messages this gateway brought to a final status, by status.
         self.counts: dict[str, int] = {}
         #: Callbacks being delivered (the stop waits for them within its grace).

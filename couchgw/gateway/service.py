@@ -144,6 +144,7 @@ class Gateway(Service):
             clock,
             self.id,
             members=self.members,
+            claims=self.claims,
             routes=self.routes,
             dispatch=self.dispatch,
             metrics=self.metrics,
@@ -153,7 +154,6 @@ class Gateway(Service):
             running=self._running,
             max_bytes=max_bytes,
         )
-        self.handling.claims = self.claims
         self.intake = Intake(
             db,
             clock,
