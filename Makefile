@@ -34,7 +34,9 @@ $(VENV)/.tools: setup.cfg
 	touch $@
 
 # A real (non-editable) install, as users get it: twistd finds the plugin only that way.
+# (build/ goes first: setuptools would copy files from it that the source tree no longer has)
 $(VENV)/.installed: $(VENV)/.tools $(SOURCES)
+	rm -rf build
 	$(BIN)/pip install --quiet .
 	$(BIN)/pip install --quiet --force-reinstall --no-deps .
 	touch $@

@@ -2,25 +2,30 @@
 couchgw measured against the limits of its own parts, side by side in one run.
 
     .venv/bin/python bench/suite.py                      # prints a table, writes bench-results.json
+    .venv/bin/python bench/suite.py --couch http://admin:admin@127.0.0.1:15984   # both servers
     .venv/bin/python bench/suite.py --messages 2000 --backlog 20000 --seconds 20   # a quick look
     .venv/bin/python bench/suite.py --only 2,4          # raw CouchDB (always), then (2) and (4)
 
-It starts PouchDB Server (in memory; or uses the Apache CouchDB that `--couch URL` names, with an
-admin's credentials in the URL) and the demo service (SOAP, and JSON at /json: the null http
-target), then measures:
+It starts PouchDB Server (in memory) and the demo service (SOAP, and JSON at /json: the null http
+target); with `--couch URL` (an admin's credentials in the URL) it measures that Apache CouchDB
+too, each figure on one server after the other, in the same run. On each server it measures:
 
-1. raw CouchDB: single-document POSTs over 1 and 8 kept-alive connections, and `_bulk_docs` of
-   500: documents per second (the physical limit the gateway works against);
+1. raw CouchDB: single-document POSTs over 1 and 8 kept-alive connections, `_bulk_docs` of 500,
+   and `_bulk_docs` of 500 new messages with couchgw's validate function installed: documents
+   per second (the physical limits the gateway works against);
 2. backlog drain: N messages to the null http route written first, then couchgw started:
-   messages per second to the last `forwarded`, and that over the raw single-document rate;
+   messages per second to the last `forwarded`, and that over the raw single-document rate (8
+   connections); the same with `--guards on`, over what two validated writes per message
+   allow; and the CPU each process spent per message;
 3. SOAP path: the gateway draining N messages through the demo's `ping` with `--threads P`,
-   against a bare suds-community loop on the same operation with P threads;
+   against a bare suds-community loop on the same operation with P threads (measured once);
 4. slow targets: 500 one-second SOAP calls with 50 threads, and 2000 one-second http calls with
    1000 in flight: ideal time over actual time, timed from when couchgw answers /ready (its
-   routes loaded, its feed connected; the start-up before that is printed beside it);
+   routes loaded, its feed connected; the start-up before that is printed beside it); and a
+   bare suds loop making the same 500 calls with 50 threads (measured once);
 5. latency at a steady rate: written → call started at the target (the demo's `stamp`), and
    written → `forwarded` seen on couchgw's own /events stream: p50, p95, p99;
-6. memory: peak RSS of couchgw while it drains a large backlog;
+6. memory: peak RSS of couchgw while it drains a large backlog, and its rate over (2)'s;
 7. scale-out: the drain rate with 1, 2 and 3 gateways on one database (and, with `--cluster`,
    on a cluster, gateway i talking to node i), duplicate calls and claims lost to another gateway.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import sys
@@ -49,9 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
-from bench.backlog import cpu_seconds, drain, write_backlog  # noqa: E402
+from bench.backlog import drain, write_backlog  # noqa: E402
 from couchgw.connections import basic_auth, split_credentials  # noqa: E402
+from couchgw.couch import design  # noqa: E402
+from couchgw.targets import door  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
+
+POUCHDB = "PouchDB Server"
+COUCHDB = "Apache CouchDB"
 
 
 def in_threads(threads: int, work: Any) -> float:
@@ -102,8 +113,30 @@ def bulk_posts(url: str, docs: int, batch: int = 500) -> float:
     return docs / (time.monotonic() - started)
 
 
-def bare_suds(wsdl: str, calls: int, threads: int) -> float:
-    """Calls per second of a plain suds loop on the demo's C{ping}, one client per thread."""
+def guarded_bulk_posts(run: Run, docs: int, batch: int = 500) -> float:
+    """
+    Documents per second written with C{_bulk_docs} of C{batch} new messages, into a database
+    with couchgw's design documents and its validate function (as C{--guards on} installs it).
+    """
+    db = run.database("guarded")
+    for ddoc in [*design.load().values(), door.design_doc(None)]:
+        assert http("PUT", f"{db}/{ddoc['_id']}", ddoc)[0] == 201
+    started = time.monotonic()
+    for first in range(0, docs, batch):
+        chunk = [
+            {"_id": f"g{i:07d}", "type": "message", "target": "null", "operation": "ping"}
+            for i in range(first, first + batch)
+        ]
+        status, _ = http("POST", f"{db}/_bulk_docs", {"docs": chunk}, timeout=300)
+        assert status == 201, status
+    return docs / (time.monotonic() - started)
+
+
+def bare_suds(wsdl: str, calls: int, threads: int, slow: bool = False) -> float:
+    """
+    A plain suds loop on the demo, one client per thread: calls per second of C{ping}; with
+    C{slow}, the seconds C{calls} one-second C{activate} calls take.
+    """
     from suds.client import Client
 
     from couchgw.targets.soap import clone
@@ -114,19 +147,76 @@ def bare_suds(wsdl: str, calls: int, threads: int) -> float:
     def loop(index: int) -> None:
         client = clone(loaded)
         for i in range(per):
-            client.service.ping(f"{index}-{i}")
+            if slow:
+                client.service.activate(f"bare-{index}-{i}", 10)
+            else:
+                client.service.ping(f"{index}-{i}")
 
-    return per * threads / in_threads(threads, loop)
+    took = in_threads(threads, loop)
+    return took if slow else per * threads / took
+
+
+def process_tree_cpu(pid: int) -> float:
+    """
+    The CPU time of a process and its children, those that ended too (a server's JavaScript
+    processes: Apache CouchDB starts and ends them as it needs).
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(field) for field in stat[11:15]) / os.sysconf("SC_CLK_TCK")
+    for child in Path("/proc").iterdir():
+        if not child.name.isdigit():
+            continue
+        try:
+            fields = (child / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += process_tree_cpu(int(child.name))
+    return total
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (None: not found, e.g. another machine's)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
 
 
 class Run:
     """The servers of one suite run, and gateways started against them as each figure needs."""
 
-    def __init__(self, folder: Path, threads: int, couch: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        threads: int,
+        demo: processes.Process,
+        demo_port: int,
+        couch: str | None = None,
+    ) -> None:
         self.folder = folder
         self.threads = threads
-        self.demo_port = free_port()
+        self.demo_port = demo_port
         self.pouchdb: processes.Process | None = None
+        self.server = COUCHDB if couch else POUCHDB
+        #: Marks this server's message ids in the demo's log, which both servers' runs share.
+        self.tag = "c" if couch else "p"
         if couch is None:
             port = free_port()
             couch = f"http://127.0.0.1:{port}"
@@ -140,7 +230,7 @@ class Run:
         if auth is not None:
             self.headers["Authorization"] = basic_auth(*auth)
         self.suffix = uuid.uuid4().hex[:6]
-        self.demo = processes.demo(folder, self.demo_port, delay=0.1)
+        self.demo = demo
         self.wsdl = f"http://127.0.0.1:{self.demo_port}/?wsdl"
         self.json = f"http://127.0.0.1:{self.demo_port}/json"
         self.started: list[processes.Process] = []
@@ -162,7 +252,7 @@ class Run:
     def gateway(self, db: str, *options: str, routes: str = "") -> processes.Process:
         """A couchgw (not started) with a folder of its own, so that its log is its own."""
         self._runs += 1
-        folder = self.folder / f"gateway-{self._runs}"
+        folder = self.folder / f"{self.tag}-gateway-{self._runs}"
         folder.mkdir()
         if routes:
             (folder / "routes.toml").write_text(routes)
@@ -193,30 +283,53 @@ class Run:
             process.stop()
         self.started.clear()
 
+    def server_pid(self) -> int | None:
+        """The server's process (its JavaScript processes are its children), if on this machine."""
+        if self.pouchdb is not None:
+            return self.pouchdb.process.pid if self.pouchdb.process else None
+        return listening_pid(self.port) if self.host in ("127.0.0.1", "localhost") else None
+
     def stop(self) -> None:
         self.stop_gateways()
-        for process in (self.demo, self.pouchdb):
-            if process is not None:
-                process.stop()
+        if self.pouchdb is not None:
+            self.pouchdb.stop()
 
 
 def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
-    """(2) N messages to the null http route, then couchgw started: messages per second."""
+    """
+    (2) N messages to the null http route, then couchgw started: messages per second, and the
+    CPU each process spent per message; then the same with C{--guards on}.
+    """
     db = run.database("drain")
     write_backlog(db, messages, target="null")
-    servers = {"PouchDB Server": run.pouchdb, "the demo (null target)": run.demo}
-    pids = {name: p.process.pid for name, p in servers.items() if p and p.process}
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    pids = {"the demo (null target)": run.demo.process.pid if run.demo.process else None}
+    pids[run.server] = run.server_pid()
+    before = {name: process_tree_cpu(pid) for name, pid in pids.items() if pid}
     drained = drain(run.gateway(db, routes=run.null_route()), messages, progress=False)
     figures["drain (messages/s)"] = messages / drained["seconds"]
     figures["drain: CPU per message, couchgw with its start-up (ms)"] = (
         drained["cpu (s)"] * 1000 / messages
     )
     for name, pid in pids.items():
-        spent = cpu_seconds(pid) - before[name]
-        figures[f"drain: CPU per message, {name} (ms)"] = spent * 1000 / messages
-    figures["drain / raw single-document rate"] = (
-        figures["drain (messages/s)"] / figures["raw: single POSTs, 1 connection (docs/s)"]
+        if pid:
+            spent = process_tree_cpu(pid) - before[name]
+            figures[f"drain: CPU per message, {name} (ms)"] = spent * 1000 / messages
+    figures["drain / raw single-document rate (8 connections)"] = (
+        figures["drain (messages/s)"] / figures["raw: single POSTs, 8 connections (docs/s)"]
+    )
+    run.stop_gateways()
+
+    db = run.database("drain-guarded")
+    write_backlog(db, messages, target="null")
+    gateway = run.gateway(db, "--guards", "on", routes=run.null_route())
+    drained = drain(gateway, messages, progress=False)
+    figures["drain, --guards on (messages/s)"] = messages / drained["seconds"]
+    figures["two validated writes per message allow (messages/s)"] = (
+        figures["raw: _bulk_docs of 500 messages, validate function installed (docs/s)"] / 2
+    )
+    figures["drain, --guards on / what two validated writes allow"] = (
+        figures["drain, --guards on (messages/s)"]
+        / figures["two validated writes per message allow (messages/s)"]
     )
 
 
@@ -227,8 +340,7 @@ def soap_path(run: Run, figures: dict[str, Any], messages: int) -> None:
     drained = drain(run.gateway(db, "--threads", str(run.threads)), messages, progress=False)
     gateway_rate = messages / drained["seconds"]
     figures[f"gateway SOAP drain, {run.threads} threads (messages/s)"] = gateway_rate
-    suds_rate = bare_suds(run.wsdl, 4000, run.threads)
-    figures[f"bare suds loop, {run.threads} threads (calls/s)"] = suds_rate
+    suds_rate = figures[f"bare suds loop, {run.threads} threads (calls/s)"]
     figures["gateway SOAP rate / bare suds rate"] = gateway_rate / suds_rate
 
 
@@ -247,6 +359,9 @@ def slow_targets(run: Run, figures: dict[str, Any]) -> None:
     figures["slow SOAP: 500 x 1 s, 50 threads, from ready (s)"] = drained["seconds"]
     figures["slow SOAP: start-up to ready, WSDL loaded (s)"] = drained["start-up (s)"]
     figures["slow SOAP: ideal / actual"] = 10.0 / drained["seconds"]
+    figures["slow SOAP: bare suds loop / gateway"] = (
+        figures["bare suds loop: 500 x 1 s, 50 threads (s)"] / drained["seconds"]
+    )
 
     db = run.database("slow-http")
     write_backlog(db, 2000, target="null", operation="wait", args={"seconds": 1})
@@ -330,8 +445,12 @@ def memory(run: Run, figures: dict[str, Any], messages: int) -> None:
     db = run.database("memory")
     write_backlog(db, messages, target="null")
     drained = drain(run.gateway(db, routes=run.null_route()), messages, progress=False)
-    figures[f"peak RSS, {messages} backlog (MB)"] = drained["peak rss (MB)"]
-    figures[f"drain of {messages} (messages/s)"] = messages / drained["seconds"]
+    figures["large backlog: peak RSS (MB)"] = drained["peak rss (MB)"]
+    figures["large backlog: drain (messages/s)"] = messages / drained["seconds"]
+    if "drain (messages/s)" in figures:
+        figures["large backlog: drain / drain of (2)"] = (
+            figures["large backlog: drain (messages/s)"] / figures["drain (messages/s)"]
+        )
 
 
 def scale_out(run: Run, figures: dict[str, Any], messages: int, nodes: list[str]) -> None:
@@ -344,7 +463,7 @@ def scale_out(run: Run, figures: dict[str, Any], messages: int, nodes: list[str]
     rates = {}
     for n in (1, 2, 3):
         db = run.database(f"scale-{n}", nodes[0] if nodes else None)
-        prefix = f"x{n}-{where[0]}"
+        prefix = f"x{n}-{run.tag}{where[0]}"
         docs_written = write_scaled(db, messages, prefix)
         gateways = [
             run.gateway(
@@ -383,16 +502,60 @@ def write_scaled(db: str, messages: int, prefix: str) -> int:
 
 
 TARGETS = {
-    "drain / raw single-document rate": (2.0, "≥"),
+    "drain / raw single-document rate (8 connections)": (1.0, "≥"),
+    "drain, --guards on / what two validated writes allow": (0.8, "≥"),
     "gateway SOAP rate / bare suds rate": (0.8, "≥"),
     "slow SOAP: ideal / actual": (0.9, "≥"),
-    "slow http: ideal / actual": (0.9, "≥"),
+    "slow http: ideal / actual": (0.6, "≥"),
     "latency, written → call started: p99 (ms)": (100.0, "≤"),
+    "large backlog: drain / drain of (2)": (0.8, "≥"),
+    "large backlog: peak RSS (MB)": (200.0, "≤"),
     "scale-out (one server): 2 gateways / 1": (1.0, "≥"),
     "scale-out (one server): 3 gateways / 1": (1.0, "≥"),
     "scale-out (cluster): 2 gateways / 1": (1.0, "≥"),
     "scale-out (cluster): 3 gateways / 1": (1.0, "≥"),
 }
+
+
+def measure(run: Run, figures: dict[str, Any], options: argparse.Namespace, began: float) -> None:
+    """The figures of one server."""
+    if run.pouchdb is not None:
+        run.pouchdb.start(wait=True)
+    raw = run.database("raw")
+    print(f"{run.server}: 1. raw CouchDB ...", flush=True)
+    figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(run, raw, 2000, 1)
+    figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(run, raw, 4000, 8)
+    figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(raw, 10_000)
+    figures["raw: _bulk_docs of 500 messages, validate function installed (docs/s)"] = (
+        guarded_bulk_posts(run, 5000)
+    )
+    steps: list[tuple[str, Any, tuple[Any, ...]]] = [
+        (f"2. backlog drain of {options.messages}", backlog_drain, (options.messages,)),
+        (f"3. SOAP path, {options.threads} threads", soap_path, (options.messages,)),
+        ("4. slow targets", slow_targets, ()),
+        (
+            f"5. latency at {options.rate:g}/s for {options.seconds:g}s",
+            latency,
+            (options.rate, options.seconds),
+        ),
+        (f"6. memory, backlog of {options.backlog}", memory, (options.backlog,)),
+        (f"7. scale-out, {options.messages} each", scale_out, (options.messages, [])),
+    ]
+    if options.cluster and run.server == COUCHDB:
+        nodes = [url.rstrip("/") for url in options.cluster.split(",")]
+        steps.append(
+            (
+                f"7. scale-out on the cluster, {options.messages} each",
+                scale_out,
+                (options.messages, nodes),
+            )
+        )
+    for number, (title, step, args) in enumerate(steps, start=2):
+        if min(number, 7) not in options.only:
+            continue
+        print(f"{run.server}: {title} ... ({time.monotonic() - began:.0f}s)", flush=True)
+        step(run, figures, *args)
+        run.stop_gateways()
 
 
 def main() -> int:
@@ -411,72 +574,70 @@ def main() -> int:
     )
     parser.add_argument(
         "--couch",
-        help="an external CouchDB server's URL, with an admin's credentials in it "
-        "(default: PouchDB Server in memory, started here)",
+        help="an Apache CouchDB server's URL, with an admin's credentials in it: every figure is "
+        "measured there too, after PouchDB Server (in memory, started here)",
     )
     parser.add_argument(
         "--cluster",
         help="the nodes of a CouchDB cluster, comma-separated URLs with an admin's credentials: "
-        "(7) is measured there too, gateway i talking to node i",
+        "(7) is measured there too (with --couch), gateway i talking to node i",
     )
     options = parser.parse_args()
-    run = Run(Path(tempfile.mkdtemp(prefix="couchgw-suite-")), options.threads, options.couch)
-    figures: dict[str, Any] = {}
+    folder = Path(tempfile.mkdtemp(prefix="couchgw-suite-"))
+    demo_port = free_port()
+    demo = processes.demo(folder, demo_port, delay=0.1)
+    results: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
     try:
-        if run.pouchdb is not None:
-            run.pouchdb.start(wait=True)
-        run.demo.start(wait=True)
-        raw = run.database("raw")
-        print("1. raw CouchDB ...", flush=True)
-        figures["raw: single POSTs, 1 connection (docs/s)"] = single_posts(run, raw, 2000, 1)
-        figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(run, raw, 4000, 8)
-        figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(raw, 10_000)
-        steps = [
-            (f"2. backlog drain of {options.messages}", backlog_drain, (options.messages,)),
-            (f"3. SOAP path, {options.threads} threads", soap_path, (options.messages,)),
-            ("4. slow targets", slow_targets, ()),
-            (
-                f"5. latency at {options.rate:g}/s for {options.seconds:g}s",
-                latency,
-                (options.rate, options.seconds),
-            ),
-            (f"6. memory, backlog of {options.backlog}", memory, (options.backlog,)),
-            (f"7. scale-out, {options.messages} each", scale_out, (options.messages, [])),
-        ]
-        if options.cluster:
-            nodes = [url.rstrip("/") for url in options.cluster.split(",")]
-            steps.append(
-                (
-                    f"7. scale-out on the cluster, {options.messages} each",
-                    scale_out,
-                    (options.messages, nodes),
-                )
+        demo.start(wait=True)
+        wsdl = f"http://127.0.0.1:{demo_port}/?wsdl"
+        shared: dict[str, Any] = {}
+        if options.only & {3, 4}:
+            print("bare suds loops ...", flush=True)
+        if 3 in options.only:
+            shared[f"bare suds loop, {options.threads} threads (calls/s)"] = bare_suds(
+                wsdl, 4000, options.threads
             )
-        for number, (title, step, args) in enumerate(steps, start=2):
-            if min(number, 7) not in options.only:
-                continue
-            print(f"{title} ... ({time.monotonic() - began:.0f}s)", flush=True)
-            step(run, figures, *args)
-            run.stop_gateways()
+        if 4 in options.only:
+            shared["bare suds loop: 500 x 1 s, 50 threads (s)"] = bare_suds(wsdl, 500, 50, True)
+        for couch in [None, options.couch] if options.couch else [None]:
+            run = Run(folder, options.threads, demo, demo_port, couch)
+            figures = results[run.server] = dict(shared)
+            try:
+                measure(run, figures, options, began)
+            finally:
+                run.stop()
     finally:
-        run.stop()
-    figures["suite duration (s)"] = time.monotonic() - began
+        demo.stop()
+    duration = time.monotonic() - began
 
-    width = max(len(name) for name in figures)
-    print(f"\n{'figure':<{width}}  {'measured':>10}  target")
-    for name, value in figures.items():
+    servers = list(results)
+    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
+    width = max(len(name) for name in names)
+    print(f"\n{'figure':<{width}}" + "".join(f"  {server:>15}" for server in servers) + "  target")
+    for name in names:
+        cells = ""
+        marks = []
+        for server in servers:
+            value = results[server].get(name)
+            cells += f"  {value:>15.2f}" if value is not None else f"  {'':>15}"
+            target = TARGETS.get(name)
+            if target is not None and value is not None:
+                bound, sense = target
+                met = value >= bound if sense == "≥" else value <= bound
+                marks.append("met" if met else "NOT met")
         target = TARGETS.get(name)
-        mark = ""
-        if target is not None:
-            bound, sense = target
-            met = value >= bound if sense == "≥" else value <= bound
-            mark = f"{sense} {bound:g}  {'met' if met else 'NOT met'}"
-        print(f"{name:<{width}}  {value:>10.2f}  {mark}")
+        mark = f"  {target[1]} {target[0]:g}  {' / '.join(marks)}" if target else ""
+        print(f"{name:<{width}}{cells}{mark}")
+    print(f"\nthe whole suite: {duration:.0f} s")
+    rounded = {
+        server: {name: round(value, 3) for name, value in figures.items()}
+        for server, figures in results.items()
+    }
     Path(options.out).write_text(
-        json.dumps({name: round(value, 3) for name, value in figures.items()}, indent=2) + "\n"
+        json.dumps({**rounded, "suite duration (s)": round(duration)}, indent=2) + "\n"
     )
-    print(f"\nwritten to {options.out}")
+    print(f"written to {options.out}")
     return 0
 
 

@@ -50,6 +50,18 @@ def _number(
     return parse
 
 
+def _choice(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A coercer for an option that takes one of a few words."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"--{option} must be one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    parse.__name__ = "str"
+    return parse
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -180,6 +192,16 @@ class Options(usage.Options):
             "(they split the messages between them); it counts as gone 3 times that after the "
             "last.",
             _number("announce", float, 0.1, 3600),
+        ],
+        [
+            "guards",
+            None,
+            "auto",
+            "Whether CouchDB checks each write with couchgw's validate function (only couchgw "
+            "writes couchgw's fields; a new message must fit its route): auto (while users who "
+            "are not admins may write to the database), on, or off. It binds no admin, and "
+            "costs every write a trip to CouchDB's JavaScript process.",
+            _choice("guards", ("auto", "on", "off")),
         ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],

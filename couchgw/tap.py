@@ -118,6 +118,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         sweep_interval=options["sweep"],
         heartbeat=options["heartbeat"],
         announce=options["announce"],
+        guards=options["guards"],
         grace=options["grace"],
         max_bytes=options["max-message-bytes"],
     )

@@ -215,6 +215,103 @@ def test_locked_down(tmp_path: Path, secured: tuple[str, str]) -> None:
         assert secret not in logs
 
 
+ADMIN_ONLY = {"admins": {"names": [], "roles": ["couchgw"]}, "members": {"roles": ["_admin"]}}
+WITH_CLIENTS = {
+    "admins": {"names": [], "roles": ["couchgw"]},
+    "members": {"names": [], "roles": ["couchgw", "client"]},
+}
+
+
+def _guards(gateway: Twistd) -> dict[str, Any]:
+    status, state = http("GET", f"{gateway.api}/status")
+    assert status == 200, state
+    guards: dict[str, Any] = state["guards"]
+    return guards
+
+
+def test_guards_follow_the_security_object(tmp_path: Path, secured: tuple[str, str]) -> None:
+    """
+    --guards auto: no validate function while only admins may write (it would bind no one);
+    installed within --announce once clients are members, and gone again when they are not.
+    """
+    base, db = secured
+    admin = f"{_as(base, 'gw', db)}/{db}"  # the gateway's user: an admin of this database
+    _put(f"{admin}/_security", ADMIN_ONLY)
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    gateway = Twistd(tmp_path, "--couch", admin, "--target", wsdl, "--announce", "0.2")
+    alice = f"{_as(base, 'alice', db)}/{db}"
+    try:
+        gateway.wait_ready()
+        wait_until(lambda: _guards(gateway)["installed"] is False, 30, "the guards decided")
+        assert _guards(gateway)["why"] == "only admins may write to the database"
+        assert http("GET", f"{admin}/_design/couchgw-routes")[0] == 404
+        assert "validate_doc_update" not in http("GET", f"{admin}/_design/couchgw")[1]
+        # CouchDB itself keeps the client out
+        status, _ = http("POST", alice, {"type": "message", "operation": "ping", "status": "x"})
+        assert status in (401, 403)
+
+        _put(f"{admin}/_security", WITH_CLIENTS)
+        wait_until(lambda: _guards(gateway)["installed"], 30, "the guards installed")
+        assert "role client" in _guards(gateway)["why"]
+        status, body = http(
+            "POST", alice, {"type": "message", "operation": "ping", "status": "forwarded"}
+        )
+        assert (status, body["reason"]) == (
+            403,
+            "only couchgw writes status (a client may create messages and set cancel_requested)",
+        )
+        status, body = http("POST", alice, {"type": "message", "operation": "explode"})
+        assert status == 403 and body["reason"].startswith('route "default" has no operation')
+        assert http("POST", alice, {"type": "message", "operation": "ping", "text": "hi"})[0] == 201
+
+        _put(f"{admin}/_security", ADMIN_ONLY)
+        wait_until(
+            lambda: http("GET", f"{admin}/_design/couchgw-routes")[0] == 404,
+            30,
+            "the guards removed",
+        )
+        assert _guards(gateway)["installed"] is False
+    finally:
+        gateway.terminate()
+        stop(demo)
+    logs = gateway.log.read_text()
+    assert "guards on: users who are not admins may write to the database (role client)" in logs
+    assert PASSWORDS["gw"] not in logs
+
+
+def test_guards_forced(tmp_path: Path, secured: tuple[str, str]) -> None:
+    """--guards off installs none where clients write; --guards on installs it where none do."""
+    base, db = secured
+    admin = f"{_as(base, 'gw', db)}/{db}"
+    alice = f"{_as(base, 'alice', db)}/{db}"
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    try:
+        (tmp_path / "off").mkdir()
+        off = Twistd(tmp_path / "off", "--couch", admin, "--target", wsdl, "--guards", "off")
+        try:
+            off.wait_ready()
+            assert _guards(off) == {"mode": "off", "installed": False, "why": "--guards off"}
+            assert http("GET", f"{admin}/_design/couchgw-routes")[0] == 404
+            # unguarded, as asked: CouchDB takes a client's status
+            doc = {"type": "message", "operation": "ping", "status": "forwarded"}
+            assert http("POST", alice, doc)[0] == 201
+        finally:
+            off.terminate()
+
+        _put(f"{admin}/_security", ADMIN_ONLY)
+        (tmp_path / "on").mkdir()
+        on = Twistd(tmp_path / "on", "--couch", admin, "--target", wsdl, "--guards", "on")
+        try:
+            on.wait_ready()
+            assert _guards(on) == {"mode": "on", "installed": True, "why": "--guards on"}
+            guard = http("GET", f"{admin}/_design/couchgw-routes")[1]
+            assert "only couchgw writes" in guard["validate_doc_update"]
+        finally:
+            on.terminate()
+    finally:
+        stop(demo)
+
+
 def _userinfo(base: str, user: str, db: str) -> str:
     return f"://{user}-{db.rsplit('-', 1)[-1]}:{PASSWORDS[user]}@"
 

@@ -146,6 +146,10 @@ class Database:
         """The same database, asked with other credentials (over the same connections)."""
         return Database(self.url, self._agent, (user, password), self._timeout, client=self._http)
 
+    def anonymous(self) -> Database:
+        """The same database, asked without credentials (over the same connections)."""
+        return Database(self.url, self._agent, None, self._timeout, client=self._http)
+
     @property
     def user(self) -> str | None:
         return self._auth[0] if self._auth else None

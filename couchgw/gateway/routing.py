@@ -1,7 +1,6 @@
 """
 The routes as the gateway sees them: loaded (and loaded again while they fail), ready or not,
-and the messages that wait for a route to get ready.  Once every route has loaded, their
-validation design document is published (L{couchgw.targets.door}).
+and the messages that wait for a route to get ready.
 """
 
 from __future__ import annotations
@@ -13,13 +12,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from couchgw.couch import design
 from couchgw.couch.client import Database
-from couchgw.couch.errors import Conflict
 from couchgw.errors import describe_error, log_error
-from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
 from couchgw.timing import Backoff
 
@@ -28,7 +23,7 @@ log = Logger(namespace="couchgw.gateway")
 
 class Routes:
     """
-    @param working: whether the gateway runs and CouchDB answers (the door is published then).
+    @param loaded: called each time a route has loaded (the guards then describe it).
     @param sweep_soon: asks for a sweep (for the messages a route turned away while down).
     """
 
@@ -39,7 +34,7 @@ class Routes:
         targets: Mapping[str, ITarget],
         *,
         running: Callable[[], bool],
-        working: Callable[[], bool],
+        loaded: Callable[[], object],
         sweep_soon: Callable[[], None],
         max_inflight: int,
     ) -> None:
@@ -47,7 +42,7 @@ class Routes:
         self.clock = clock
         self.targets = dict(targets)
         self._running = running
-        self._working = working
+        self._on_loaded = loaded
         self._sweep_soon = sweep_soon
         self.max_inflight = max_inflight
         #: Routes that loaded at least once.
@@ -58,8 +53,6 @@ class Routes:
         self._waiting: dict[str, list[Deferred[None]]] = {}
         #: Routes that turned messages away while not ready (swept for once they are).
         self._turned_away: set[str] = set()
-        self._publishing: Deferred[Any] | None = None
-        self._publish_again = False
 
     def load(self) -> None:
         for target in self.targets.values():
@@ -98,33 +91,12 @@ class Routes:
                     self._turned_away.discard(target.name)
                     self._sweep_soon()
                 self._loaded.add(target.name)
-                self.publish_door()
+                self._on_loaded()
                 return
 
-    def publish_door(self) -> None:
-        """
-        Write the routes' validation design document (L{couchgw.targets.door}) if it changed,
-        once every route has loaded (so that it never says less than it did).
-        """
-        if not self._working() or self._loaded != set(self.targets):
-            return
-        if self._publishing is not None:
-            self._publish_again = True
-            return
-        self._publish_again = False
-        self._publishing = design.push(self.db, {door.DOOR_ID: door.design_doc(self.targets)})
-
-        def done(result: Any) -> None:
-            self._publishing = None
-            if isinstance(result, Failure):
-                if result.check(Conflict):
-                    self._publish_again = True  # another gateway wrote it meanwhile
-                else:
-                    log_error(result, "cannot publish the routes' validation")
-            if self._publish_again:
-                self.publish_door()
-
-        self._publishing.addBoth(done)
+    def all_loaded(self) -> bool:
+        """Whether every route has loaded at least once."""
+        return self._loaded == set(self.targets)
 
     def wait_for(self, target: ITarget) -> Deferred[None] | None:
         """A Deferred that fires when the route is ready, or None if too many wait already."""

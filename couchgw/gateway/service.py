@@ -31,6 +31,7 @@ from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.checkpoint import SavedCheckpoint
 from couchgw.gateway.claims import Claims, copies
 from couchgw.gateway.dispatch import Dispatch, Policy, first
+from couchgw.gateway.guards import Guards
 from couchgw.gateway.handling import Handling
 from couchgw.gateway.intake import Intake
 from couchgw.gateway.members import Members, gateway_id
@@ -59,6 +60,9 @@ class Gateway(Service):
         it is confirmed.
     @param announce: seconds between this gateway's announcements to the others that share the
         database (L{couchgw.gateway.members}); it counts as gone three times that after the last.
+        The guards read the database's security object as often.
+    @param guards: C{auto}, C{on} or C{off}: whether the validate function is installed
+        (L{couchgw.gateway.guards}).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Gateway(Service):
         max_bytes: int = 1024 * 1024,
         settle: float = 0.5,
         announce: float = 5.0,
+        guards: str = "auto",
     ) -> None:
         self.db = db
         self.targets = dict(targets)
@@ -107,15 +112,18 @@ class Gateway(Service):
             ttl=3 * announce,
             on_change=lambda: self.intake.sweep_soon(),
         )
+        self.announce = announce
         self.routes = Routes(
             db,
             clock,
             self.targets,
             running=self._running,
-            working=self._working,
+            loaded=lambda: self._guard(),
             sweep_soon=lambda: self.intake.sweep_soon(),
             max_inflight=max_inflight,
         )
+        #: The validate function, installed where it protects something.
+        self.guards = Guards(db, self.targets, guards, loaded=self.routes.all_loaded)
         #: This gateway's claims (the calls in flight), and how they are taken on a cluster.
         self.claims = Claims(
             db,
@@ -203,6 +211,8 @@ class Gateway(Service):
                 created = yield self.db.create()
                 if created:
                     log.info("created database {db}", db=self.db.url)
+                # the guard first: the design document may lose a validate function of before
+                yield self.guards.refresh()
                 yield design.push(self.db)
                 info = yield self.db.info()
                 saved = yield self.checkpoint.read()
@@ -227,7 +237,6 @@ class Gateway(Service):
         self.claims.copies = copies(info)
         self.checkpoint.resume(saved)
         self.intake.follow(welcome)
-        self.routes.publish_door()
         if first:
             self.routes.load()
             # the feed brings every new message; the sweep's first look, for what came due
@@ -235,6 +244,7 @@ class Gateway(Service):
             # index a whole backlog while the gateway drains it)
             self._every(self.sweep_interval, self.intake.sweep)
             self._every(self.checkpoint_interval, self.checkpoint.save)
+            self._every(self.announce, self._guard)
         else:
             self.intake.sweep_soon()
 
@@ -257,6 +267,12 @@ class Gateway(Service):
         self.intake.unfollow()
         self.couch_error = f"database {self.db.url} is missing"
         self._begin(first=False)
+
+    def _guard(self) -> Deferred[Any] | None:
+        """Install or remove the guard as the mode and the security object say (when working)."""
+        if not self._working():
+            return None
+        return self.guards.refresh()
 
     def _every(self, interval: float, f: Any) -> None:
         def guarded() -> Deferred[None]:
@@ -360,6 +376,7 @@ class Gateway(Service):
                 "pending": len(self.checkpoint.current),
             },
             "members": self.members.describe(),
+            "guards": self.guards.describe(),
             "claims": dict(self.claims.answers),
             "routes": {name: self.route(name) for name in sorted(self.targets)},
         }

@@ -1,10 +1,12 @@
 """
-Validation at the door: a design document, generated from the routes (each SOAP route's
-operations as its WSDL describes them), whose C{validate_doc_update} makes CouchDB itself refuse
-(403) a client's new message whose route, operation or argument names do not fit.
+The guard at the door: one design document whose C{validate_doc_update} keeps the fields couchgw
+owns to couchgw, and makes CouchDB itself refuse (403) a client's new message whose route,
+operation or argument names do not fit the routes (each SOAP route's operations as its WSDL
+describes them).  Until the routes have loaded, it holds the first check alone.
 
 Admins and the C{couchgw} role pass (they repair and write status); so does everyone while
 CouchDB runs without authentication.  The gateway still rejects whatever gets past the door.
+Whether it is installed at all is the gateway's C{--guards} (L{couchgw.gateway.guards}).
 """
 
 from __future__ import annotations
@@ -14,21 +16,38 @@ from collections.abc import Mapping
 from typing import Any
 
 from couchgw.couch.client import Doc
+from couchgw.message import GATEWAY_FIELDS
 from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"
+#: Marks the template of this version: a door written by another version is written again.
+VERSION = 2
 
 _TEMPLATE = """function (newDoc, oldDoc, userCtx, secObj) {
-  // Written by couchgw from its routes: a new message from a client is refused when its route,
-  // its operation or its argument names do not fit what the route offers.
-  var ROUTES = %s;
+  // Written by couchgw (--guards), version %(version)d. Only couchgw (a user with the role
+  // "couchgw") and admins write the fields couchgw owns; a client's new message is refused when
+  // its route, its operation or its argument names do not fit what the route offers.
+  var ROUTES = %(routes)s;
+  var OWNED = %(owned)s;
   var roles = userCtx.roles || [];
   if (roles.indexOf("_admin") >= 0 || roles.indexOf("couchgw") >= 0) return;
   var admins = (secObj && secObj.admins) || {};
   if ((admins.names || []).indexOf(userCtx.name) >= 0) return;
   if ((admins.roles || []).some(function (role) { return roles.indexOf(role) >= 0; })) return;
-  if (newDoc._deleted || newDoc.type !== "message" || (oldDoc && !oldDoc._deleted)) return;
   function refuse(text) { throw({forbidden: text}); }
+  var before = oldDoc && !oldDoc._deleted ? oldDoc : null;
+  var wasMessage = before !== null && before.type === "message";
+  if (newDoc._deleted || (newDoc.type !== "message" && !wasMessage)) return;
+  for (var f = 0; f < OWNED.length; f++) {
+    var field = OWNED[f];
+    var was = before ? JSON.stringify(before[field]) : undefined;
+    if (JSON.stringify(newDoc[field]) !== was) {
+      refuse("only couchgw writes " + field +
+        " (a client may create messages and set cancel_requested)");
+    }
+  }
+  if (wasMessage && newDoc.type !== "message") refuse("a message's type cannot be changed");
+  if (before !== null || ROUTES === null) return;
   function quote(value) { return JSON.stringify(value); }
   var names = Object.keys(ROUTES).sort();
   var name = newDoc.target === undefined ? "default" : newDoc.target;
@@ -95,6 +114,18 @@ def routes_of(targets: Mapping[str, ITarget]) -> dict[str, Any]:
     return known
 
 
-def design_doc(targets: Mapping[str, ITarget]) -> Doc:
-    routes = json.dumps(routes_of(targets), sort_keys=True, separators=(",", ":"))
-    return {"_id": DOOR_ID, "language": "javascript", "validate_doc_update": _TEMPLATE % routes}
+def design_doc(targets: Mapping[str, ITarget] | None) -> Doc:
+    """The door for these routes; for None (not loaded yet), the check of couchgw's fields alone."""
+    routes = "null" if targets is None else _compact(routes_of(targets))
+    function = _TEMPLATE % {"version": VERSION, "routes": routes, "owned": _compact(GATEWAY_FIELDS)}
+    return {"_id": DOOR_ID, "language": "javascript", "validate_doc_update": function}
+
+
+def is_current(doc: Mapping[str, Any]) -> bool:
+    """Whether a door in the database was written by this version (with or without routes)."""
+    function = doc.get("validate_doc_update")
+    return isinstance(function, str) and f"version {VERSION}." in function
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

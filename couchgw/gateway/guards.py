@@ -1,0 +1,162 @@
+"""
+The guards: the one validate function (L{couchgw.targets.door}) that keeps couchgw's fields to
+couchgw and refuses a client's new message that does not fit its route, installed where it
+protects something.
+
+CouchDB runs a database's validate functions for every write, in a separate JavaScript process,
+and they bind only users who are not admins: on an admin-only database (CouchDB 3's default: a
+security object without members) they protect nothing and cost each write most of its time.
+With C{--guards auto} they are installed while users who are not admins may write to the
+database (its security object names members who are not its admins, or no members at all: a
+public database), and removed while only admins may, or while CouchDB runs without
+authentication (everyone an admin).  The gateway reads the security object again every few
+seconds (C{--announce}), so that users granted access later are guarded within that.  C{on}
+and C{off} force them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.logger import Logger
+
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import Conflict, NotFound
+from couchgw.errors import describe_error
+from couchgw.targets import door
+from couchgw.targets.interfaces import ITarget
+
+log = Logger(namespace="couchgw.gateway")
+
+MODES = ("auto", "on", "off")
+
+
+def unbound_writers(security: Mapping[str, Any]) -> list[str]:
+    """
+    Who may write to the database without being an admin (whom alone a validate function
+    binds): everyone when the security object names no members (a public database); otherwise
+    the members, names and roles, that are not also the database's admins.  An empty list: only
+    admins may write (CouchDB 3 gives a new database the member role C{_admin} alone).
+    """
+    members = security.get("members") if isinstance(security, Mapping) else None
+    admins = security.get("admins") if isinstance(security, Mapping) else None
+    members = members if isinstance(members, Mapping) else {}
+    admins = admins if isinstance(admins, Mapping) else {}
+    names = [str(n) for n in members.get("names") or []]
+    roles = [str(r) for r in members.get("roles") or []]
+    if not names and not roles:
+        return ["everyone: the database names no members"]
+    admin_names = {str(n) for n in admins.get("names") or []}
+    admin_roles = {str(r) for r in admins.get("roles") or []} | {"_admin"}
+    return [n for n in names if n not in admin_names] + [
+        f"role {r}" for r in roles if r not in admin_roles
+    ]
+
+
+class Guards:
+    """
+    @param mode: C{auto}, C{on} or C{off} (see the module).
+    @param loaded: whether every route has loaded (the door then checks routes too).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        targets: Mapping[str, ITarget],
+        mode: str,
+        *,
+        loaded: Callable[[], bool],
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"guards must be one of {', '.join(MODES)}, not {mode!r}")
+        self.db = db
+        self.targets = targets
+        self.mode = mode
+        self._loaded = loaded
+        #: Whether the guard is installed as far as this gateway knows (None: not known yet).
+        self.installed: bool | None = None
+        #: Why it is, or is not.
+        self.reason = "not checked yet"
+        self._lock = DeferredLock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "installed": self.installed, "why": self.reason}
+
+    def refresh(self) -> Deferred[Any]:
+        """
+        Decide (from the mode and the security object) and install or remove the guard, one
+        refresh at a time.
+        """
+        return self._lock.run(self._refresh)
+
+    @inlineCallbacks
+    def _refresh(self) -> Any:
+        wanted, reason = yield self._wanted()
+        for _ in range(3):  # another gateway may write it meanwhile: read it again
+            try:
+                yield self._install() if wanted else self._remove()
+                break
+            except Conflict:
+                continue
+        else:
+            log.warn(
+                "guards: {id} keeps changing under this gateway; do all gateways on this "
+                "database have the same --guards?",
+                id=door.DOOR_ID,
+            )
+            return
+        if (wanted, reason) != (self.installed, self.reason):
+            log.info("guards {state}: {why}", state="on" if wanted else "off", why=reason)
+        self.installed, self.reason = wanted, reason
+
+    @inlineCallbacks
+    def _wanted(self) -> Any:
+        if self.mode == "on":
+            return True, "--guards on"
+        if self.mode == "off":
+            return False, "--guards off"
+        try:
+            session = yield self.db.anonymous().json("GET", "/_session")
+            security = yield self.db.get("_security")
+        except Exception as e:
+            return True, f"the security object cannot be read ({describe_error(e)})"
+        roles = (session.get("userCtx") or {}).get("roles") or []
+        if "_admin" in roles:
+            return False, "CouchDB runs without authentication: everyone is an admin"
+        writers = unbound_writers(security)
+        if writers:
+            shown = ", ".join(writers[:5]) + (", ..." if len(writers) > 5 else "")
+            return True, f"users who are not admins may write to the database ({shown})"
+        return False, "only admins may write to the database"
+
+    @inlineCallbacks
+    def _install(self) -> Any:
+        """The door with the routes once all loaded; until then, one that keeps what it says."""
+        try:
+            current: Doc | None = yield self.db.get(door.DOOR_ID)
+        except NotFound:
+            current = None
+        if self._loaded():
+            wanted = door.design_doc(self.targets)
+        elif current is not None and door.is_current(current):
+            return  # it says at least what this gateway would, for now
+        else:
+            wanted = door.design_doc(None)
+        if current is not None:
+            rev = current.pop("_rev")
+            if current == wanted:
+                return
+            wanted = {**wanted, "_rev": rev}
+        yield self.db.put(wanted)
+        log.info("design document {id} updated", id=door.DOOR_ID)
+
+    @inlineCallbacks
+    def _remove(self) -> Any:
+        try:
+            current = yield self.db.get(door.DOOR_ID)
+        except NotFound:
+            return
+        yield self.db.json("DELETE", door.DOOR_ID, params={"rev": current["_rev"]})
+        log.info("design document {id} removed", id=door.DOOR_ID)
