@@ -130,8 +130,9 @@ def application(delay: float = 0.1) -> WsgiApplication:
 class JsonDemo(Resource):
     """
     The demo's operations over JSON: a POST of C{{"id", "operation", "args"}} answers the result
-    as JSON (C{activate} waits C{count * delay} seconds on the reactor, C{wait} C{seconds};
-    C{stamp} answers the time the call arrived, for latency measurements).
+    as JSON (C{activate} waits C{count * delay} seconds on the reactor, C{wait} C{seconds} and
+    answers when the call arrived too; C{stamp} answers the time the call arrived, for latency
+    measurements).
     An unknown operation is a 404, C{refuse} a 422, both with C{{"error": ...}}.
     """
 
@@ -170,7 +171,7 @@ class JsonDemo(Resource):
             seconds = args.get("seconds", 1)
             if not isinstance(seconds, int | float) or not 0 <= seconds <= 3600:
                 return _answer(request, 400, {"error": "wait takes seconds from 0 to 3600"})
-            self._later(request, seconds, {"waited": seconds})
+            self._later(request, seconds, {"waited": seconds, "at": time.time()})
             return NOT_DONE_YET
         return _answer(request, 404, {"error": f"no operation {operation!r}"})
 

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from couchgw.connections import connection_pool
 from couchgw.demo import DemoService
-from couchgw.gateway import Gateway, Policy
+from couchgw.gateway import Gateway, Policy, intake
 from couchgw.tap import Options
 from couchgw.targets.http import HttpTarget
 from couchgw.targets.interfaces import Fault, Transient, Unreachable
@@ -223,20 +223,54 @@ class HttpKind(GatewayTestCase):
 class SideBySide(GatewayTestCase):
     timeout = 120
 
-    @inlineCallbacks
     def test_slow_route_does_not_hold_up_the_others(self) -> Any:
         """
-        A backlog on a slow SOAP route, larger than the gateway's own in-flight bound, waits in
-        CouchDB (the route's bound is small); a fast SOAP route and an http route go on
-        meanwhile, and the slow backlog drains in the end.
+        A backlog on a slow SOAP route, larger than the gateway's own in-flight bound, waits
+        (the route's bound is small); a fast SOAP route and an http route go on meanwhile, and
+        the slow backlog drains in the end.
         """
-        wsdl, _, _ = self.demo()  # 0.1 s per device
-        parent = MultiService()
-        configs = [
-            RouteConfig("default", url=wsdl, concurrency=2, timeout=10, inflight=3),
-            RouteConfig("fast", url=wsdl, concurrency=2, timeout=10, inflight=4),
-            RouteConfig("web", kind="http", url=wsdl.replace("/?wsdl", "/json"), timeout=10),
+        return self.slow_route_does_not_hold_up_the_others()
+
+    def test_slow_route_with_waiting_messages_read_again(self) -> Any:
+        """The same, keeping no waiting document whole: each is read again when its turn comes."""
+        self.patch(intake, "KEPT_BYTES", 0)
+        return self.slow_route_does_not_hold_up_the_others()
+
+    @inlineCallbacks
+    def test_a_waiting_message_changed_meanwhile(self) -> Any:
+        """
+        A message kept while its route is full, cancelled by its client meanwhile, is claimed
+        on the revision kept: the claim fails, the message is read again, and it is cancelled.
+        """
+        wsdl, demo_log, _ = self.demo()  # 0.1 s per device
+        gateway = yield self.routed(
+            [RouteConfig("default", url=wsdl, concurrency=1, timeout=10, inflight=1)]
+        )
+        docs = [
+            {"_id": f"w{i}", "type": "message", "operation": "activate", "args": [f"w{i}", 10]}
+            for i in range(3)
         ]
+        yield self.db.bulk_docs(docs)
+        yield self.wait_for(
+            lambda: (
+                [w.id for q in gateway.intake._waiting.values() for w in q] == ["w1", "w2"]
+                and all(w.doc for q in gateway.intake._waiting.values() for w in q)
+            ),
+            what="two messages kept, waiting",
+        )
+        waiting = yield self.db.get("w2")
+        yield self.db.put({**waiting, "cancel_requested": True})
+        done = yield self.terminal("w2", timeout=30)
+        self.assertEqual(done["status"], "cancelled")
+        for doc_id in ("w0", "w1"):
+            done = yield self.terminal(doc_id, timeout=30)
+            self.assertEqual(done["status"], "forwarded")
+        self.assertNotIn("activated network=w2\n", demo_log.read_text())
+
+    @inlineCallbacks
+    def routed(self, configs: list[RouteConfig], **options: Any) -> Any:
+        """A gateway (started, ready) with these routes, each bounded by its C{inflight}."""
+        parent = MultiService()
         targets = build(configs, reactor, parent, kinds())
         parent.startService()
         self.addCleanup(parent.stopService)
@@ -245,13 +279,24 @@ class SideBySide(GatewayTestCase):
             targets,
             reactor,
             policies={c.name: Policy(inflight=c.inflight) for c in configs},
-            max_inflight=20,
             heartbeat=1.0,
             sweep_interval=3600,
+            **options,
         )
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
         yield self.ready(gateway)
+        return gateway
+
+    @inlineCallbacks
+    def slow_route_does_not_hold_up_the_others(self) -> Any:
+        wsdl, _, _ = self.demo()  # 0.1 s per device
+        configs = [
+            RouteConfig("default", url=wsdl, concurrency=2, timeout=10, inflight=3),
+            RouteConfig("fast", url=wsdl, concurrency=2, timeout=10, inflight=4),
+            RouteConfig("web", kind="http", url=wsdl.replace("/?wsdl", "/json"), timeout=10),
+        ]
+        gateway = yield self.routed(configs, max_inflight=20)
         slow = [
             {"_id": f"slow{i:02}", "type": "message", "operation": "activate", "args": ["n", 5]}
             for i in range(60)

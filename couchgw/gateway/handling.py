@@ -37,7 +37,7 @@ log = Logger(namespace="couchgw.gateway")
 
 class Handling:
     """
-    @param wait_for_room: keeps the id of a message whose route is full (L{Intake.wait_for_room}).
+    @param wait_for_room: keeps a message whose route is full (L{Intake.wait_for_room}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
     """
 
@@ -54,7 +54,7 @@ class Handling:
         dispatch: Dispatch,
         metrics: Metrics,
         callbacks: Callbacks | None,
-        wait_for_room: Callable[[str, str], None],
+        wait_for_room: Callable[[str, Doc], None],
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
@@ -137,7 +137,7 @@ class Handling:
                         log.warn("{id} rejected: {reason}", id=doc["_id"], reason=str(e))
                 else:
                     if self.dispatch.full(target.name):
-                        self._wait_for_room(target.name, doc["_id"])
+                        self._wait_for_room(target.name, doc)
                         return  # it waits in CouchDB until its route has room
                     turn = self.dispatch.turn(target.name)
                     if turn is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,8 +35,20 @@ log = Logger(namespace="couchgw.gateway")
 
 #: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses).
 WAITING = 10000
+#: Of those, the bytes of documents kept whole (as JSON), so as not to read them again; beyond
+#: that, only their ids are kept.
+KEPT_BYTES = 16 * 1024 * 1024
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message waiting for its route to have room: its id, and its document if kept."""
+
+    id: str
+    doc: Doc | None = None
+    size: int = 0
 
 
 class Intake:
@@ -88,10 +101,12 @@ class Intake:
         self.active: dict[str, Deferred[None]] = {}
         #: Routes that left messages in CouchDB because they were full; swept once they drain.
         self._full: set[str] = set()
-        #: Ids of messages the feed brought for routes that were full, by route: they are
-        #: submitted again as their route drains (the feed pauses at L{WAITING} in all).
-        self._waiting_ids: dict[str, deque[str]] = {}
-        #: Of those, how many are being read to be submitted, by route.
+        #: Messages the feed brought for routes that were full, by route: they are submitted
+        #: again as their route drains (the feed pauses at L{WAITING} in all): the ids, and the
+        #: documents themselves while they take less than L{KEPT_BYTES}.
+        self._waiting: dict[str, deque[Waiting]] = {}
+        self._kept_bytes = 0
+        #: Of those, how many are being submitted, by route.
         self._refilling: Counter[str] = Counter()
         self._sweep_again = False
         self._sweeping: Deferred[None] | None = None
@@ -182,19 +197,25 @@ class Intake:
         """
         if self.feed is None:
             return
-        waiting = sum(len(ids) for ids in self._waiting_ids.values())
+        waiting = sum(len(queue) for queue in self._waiting.values())
         if len(self.active) >= self.max_inflight or waiting >= WAITING:
             self.feed.pause()
         elif self.feed.paused and waiting < WAITING // 2:
             self.feed.resume()
 
-    def wait_for_room(self, route: str, doc_id: str) -> None:
+    def wait_for_room(self, route: str, doc: Doc) -> None:
         """
-        Keep the id of a message whose route is full, to submit it once there is room.  The
-        feed pauses at L{WAITING} ids, so only the few changes read before it did go beyond:
-        none is left to the sweep (whose view may take long to bring up to date).
+        Keep a message whose route is full, to submit it once there is room: the document
+        itself while those kept take less than L{KEPT_BYTES} (it may change meanwhile: then its
+        claim fails, and it is read again), its id beyond.  The feed pauses at L{WAITING}
+        messages, so only the few changes read before it did go beyond: none is left to the
+        sweep (whose view may take long to bring up to date).
         """
-        self._waiting_ids.setdefault(route, deque()).append(doc_id)
+        waiting = Waiting(doc["_id"])
+        if self._kept_bytes < KEPT_BYTES:
+            waiting = Waiting(doc["_id"], doc, message.encoded_size(doc))
+            self._kept_bytes += waiting.size
+        self._waiting.setdefault(route, deque()).append(waiting)
         self._throttle()
 
     def drained(self, route: str) -> None:
@@ -206,11 +227,11 @@ class Intake:
         busy = self.inflight[route] + self._refilling[route]
         if bound is None or busy > bound // 2 or not self._running():
             return
-        waiting = self._waiting_ids.get(route)
+        waiting = self._waiting.get(route)
         if waiting:
-            ids = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
-            self._refilling[route] += len(ids)
-            refill = self._refill(route, ids)
+            taken = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
+            self._refilling[route] += len(taken)
+            refill = self._refill(route, taken)
             refill.addErrback(log_error, "cannot read messages that waited")
             self._throttle()
         elif route in self._full:
@@ -218,16 +239,29 @@ class Intake:
             self.sweep_soon()
 
     @inlineCallbacks
-    def _refill(self, route: str, ids: list[str]) -> Any:
+    def _refill(self, route: str, taken: list[Waiting]) -> Any:
         """Submit messages that waited for their route; those there is no room for wait on."""
+        left: list[Waiting] = []
+        ids = []
+        for waiting in taken:
+            self._kept_bytes -= waiting.size
+            if waiting.doc is None:
+                ids.append(waiting.id)
+            elif waiting.id in self.active:
+                continue
+            elif self._room():
+                self.submit(waiting.doc)
+            else:
+                left.append(Waiting(waiting.id))
         try:
-            left = yield self._submit_ids(ids)
+            unread = yield self._submit_ids(ids)
         except BaseException:
             self._full.add(route)  # they are in CouchDB still: the sweep finds them
             raise
         finally:
-            self._refilling[route] -= len(ids)
-        self._waiting_ids.setdefault(route, deque()).extend(left)
+            self._refilling[route] -= len(taken)
+        left.extend(Waiting(doc_id) for doc_id in unread)
+        self._waiting.setdefault(route, deque()).extend(left)
         self._throttle()
 
     def _room(self) -> bool:
