@@ -138,7 +138,8 @@ class Options(usage.Options):
             "sweep",
             None,
             30.0,
-            "Seconds between sweeps for work the feed did not bring.",
+            "Seconds between sweeps for work the feed did not bring (passed over while the "
+            "gateway is full).",
             _number("sweep", float, 0.1),
         ],
         [

@@ -254,6 +254,31 @@ class EndToEnd(GatewayTestCase):
         self.assertEqual(again.handling.counts, swept)
 
     @inlineCallbacks
+    def test_periodic_sweep_passed_over_while_full(self) -> Any:
+        """
+        The first periodic sweep runs whatever the load; later ones are passed over while the
+        gateway is full, and run again once it has room.
+        """
+        wsdl, _, _ = self.demo()  # 0.1 s per device
+        gateway = self.gateway(wsdl, max_inflight=2, sweep_interval=3600)
+        yield self.ready(gateway)
+        for i in range(2):
+            yield self.db.put(
+                {"_id": f"long{i}", "type": "message", "operation": "activate", "args": ["n", 30]}
+            )
+        yield self.wait_for(lambda: len(gateway.intake.active) == 2, what="the gateway full")
+        first = gateway.intake.sweep_every()
+        self.assertIsNotNone(first)
+        yield first
+        self.assertIsNone(gateway.intake.sweep_every())
+        for i in range(2):
+            yield self.terminal(f"long{i}", timeout=30)
+        yield self.wait_for(lambda: not gateway.intake.active, what="room again")
+        again = gateway.intake.sweep_every()
+        self.assertIsNotNone(again)
+        yield again
+
+    @inlineCallbacks
     def test_write_back_keeps_a_client_edit(self) -> Any:
         """A client edit made during the call survives the write-back (merge on 409)."""
         gateway = self.gateway()

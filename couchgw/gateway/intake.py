@@ -109,6 +109,8 @@ class Intake:
         #: Of those, how many are being submitted, by route.
         self._refilling: Counter[str] = Counter()
         self._sweep_again = False
+        #: Whether a periodic sweep ran (L{sweep_every}).
+        self._swept = False
         self._sweeping: Deferred[None] | None = None
         self._query: Deferred[Doc] | None = None
         self._timers: dict[str, IDelayedCall] = {}
@@ -290,6 +292,19 @@ class Intake:
             self.sweep_soon()
 
         self._timers["wake"] = self.clock.callLater(max(0.0, when - self.clock.seconds()), wake)
+
+    def sweep_every(self) -> Deferred[None] | None:
+        """
+        The periodic sweep, passed over while the gateway is full: it could take on nothing
+        that is due, and its query would have CouchDB bring the view's index up to date over
+        every message a drain changed, in its JavaScript process, while the drain goes on.  The
+        first one runs (it takes over the claims of gateways gone before this one started), and
+        so does every sweep asked for: a gateway gone, a route back, a retry due.
+        """
+        if self._swept and not self._room():
+            return None
+        self._swept = True
+        return self.sweep()
 
     @inlineCallbacks
     def sweep(self) -> Any:

@@ -242,7 +242,7 @@ class Gateway(Service):
             # the feed brings every new message; the sweep's first look, for what came due
             # while no gateway ran, comes one interval on (at once, it would make CouchDB
             # index a whole backlog while the gateway drains it)
-            self._every(self.sweep_interval, self.intake.sweep)
+            self._every(self.sweep_interval, self.intake.sweep_every)
             self._every(self.checkpoint_interval, self.checkpoint.save)
             self._every(self.announce, self._guard)
         else:
