@@ -137,7 +137,7 @@ def guarded_bulk_posts(run: Run, docs: int, batch: int = 500) -> tuple[float, fl
     new = docs / (time.monotonic() - started)
     started = time.monotonic()
     for first in range(0, docs, batch):
-        chunk: list[Doc] = [
+        chunk = [
             {**doc, "status": "dispatching", "attempts": 1, "claim": {"by": "bench", "until": 0}}
             for doc in written[first : first + batch]
         ]
@@ -303,6 +303,27 @@ class Run:
             return self.pouchdb.process.pid if self.pouchdb.process else None
         return listening_pid(self.port) if self.host in ("127.0.0.1", "localhost") else None
 
+    def cpu(self) -> dict[str, float]:
+        """The CPU seconds the demo and the server (with its children) have used so far."""
+        pids = {"the demo": self.demo.process.pid if self.demo.process else None}
+        pids[self.server] = self.server_pid()
+        return {name: process_tree_cpu(pid) for name, pid in pids.items() if pid}
+
+    def cpu_per_message(
+        self,
+        figures: dict[str, Any],
+        what: str,
+        before: dict[str, float],
+        drained: dict[str, float],
+        messages: int,
+    ) -> None:
+        """Record the CPU milliseconds each process spent per message since C{before}."""
+        figures[f"{what}: CPU per message, couchgw (ms)"] = drained["cpu (s)"] * 1000 / messages
+        for name, spent in self.cpu().items():
+            figures[f"{what}: CPU per message, {name} (ms)"] = (
+                (spent - before[name]) * 1000 / messages
+            )
+
     def stop(self) -> None:
         self.stop_gateways()
         if self.pouchdb is not None:
@@ -316,18 +337,10 @@ def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
     """
     db = run.database("drain")
     write_backlog(db, messages, target="null")
-    pids = {"the demo (null target)": run.demo.process.pid if run.demo.process else None}
-    pids[run.server] = run.server_pid()
-    before = {name: process_tree_cpu(pid) for name, pid in pids.items() if pid}
+    before = run.cpu()
     drained = drain(run.gateway(db, routes=run.null_route()), messages, progress=False)
     figures["drain (messages/s)"] = messages / drained["seconds"]
-    figures["drain: CPU per message, couchgw with its start-up (ms)"] = (
-        drained["cpu (s)"] * 1000 / messages
-    )
-    for name, pid in pids.items():
-        if pid:
-            spent = process_tree_cpu(pid) - before[name]
-            figures[f"drain: CPU per message, {name} (ms)"] = spent * 1000 / messages
+    run.cpu_per_message(figures, "drain", before, drained, messages)
     figures["drain / raw single-document rate (8 connections)"] = (
         figures["drain (messages/s)"] / figures["raw: single POSTs, 8 connections (docs/s)"]
     )
@@ -354,7 +367,9 @@ def soap_path(run: Run, figures: dict[str, Any], messages: int) -> None:
     """(3) The bare suds loop with P threads, and the gateway through the same operation."""
     db = run.database("soap")
     write_backlog(db, messages)
+    before = run.cpu()
     drained = drain(run.gateway(db, "--threads", str(run.threads)), messages, progress=False)
+    run.cpu_per_message(figures, "SOAP drain", before, drained, messages)
     gateway_rate = messages / drained["seconds"]
     figures[f"gateway SOAP drain, {run.threads} threads (messages/s)"] = gateway_rate
     suds_rate = figures[f"bare suds loop, {run.threads} threads (calls/s)"]
@@ -383,7 +398,9 @@ def slow_targets(run: Run, figures: dict[str, Any]) -> None:
     db = run.database("slow-http")
     write_backlog(db, 2000, target="null", operation="wait", args={"seconds": 1})
     gateway = run.gateway(db, routes=run.null_route(concurrency=1000))
+    before = run.cpu()
     drained = drain(gateway, 2000, progress=False, from_ready=True)
+    run.cpu_per_message(figures, "slow http", before, drained, 2000)
     figures["slow http: 2000 x 1 s, 1000 at once, from ready (s)"] = drained["seconds"]
     figures["slow http: ideal / actual"] = 2.0 / drained["seconds"]
 
@@ -611,9 +628,17 @@ def main() -> int:
         shared: dict[str, Any] = {}
         if options.only & {3, 4}:
             print("bare suds loops ...", flush=True)
+        assert demo.process is not None
         if 3 in options.only:
+            demo_cpu, own_cpu = process_tree_cpu(demo.process.pid), time.process_time()
             shared[f"bare suds loop, {options.threads} threads (calls/s)"] = bare_suds(
                 wsdl, 4000, options.threads
+            )
+            shared["bare suds loop: CPU per call, the loop (ms)"] = (
+                (time.process_time() - own_cpu) * 1000 / 4000
+            )
+            shared["bare suds loop: CPU per call, the demo (ms)"] = (
+                (process_tree_cpu(demo.process.pid) - demo_cpu) * 1000 / 4000
             )
         if 4 in options.only:
             shared["bare suds loop: 500 x 1 s, 50 threads (s)"] = bare_suds(wsdl, 500, 50, True)

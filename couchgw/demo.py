@@ -244,6 +244,9 @@ class DemoService(Service):
         reactor: IReactorTCP = self._reactor
         soap = WSGIResource(self._reactor, self._threads.pool, application(self._delay))
         site: Any = Site(_Root(soap, JsonDemo(self._reactor, self._delay)))
+        # each call is logged once, by its operation: no access log line besides (a benchmark's
+        # target should cost as little as it can)
+        site.log = lambda request: None
         # a gateway may open a route's every connection at once (1000 for a wide http route):
         # with the default backlog of 50, the kernel would drop most of those SYNs, and they
         # would come again seconds later
