@@ -16,7 +16,7 @@ run: deps
 test: deps lint
 	$(BIN)/pytest
 
-# the speed suite (docs/BENCHMARKS.md): about 13 minutes, a table and bench-results.json
+# the speed suite (docs/BENCHMARKS.md) on PouchDB Server: about 9 minutes, a table and bench-results.json
 bench: deps
 	$(BIN)/python bench/suite.py
 
