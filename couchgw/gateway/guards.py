@@ -4,8 +4,9 @@ couchgw and refuses a client's new message that does not fit its route, installe
 protects something.
 
 CouchDB runs a database's validate functions for every write, in a separate JavaScript process,
-and they bind only users who are not admins: on an admin-only database (CouchDB 3's default: a
-security object without members) they protect nothing and cost each write most of its time.
+and they bind only users who are not admins: on an admin-only database (CouchDB 3's default for
+a new database: the member role C{_admin} alone) they protect nothing and cost each write most of
+its time.
 With C{--guards auto} they are installed while users who are not admins may write to the
 database (its security object names members who are not its admins, or no members at all: a
 public database), and removed while only admins may, or while CouchDB runs without
@@ -23,7 +24,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc
-from couchgw.couch.errors import Conflict, NotFound
+from couchgw.couch.errors import Conflict, NotFound, Unauthorized
 from couchgw.errors import describe_error
 from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
@@ -119,12 +120,17 @@ class Guards:
             return False, "--guards off"
         try:
             session = yield self.db.anonymous().json("GET", "/_session")
-            security = yield self.db.get("_security")
+        except Unauthorized:
+            session = {}  # CouchDB asks every request for credentials (require_valid_user)
         except Exception as e:
-            return True, f"the security object cannot be read ({describe_error(e)})"
+            return True, f"CouchDB's session cannot be read ({describe_error(e)})"
         roles = (session.get("userCtx") or {}).get("roles") or []
         if "_admin" in roles:
             return False, "CouchDB runs without authentication: everyone is an admin"
+        try:
+            security = yield self.db.get("_security")
+        except Exception as e:
+            return True, f"the security object cannot be read ({describe_error(e)})"
         writers = unbound_writers(security)
         if writers:
             shown = ", ".join(writers[:5]) + (", ..." if len(writers) > 5 else "")
