@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from bench.backlog import drain, write_backlog  # noqa: E402
-from bench.suite import listening_pid, process_tree_cpu  # noqa: E402
+from bench.suite import listening_pid, null_route, process_tree_cpu  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
 
 
@@ -60,10 +60,7 @@ def main() -> int:
         db = f"{couch}/profile-{uuid.uuid4().hex[:6]}"
         assert http("PUT", db)[0] in (201, 202)
         write_backlog(db, options.messages, target="null")
-        (folder / "routes.toml").write_text(
-            f'[routes.null]\nkind = "http"\nurl = "http://127.0.0.1:{demo_port}/json"\n'
-            "concurrency = 100\ntimeout = 60\n"
-        )
+        (folder / "routes.toml").write_text(null_route(f"http://127.0.0.1:{demo_port}/json"))
         gateway = processes.gateway(
             folder, db, demo_port, free_port(), "--routes", str(folder / "routes.toml"),
             *options.gateway,

@@ -213,6 +213,16 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def null_route(url: str, concurrency: int = 100, inflight: int | None = None) -> str:
+    """A routes file with the C{null} route: the demo's JSON operations (at C{url}), answered
+    at once."""
+    bound = f"inflight = {inflight}\n" if inflight else ""
+    return (
+        f'[routes.null]\nkind = "http"\nurl = "{url}"\n'
+        f"concurrency = {concurrency}\ntimeout = 60\n{bound}"
+    )
+
+
 class Run:
     """The servers of one suite run, and gateways started against them as each figure needs."""
 
@@ -249,6 +259,7 @@ class Run:
         self.json = f"http://127.0.0.1:{self.demo_port}/json"
         self.started: list[processes.Process] = []
         self._runs = 0
+        self._server_pid: int | None = None
 
     def database(self, name: str, server: str | None = None) -> str:
         """A new database (named for this run, so that an external server keeps others apart)."""
@@ -276,12 +287,7 @@ class Run:
         return gateway
 
     def null_route(self, concurrency: int = 100, inflight: int | None = None) -> str:
-        """A routes file with the C{null} route: the demo's JSON operations, answered at once."""
-        bound = f"inflight = {inflight}\n" if inflight else ""
-        return (
-            f'[routes.null]\nkind = "http"\nurl = "{self.json}"\n'
-            f"concurrency = {concurrency}\ntimeout = 60\n{bound}"
-        )
+        return null_route(self.json, concurrency, inflight)
 
     def calls(self, prefix: str) -> Counter[str]:
         """How often the demo's JSON operations were called for each message id with C{prefix}."""
@@ -301,7 +307,9 @@ class Run:
         """The server's process (its JavaScript processes are its children), if on this machine."""
         if self.pouchdb is not None:
             return self.pouchdb.process.pid if self.pouchdb.process else None
-        return listening_pid(self.port) if self.host in ("127.0.0.1", "localhost") else None
+        if self._server_pid is None and self.host in ("127.0.0.1", "localhost"):
+            self._server_pid = listening_pid(self.port)  # found once: it scans every process
+        return self._server_pid
 
     def cpu(self) -> dict[str, float]:
         """The CPU seconds the demo and the server (with its children) have used so far."""

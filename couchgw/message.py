@@ -113,12 +113,15 @@ def is_terminal(doc: Any) -> bool:
     return isinstance(status, str) and status in TERMINAL
 
 
-def check_new(doc: Doc, max_bytes: int | None = None) -> None:
+def check_new(doc: Doc, max_bytes: int | None = None) -> int | None:
     """
     What a client wrote must be a well-formed message: no fields only the gateway writes, no
     unknown status, known field types, bounded size and nesting, text that XML can carry.
+
+    @return: the document's size as compact JSON (L{encoded_size}), if measured (C{max_bytes}).
     """
-    if max_bytes is not None and encoded_size(doc) > max_bytes:
+    size = None if max_bytes is None else encoded_size(doc)
+    if size is not None and max_bytes is not None and size > max_bytes:
         raise Rejected(too_large(max_bytes))
     status = doc.get("status")
     if status is not None:
@@ -148,6 +151,7 @@ def check_new(doc: Doc, max_bytes: int | None = None) -> None:
     for field in ("operation", "target", "args", "text"):
         if field in doc:
             _check_value(field, doc[field])
+    return size
 
 
 def encoded_size(doc: Doc) -> int:

@@ -104,15 +104,26 @@ def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
             current = yield db.get(doc_id)
         except NotFound:
             current = None
-        if current is not None:
-            rev = current.pop("_rev")
-            if current == doc:
-                continue
-            doc = {**doc, "_rev": rev}
-        yield db.put(doc)
-        written.append(doc_id)
-        log.info("design document {id} updated", id=doc_id)
+        changed = yield write_changed(db, doc, current)
+        if changed:
+            written.append(doc_id)
     return written
+
+
+@inlineCallbacks
+def write_changed(db: Database, doc: Doc, current: Doc | None) -> Any:
+    """
+    Write a design document over the database's copy C{current} (None: there is none) unless
+    they are the same; a L{Deferred} firing with whether it was written.
+    """
+    if current is not None:
+        rev = current["_rev"]
+        if {k: v for k, v in current.items() if k != "_rev"} == doc:
+            return False
+        doc = {**doc, "_rev": rev}
+    yield db.put(doc)
+    log.info("design document {id} updated", id=doc["_id"])
+    return True
 
 
 #: The design documents as this version of couchgw ships them.

@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 
+from couchgw.couch import design
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Conflict, NotFound, Unauthorized
 from couchgw.errors import describe_error
@@ -150,13 +151,7 @@ class Guards:
             return  # it says at least what this gateway would, for now
         else:
             wanted = door.design_doc(None)
-        if current is not None:
-            rev = current.pop("_rev")
-            if current == wanted:
-                return
-            wanted = {**wanted, "_rev": rev}
-        yield self.db.put(wanted)
-        log.info("design document {id} updated", id=door.DOOR_ID)
+        yield design.write_changed(self.db, wanted, current)
 
     @inlineCallbacks
     def _remove(self) -> Any:

@@ -37,7 +37,8 @@ log = Logger(namespace="couchgw.gateway")
 
 class Handling:
     """
-    @param wait_for_room: keeps a message whose route is full (L{Intake.wait_for_room}).
+    @param wait_for_room: keeps a message whose route is full, with its size if measured
+        (L{Intake.wait_for_room}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
     """
 
@@ -54,7 +55,7 @@ class Handling:
         dispatch: Dispatch,
         metrics: Metrics,
         callbacks: Callbacks | None,
-        wait_for_room: Callable[[str, Doc], None],
+        wait_for_room: Callable[[str, Doc, int | None], None],
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
@@ -115,8 +116,7 @@ class Handling:
                 written = yield self.transition(doc, message.cancelled(now))
             else:
                 try:
-                    if due == "new":
-                        message.check_new(doc, self.max_bytes)
+                    size = message.check_new(doc, self.max_bytes) if due == "new" else None
                     call = message.call_of(doc)
                     target = targets.get(call.route)
                     if target is None:
@@ -137,7 +137,7 @@ class Handling:
                         log.warn("{id} rejected: {reason}", id=doc["_id"], reason=str(e))
                 else:
                     if self.dispatch.full(target.name):
-                        self._wait_for_room(target.name, doc)
+                        self._wait_for_room(target.name, doc, size)
                         return  # it waits in CouchDB until its route has room
                     turn = self.dispatch.turn(target.name)
                     if turn is None:

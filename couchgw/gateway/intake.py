@@ -205,17 +205,20 @@ class Intake:
         elif self.feed.paused and waiting < WAITING // 2:
             self.feed.resume()
 
-    def wait_for_room(self, route: str, doc: Doc) -> None:
+    def wait_for_room(self, route: str, doc: Doc, size: int | None = None) -> None:
         """
         Keep a message whose route is full, to submit it once there is room: the document
         itself while those kept take less than L{KEPT_BYTES} (it may change meanwhile: then its
         claim fails, and it is read again), its id beyond.  The feed pauses at L{WAITING}
         messages, so only the few changes read before it did go beyond: none is left to the
         sweep (whose view may take long to bring up to date).
+
+        @param size: the document's size as compact JSON, if the handling measured it already.
         """
         waiting = Waiting(doc["_id"])
         if self._kept_bytes < KEPT_BYTES:
-            waiting = Waiting(doc["_id"], doc, message.encoded_size(doc))
+            measured = message.encoded_size(doc) if size is None else size
+            waiting = Waiting(doc["_id"], doc, measured)
             self._kept_bytes += waiting.size
         self._waiting.setdefault(route, deque()).append(waiting)
         self._throttle()

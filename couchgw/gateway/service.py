@@ -157,7 +157,7 @@ class Gateway(Service):
             dispatch=self.dispatch,
             metrics=self.metrics,
             callbacks=callbacks,
-            wait_for_room=lambda route, doc: self.intake.wait_for_room(route, doc),
+            wait_for_room=lambda route, doc, size: self.intake.wait_for_room(route, doc, size),
             wake_at=lambda when: self.intake.wake_at(when),
             running=self._running,
             max_bytes=max_bytes,
