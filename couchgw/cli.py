@@ -109,6 +109,8 @@ def _args(pairs: list[str]) -> dict[str, Any]:
 def _line(doc: dict[str, Any]) -> str:
     status = doc.get("status") or "new"
     parts = [f"{doc['_id']}: {status}"]
+    if status == "scheduled" and doc.get("next_attempt_at"):
+        parts.append(f"not before {doc['next_attempt_at']}")
     if doc.get("attempts"):
         parts.append(f"attempt {doc['attempts']}")
     error = doc.get("error")
@@ -126,6 +128,16 @@ def submit(args: argparse.Namespace) -> int:
         doc["target"] = args.target
     if args.callback_url:
         doc["callback_url"] = args.callback_url
+    priority = args.priority
+    if priority is not None:
+        doc["priority"] = int(priority) if priority.isdigit() else priority
+    for field in ("not_before", "expires_at"):
+        if getattr(args, field):
+            doc[field] = getattr(args, field)
+    try:
+        message.plan_of(doc)
+    except message.Rejected as e:
+        raise Failed(f"not submitted: {e}") from None
     try:
         db.json("PUT", "/" + quote(doc["_id"], safe=""), doc)
     except HTTPFailed as e:
@@ -331,6 +343,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="the route (default: the default route)")
     p.add_argument("--id", help="the message's id (default: a new one); a repeat is refused")
     p.add_argument("--callback-url", help="where couchgw POSTs the final document")
+    p.add_argument(
+        "--priority",
+        help='"high", "medium" (the default), "low", or 0 to 9: higher goes first when there '
+        "is more work than room",
+    )
+    p.add_argument(
+        "--not-before",
+        metavar="TIME",
+        help="not called before this ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z",
+    )
+    p.add_argument(
+        "--expires-at",
+        metavar="TIME",
+        help="never called after this ISO 8601 time: it ends expired instead",
+    )
     p.add_argument(
         "--wait",
         action="store_true",

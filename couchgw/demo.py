@@ -120,11 +120,17 @@ def application(delay: float = 0.1) -> WsgiApplication:
         in_protocol=Soap11(validator="lxml"),
         out_protocol=Soap11(),
     )
-    app.event_manager.add_listener(
-        "method_call",
-        lambda ctx: log.info("call {operation}", operation=ctx.descriptor.name),
-    )
+    app.event_manager.add_listener("method_call", _log_call)
     return WsgiApplication(app)
+
+
+def _log_call(ctx: Any) -> None:
+    """One line per SOAP call: its operation, and the trace context it came with, if any."""
+    traceparent = ctx.transport.req_env.get("HTTP_TRACEPARENT")
+    if traceparent:
+        log.info("call {operation} traceparent={tp}", operation=ctx.descriptor.name, tp=traceparent)
+    else:
+        log.info("call {operation}", operation=ctx.descriptor.name)
 
 
 class JsonDemo(Resource):

@@ -31,10 +31,25 @@ GATEWAY_FIELDS = (
     "completed_at",
     "updated_at",
     "callback",
+    "trace",
 )
-TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled"})
+TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled", "expired"})
 #: Every status couchgw writes; any other value a client set is invalid.
-STATUSES = TERMINAL | {"dispatching", "retrying"}
+STATUSES = TERMINAL | {"scheduled", "dispatching", "retrying"}
+#: The priorities a message may name, as numbers (0 to 9 may be given as such; higher first).
+PRIORITIES = {"high": 8, "medium": 5, "low": 2}
+#: The priority of a message that names none.
+DEFAULT_PRIORITY = PRIORITIES["medium"]
+#: The highest priority.
+TOP_PRIORITY = 9
+#: A time a client writes: ISO 8601 with its zone (C{Z} or an offset), seconds optional.
+TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})\Z")
+#: A W3C trace context C{traceparent}: version, trace id, parent id, flags (none all zeros).
+TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-[^\s]*)?\Z"
+)
+#: The longest C{tracestate} passed on.
+TRACESTATE_LENGTH = 512
 #: How deeply a message's arguments may nest (objects and arrays).
 MAX_DEPTH = 32
 #: Characters XML 1.0 (and so SOAP) cannot carry, and lone surrogates (not Unicode at all).
@@ -53,6 +68,31 @@ class Call:
     route: str
     operation: str | None
     args: list[Any] | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """
+    When and in which order a message goes, and the trace it belongs to, from the fields a
+    client may write for that (L{plan_of}).
+    """
+
+    #: 0 to 9, higher first.
+    priority: int = DEFAULT_PRIORITY
+    #: POSIX times (None: not given).
+    requested_at: float | None = None
+    not_before: float | None = None
+    expires_at: float | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def expired(self, now: float) -> bool:
+        """Whether the message may no longer be called."""
+        return self.expires_at is not None and self.expires_at <= now
+
+    def waits(self, now: float) -> bool:
+        """Whether the message may not be called yet."""
+        return self.not_before is not None and self.not_before > now
 
 
 def is_message(doc: Any) -> bool:
@@ -77,9 +117,11 @@ def parse_time(value: Any) -> float | None:
 def due(doc: Any, now: float, gone: Callable[[Doc], bool] | None = None) -> str | None:
     """
     What is due for this document now: C{"new"}, C{"retry"} (a retry whose time has come),
+    C{"scheduled"} (a scheduled message whose time has come, or that is cancelled),
     C{"takeover"} (a claim whose lease expired, or whose gateway C{gone} says is gone),
     C{"callback"} (a finished message's callback, to be delivered or tried again), or L{None}
-    (nothing: not a message, finished, claimed, or waiting for its retry).  A status couchgw
+    (nothing: not a message, finished, claimed, or waiting for its time).  A message whose
+    C{expires_at} has passed is due, to end C{expired}.  A status couchgw
     never writes counts as new, so that the message is rejected.
     """
     if not is_message(doc):
@@ -87,9 +129,16 @@ def due(doc: Any, now: float, gone: Callable[[Doc], bool] | None = None) -> str 
     status = doc.get("status")
     if status is None or not isinstance(status, str) or status not in STATUSES:
         return "new"  # an unknown status is rejected as a new message
-    if status == "retrying":
+    if status in ("retrying", "scheduled"):
         at = parse_time(doc.get("next_attempt_at"))
-        return "retry" if at is None or at <= now else None
+        expires = parse_time(doc.get("expires_at"))
+        due_now = (
+            at is None
+            or at <= now
+            or (expires is not None and expires <= now)
+            or (status == "scheduled" and doc.get("cancel_requested") is True)
+        )
+        return ("retry" if status == "retrying" else "scheduled") if due_now else None
     if status == "dispatching":
         claim = doc.get("claim")
         until = parse_time(claim.get("until")) if isinstance(claim, dict) else None
@@ -151,7 +200,81 @@ def check_new(doc: Doc, max_bytes: int | None = None) -> int | None:
     for field in ("operation", "target", "args", "text"):
         if field in doc:
             _check_value(field, doc[field])
+    plan_of(doc)
     return size
+
+
+def plan_of(doc: Doc) -> Plan:
+    """
+    A message's priority, times and trace context, checked.
+
+    @raise Rejected: a value that is not one of these, in one line.
+    """
+    priority = doc.get("priority")
+    if priority is None:
+        priority = DEFAULT_PRIORITY
+    elif isinstance(priority, str) and priority in PRIORITIES:
+        priority = PRIORITIES[priority]
+    elif not (
+        isinstance(priority, int)
+        and not isinstance(priority, bool)
+        and 0 <= priority <= TOP_PRIORITY
+    ):
+        raise Rejected(
+            f"priority must be {', '.join(json.dumps(name) for name in PRIORITIES)} or a whole "
+            f"number from 0 to {TOP_PRIORITY} (higher first), not {_shown(priority)}"
+        )
+    times = {field: _time(doc, field) for field in ("requested_at", "not_before", "expires_at")}
+    not_before, expires_at = times["not_before"], times["expires_at"]
+    if not_before is not None and expires_at is not None and expires_at <= not_before:
+        raise Rejected(
+            f"expires_at {doc['expires_at']} is not after not_before {doc['not_before']}: "
+            "the message could never be called"
+        )
+    traceparent = doc.get("traceparent")
+    if traceparent is not None and not (
+        isinstance(traceparent, str)
+        and TRACEPARENT.match(traceparent)
+        and (len(traceparent) == 55 or not traceparent.startswith("00-"))
+    ):
+        raise Rejected(
+            "traceparent must be a W3C trace context (00-<32 hex digits>-<16 hex digits>-<2 hex "
+            f"digits>, not all zeros), not {_shown(traceparent)}"
+        )
+    tracestate = doc.get("tracestate")
+    if tracestate is not None and not (
+        isinstance(tracestate, str) and len(tracestate) <= TRACESTATE_LENGTH
+    ):
+        raise Rejected(
+            f"tracestate must be a string of at most {TRACESTATE_LENGTH} characters, not "
+            f"{_shown(tracestate)}"
+        )
+    return Plan(priority, traceparent=traceparent, tracestate=tracestate, **times)
+
+
+def has_expired(doc: Doc, now: float) -> bool:
+    """Whether a message's C{expires_at} (a valid one) has come."""
+    value = doc.get("expires_at")
+    at = parse_time(value) if isinstance(value, str) and TIME.match(value) else None
+    return at is not None and at <= now
+
+
+def _time(doc: Doc, field: str) -> float | None:
+    value = doc.get(field)
+    if value is None:
+        return None
+    at = parse_time(value) if isinstance(value, str) and TIME.match(value) else None
+    if at is None:
+        raise Rejected(
+            f"{field} must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not "
+            f"{_shown(value)}"
+        )
+    return at
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: itself if it is a string, number or boolean; else its kind."""
+    return json_kind(value) if isinstance(value, (dict, list)) or value is None else short(value)
 
 
 def encoded_size(doc: Doc) -> int:
@@ -291,7 +414,15 @@ def released(before: Doc) -> dict[str, Any]:
     Undo a claim whose call was never started: the message is as it was before (a new message
     new again, without any field only couchgw writes).
     """
-    keys = ("status", "attempts", "dispatched_at", "error", "next_attempt_at", "updated_at")
+    keys = (
+        "status",
+        "attempts",
+        "dispatched_at",
+        "error",
+        "next_attempt_at",
+        "updated_at",
+        "trace",
+    )
     fields = {key: before.get(key) for key in keys}
     return {**fields, "claim": None}
 
@@ -338,6 +469,17 @@ def rejected(text: str, now: float) -> dict[str, Any]:
 
 def cancelled(now: float) -> dict[str, Any]:
     return _terminal("cancelled", now)
+
+
+def expired(doc: Doc, now: float, why: str | None = None) -> dict[str, Any]:
+    """Not called (again): its C{expires_at} came first (C{why}: what else there is to say)."""
+    text = f"not called by its expires_at, {doc.get('expires_at')}" + (f"; {why}" if why else "")
+    return _terminal("expired", now, error={"kind": "expired", "message": text})
+
+
+def scheduled(at: float, now: float) -> dict[str, Any]:
+    """Called at C{at} (its C{not_before}), not before."""
+    return {"status": "scheduled", "next_attempt_at": iso(at), "updated_at": iso(now)}
 
 
 def retrying(

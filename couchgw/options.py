@@ -21,6 +21,7 @@ from couchgw.couch.errors import CouchError
 from couchgw.embedded import NotInstalled, find_executable
 from couchgw.message import DEFAULT_ROUTE
 from couchgw.targets.routes import RouteConfig, RoutesError, kinds, load
+from couchgw.tracing import exporter_kind
 
 DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
 SECRET_ENV = "COUCHGW_CALLBACK_SECRET"
@@ -68,7 +69,9 @@ class Options(usage.Options):
         "couchgw follows a CouchDB database's changes feed, forwards each message document to "
         "the SOAP service it names (in a thread pool), and writes the outcome back into the "
         "document. Without --couch it runs an embedded CouchDB (PouchDB Server); with "
-        "--target=demo, a demo SOAP service in the same process."
+        "--target=demo, a demo SOAP service in the same process. Traces of messages go out "
+        "through OpenTelemetry when the standard OTEL_* environment variables name an exporter "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp or console)."
     )
 
     optParameters: list[list[Any]] = [
@@ -264,6 +267,10 @@ class Options(usage.Options):
         if target != "demo" and not target.startswith(("http://", "https://", "file://")):
             raise usage.UsageError(f"--target must be a WSDL URL or 'demo', not {target!r}")
         self._routes()
+        try:
+            exporter_kind(os.environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self["callback-secret"] is None and os.environ.get(SECRET_ENV):
             self["callback-secret"] = os.environ[SECRET_ENV]
         try:

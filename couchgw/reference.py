@@ -18,8 +18,9 @@ Generated from `twistd couchgw --help` by `python -m couchgw.reference`; do not 
 
 Environment: `COUCHGW_COUCH_USER` / `COUCHGW_COUCH_PASSWORD` (CouchDB credentials when the URL
 has none), `{secret}` (the callback secret), `COUCHGW_POUCHDB_SERVER` (where the embedded
-CouchDB's executable is). twistd's own options (`--nodaemon`, `--logfile`, `--logger`, `--pidfile`,
-...) come before `couchgw`; `twistd --help` lists them.
+CouchDB's executable is), the standard `OTEL_*` variables of OpenTelemetry (traces: see
+[operations.md](operations.md#traces)). twistd's own options (`--nodaemon`, `--logfile`,
+`--logger`, `--pidfile`, ...) come before `couchgw`; `twistd --help` lists them.
 
 | option | default | meaning |
 |---|---|---|

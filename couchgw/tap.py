@@ -26,6 +26,7 @@ from couchgw.gateway import Gateway, Policy
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.options import Options
 from couchgw.targets.routes import RouteConfig, RoutesError, build
+from couchgw.tracing import Tracing, TracingService
 from couchgw.web.api import API
 from couchgw.web.auth import CouchUsers, Guarded
 from couchgw.web.events import Events
@@ -95,11 +96,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         attempts=options["retries"],
     )
 
+    tracing = Tracing.from_environment()
+    TracingService(tracing, reactor).setServiceParent(top)  # stops after the gateway
     gateway = Gateway(
         db,
         targets,
         reactor,
         callbacks=callbacks,
+        tracing=tracing,
         policies={
             c.name: Policy(
                 retries=c.retries,

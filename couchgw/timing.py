@@ -1,7 +1,9 @@
-"""Times as couchgw writes them, and capped exponential backoff with jitter."""
+"""Times as couchgw writes them, capped exponential backoff with jitter, rates and slots."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -76,3 +78,36 @@ class RateLimit:
         if at <= now:
             return succeed(None)
         return deferLater(self._clock, at - now, lambda: None)
+
+
+class PrioritySlots:
+    """
+    A semaphore whose waiters get the tokens highest priority first, and in the order they asked
+    within one priority.  Cancelling a waiter's Deferred takes it out of the queue.
+    """
+
+    def __init__(self, tokens: int) -> None:
+        self.limit = tokens
+        self.tokens = tokens
+        self._waiting: list[tuple[int, int, Deferred[None]]] = []
+        self._order = itertools.count()
+
+    def acquire(self, priority: int = 0) -> Deferred[None]:
+        """A Deferred that fires once a token is the caller's."""
+        if self.tokens > 0:
+            self.tokens -= 1
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(canceller=self._cancel)
+        heapq.heappush(self._waiting, (-priority, next(self._order), waiter))
+        return waiter
+
+    def _cancel(self, waiter: Deferred[None]) -> None:
+        self._waiting = [entry for entry in self._waiting if entry[2] is not waiter]
+        heapq.heapify(self._waiting)
+
+    def release(self) -> None:
+        """Give a token back: to the first waiter, if there is one."""
+        if self._waiting:
+            heapq.heappop(self._waiting)[2].callback(None)
+        else:
+            self.tokens += 1

@@ -161,13 +161,65 @@ CORPUS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "forged-status": (
         msg(operation="ping", status="done"),
-        "status 'done' is not one couchgw writes (cancelled, dispatching, failed, forwarded, "
-        "rejected, retrying); a new message has no status",
+        "status 'done' is not one couchgw writes (cancelled, dispatching, expired, failed, "
+        "forwarded, rejected, retrying, scheduled); a new message has no status",
     ),
     "status-object": (
         msg(operation="ping", status={"s": 1}),
-        'status {"s": 1} is not one couchgw writes (cancelled, dispatching, failed, forwarded, '
-        "rejected, retrying); a new message has no status",
+        'status {"s": 1} is not one couchgw writes (cancelled, dispatching, expired, failed, '
+        "forwarded, rejected, retrying, scheduled); a new message has no status",
+    ),
+    "forged-trace": (
+        msg(operation="ping", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        "fields written only by couchgw were set by the client: trace",
+    ),
+    "priority-word": (
+        msg(operation="ping", priority="urgent"),
+        'priority must be "high", "medium", "low" or a whole number from 0 to 9 (higher first), '
+        "not 'urgent'",
+    ),
+    "priority-range": (
+        msg(operation="ping", priority=10),
+        'priority must be "high", "medium", "low" or a whole number from 0 to 9 (higher first), '
+        "not 10",
+    ),
+    "priority-fraction": (
+        msg(operation="ping", priority=2.5),
+        'priority must be "high", "medium", "low" or a whole number from 0 to 9 (higher first), '
+        "not 2.5",
+    ),
+    "not-before-date": (
+        msg(operation="ping", not_before="2026-12-02"),
+        "not_before must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not "
+        "'2026-12-02'",
+    ),
+    "not-before-no-zone": (
+        msg(operation="ping", not_before="2026-12-02T02:00:00"),
+        "not_before must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not "
+        "'2026-12-02T02:00:00'",
+    ),
+    "expires-number": (
+        msg(operation="ping", expires_at=1796176800),
+        "expires_at must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not "
+        "1796176800",
+    ),
+    "expires-before-not-before": (
+        msg(operation="ping", not_before="2030-01-02T00:00:00Z", expires_at="2030-01-01T00:00:00Z"),
+        "expires_at 2030-01-01T00:00:00Z is not after not_before 2030-01-02T00:00:00Z: the "
+        "message could never be called",
+    ),
+    "requested-at-word": (
+        msg(operation="ping", requested_at="now"),
+        "requested_at must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not 'now'",
+    ),
+    "traceparent-zeros": (
+        msg(operation="ping", traceparent="00-" + "0" * 32 + "-b7ad6b7169203331-01"),
+        "traceparent must be a W3C trace context (00-<32 hex digits>-<16 hex digits>-<2 hex "
+        "digits>, not all zeros), not '00-" + "0" * 32 + "-b7ad6b7169203331-01'",
+    ),
+    "tracestate-object": (
+        msg(operation="ping", tracestate={"a": 1}),
+        "tracestate must be a string of at most 512 characters, not an object",
     ),
     "cancel-word": (
         msg(operation="ping", cancel_requested="yes"),

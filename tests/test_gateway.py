@@ -14,7 +14,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
+from couchgw import message
 from couchgw.connections import connection_pool
 from couchgw.couch import design
 from couchgw.couch.client import Database
@@ -66,6 +69,14 @@ class GatewayTestCase(TestCase):
         self.addCleanup(stop, process)
         return url, log, process
 
+    def serve_http(self, resource: Resource) -> str:
+        """Serve C{resource} on a free port of this machine (no access log); answers its URL."""
+        site = Site(resource)
+        site.log = lambda request: None  # type: ignore[method-assign]
+        port: Any = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}/"
+
     @inlineCallbacks
     def wait_for(self, check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
         """Poll C{check} (may answer a Deferred) until it answers something true."""
@@ -86,11 +97,7 @@ class GatewayTestCase(TestCase):
         @inlineCallbacks
         def check() -> Any:
             doc = yield self.db.get(doc_id)
-            return (
-                doc
-                if doc.get("status") in ("forwarded", "failed", "rejected", "cancelled")
-                else None
-            )
+            return doc if message.is_terminal(doc) else None
 
         try:
             doc = yield self.wait_for(check, timeout, f"{doc_id} to finish")

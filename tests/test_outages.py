@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from couchgw.connections import agent, connection_pool
 from couchgw.gateway import Gateway, Policy
@@ -65,11 +65,7 @@ class Outages(GatewayTestCase):
 
     def flaky(self) -> tuple[str, _Flaky]:
         resource = _Flaky()
-        site = Site(resource)
-        site.log = lambda request: None  # type: ignore[method-assign]
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return f"http://127.0.0.1:{port.getHost().port}/", resource
+        return self.serve_http(resource), resource
 
     def http_gateway(self, url: str) -> Gateway:
         pool = connection_pool(reactor, 20)

@@ -153,6 +153,17 @@ def test_locked_down(tmp_path: Path, secured: tuple[str, str]) -> None:
         )
         assert status == 403
         assert body["reason"].startswith("only couchgw writes status")
+        # and a priority, time or trace context couchgw does not take
+        for field, value, reason in [
+            ("priority", "urgent", 'priority must be "high", "medium", "low" or a whole number'),
+            ("not_before", "tomorrow", "not_before must be an ISO 8601 time with its zone"),
+            ("expires_at", "2026-12-02", "expires_at must be an ISO 8601 time with its zone"),
+            ("traceparent", "00-abc", "traceparent must be a W3C trace context"),
+        ]:
+            status, body = http(
+                "POST", alice, {"type": "message", "operation": "ping", field: value}
+            )
+            assert (status, body["reason"][: len(reason)]) == (403, reason), field
 
         # a good message goes through: the gateway's writes succeed, and so does the callback
         hook = f"http://127.0.0.1:{hooks.server_port}/done"

@@ -17,6 +17,7 @@ from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway
 from couchgw.tap import Options, makeService
 from couchgw.targets.threads import ThreadPoolService
+from couchgw.tracing import Tracing, TracingService, exporter_kind
 
 
 def parse(*args: str) -> Options:
@@ -132,3 +133,51 @@ def test_a_taken_embedded_port_is_one_line(tmp_path: Any) -> None:
         with pytest.raises(SystemExit) as raised:
             parse("--couch", "http://127.0.0.1:9/messages", "--demo-port", str(port))
         assert f"--demo-port {port} is taken on 127.0.0.1" in str(raised.value)
+
+
+def test_a_bad_tracing_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(SystemExit) as raised:
+        parse("--couch", "http://127.0.0.1:5984/messages")
+    text = str(raised.value)
+    assert text == (
+        "twistd couchgw: OTEL_TRACES_EXPORTER=zipkin is not an exporter couchgw has "
+        "(otlp, console, none) (see twistd couchgw --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "kind"),
+    [
+        ({}, None),
+        ({"OTEL_SERVICE_NAME": "gw"}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, "otlp"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"}, "otlp"),
+        ({"OTEL_TRACES_EXPORTER": "console"}, "console"),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}, None),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, None),
+    ],
+)
+def test_tracing_is_on_only_where_the_environment_says(
+    environ: dict[str, str], kind: str | None
+) -> None:
+    assert exporter_kind(environ) == kind
+    tracing = Tracing.from_environment(environ)
+    assert tracing.on is (kind is not None)
+    tracing.shutdown()
+
+
+def test_an_otlp_protocol_couchgw_lacks_is_refused() -> None:
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not one"):
+        exporter_kind({"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_tracing_stops_after_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    top = makeService(
+        parse("--couch", "http://127.0.0.1:5984/messages"), reactor=MemoryReactorClock()
+    )
+    kinds = [type(s) for s in services(top)]
+    assert kinds.index(TracingService) < kinds.index(Gateway)  # stopped in the reverse order
+    gateway = next(s for s in services(top) if isinstance(s, Gateway))
+    assert gateway.dispatch.tracing.on

@@ -10,7 +10,7 @@ import pytest
 from couchgw import message
 from couchgw.couch.framing import HEAD, TAIL, LineFramer, Oversize
 from couchgw.gateway.checkpoint import Checkpoint
-from couchgw.timing import Backoff, iso
+from couchgw.timing import Backoff, PrioritySlots, iso
 
 # -- framing -----------------------------------------------------------------------------------
 
@@ -151,6 +151,12 @@ def test_due_states() -> None:
     retrying = {**new, "status": "retrying"}
     assert message.due({**retrying, "next_attempt_at": iso(NOW + 5)}, NOW) is None
     assert message.due({**retrying, "next_attempt_at": iso(NOW - 5)}, NOW) == "retry"
+    assert message.due({**retrying, "next_attempt_at": iso(NOW + 5), "expires_at": iso(NOW)}, NOW)
+    scheduled = {**new, "status": "scheduled", "next_attempt_at": iso(NOW + 5)}
+    assert message.due(scheduled, NOW) is None
+    assert message.due(scheduled, NOW + 5) == "scheduled"
+    assert message.due({**scheduled, "cancel_requested": True}, NOW) == "scheduled"
+    assert message.due({**scheduled, "expires_at": iso(NOW - 1)}, NOW) == "scheduled"
     claimed = {**new, "status": "dispatching"}
     assert message.due({**claimed, "claim": {"by": "g", "until": iso(NOW + 5)}}, NOW) is None
     assert message.due({**claimed, "claim": {"by": "g", "until": iso(NOW - 5)}}, NOW) == "takeover"
@@ -330,3 +336,80 @@ def test_breaker_opens_on_outages_in_a_row_and_probes_with_one_call() -> None:
     )
     assert changes == ["open", "probing", "probing", "open", "probing", "closed"]
     assert Breaker(clock, "crm", Backoff(base=1.0, cap=4.0)).failed("refused", unreachable=True)
+
+
+def test_plan_of_a_message() -> None:
+    plan = message.plan_of(
+        {
+            "priority": "high",
+            "requested_at": "2026-12-02T01:00:00Z",
+            "not_before": "2026-12-02T02:00+01:00",
+            "expires_at": "2026-12-02T03:00:00.5Z",
+        }
+    )
+    assert plan.priority == 8
+    assert plan.requested_at == message.parse_time("2026-12-02T01:00:00Z")
+    assert plan.not_before == plan.requested_at  # 02:00 at +01:00
+    assert plan.waits(plan.requested_at - 1) and not plan.waits(plan.requested_at)
+    assert plan.expires_at is not None and not plan.expired(plan.expires_at - 0.001)
+    assert plan.expired(plan.expires_at)
+    assert message.plan_of({}).priority == message.DEFAULT_PRIORITY == 5
+    assert message.plan_of({"priority": 0}).priority == 0
+    assert message.plan_of({"priority": None}).priority == 5
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",  # a later version
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",  # not sampled
+    ],
+)
+def test_traceparent_accepted(traceparent: str) -> None:
+    assert message.plan_of({"traceparent": traceparent}).traceparent == traceparent
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # version 00 ends there
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # the invalid version
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+    ],
+)
+def test_traceparent_refused(traceparent: str) -> None:
+    with pytest.raises(message.Rejected, match="traceparent must be a W3C trace context"):
+        message.plan_of({"traceparent": traceparent})
+
+
+def test_expired_instead_of_called() -> None:
+    doc = {"_id": "m", "type": "message", "expires_at": "2026-12-02T03:00:00Z"}
+    fields = message.expired(doc, NOW, "its next attempt would come later: HTTP 500")
+    assert fields["status"] == "expired" and message.is_terminal(fields)
+    assert fields["error"] == {
+        "kind": "expired",
+        "message": "not called by its expires_at, 2026-12-02T03:00:00Z; its next attempt would "
+        "come later: HTTP 500",
+    }
+    assert message.has_expired(doc, message.parse_time(doc["expires_at"]) or 0)
+    assert not message.has_expired({**doc, "expires_at": "soon"}, NOW)
+
+
+def test_priority_slots_go_highest_first_then_in_order() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    first = slots.acquire(0)
+    assert first.called  # a free token at once
+    for name, priority in [("low-1", 2), ("high", 8), ("low-2", 2), ("gone", 9), ("mid", 5)]:
+        slots.acquire(priority).addCallback(lambda _, name=name: order.append(name))
+    waiting = slots._waiting
+    gone = next(entry[2] for entry in waiting if entry[0] == -9)
+    gone.cancel()  # a waiter that stopped waiting gets no token
+    gone.addErrback(lambda _: None)
+    for _ in range(4):
+        slots.release()
+    assert order == ["high", "mid", "low-1", "low-2"]
+    slots.release()
+    assert slots.tokens == 1

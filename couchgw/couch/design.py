@@ -20,19 +20,21 @@ from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
 from couchgw.couch.errors import NotFound
-from couchgw.message import DEFAULT_ROUTE, STATUSES
+from couchgw.message import DEFAULT_ROUTE, STATUSES, TOP_PRIORITY
 
 log = Logger()
 
 #: The gateway's own design document.
 DDOC = "couchgw"
-#: A Mango selector of new messages (the equivalent of C{_design/couchgw}'s C{new} filter).
+#: A Mango selector of new messages and cancelled scheduled ones (the equivalent of
+#: C{_design/couchgw}'s C{new} filter).
 NEW_SELECTOR = {
     "type": "message",
     "$or": [
         {"status": {"$exists": False}},
         {"status": None},
         {"status": {"$nin": sorted(STATUSES)}},
+        {"status": "scheduled", "cancel_requested": True},
     ],
 }
 #: Nesting (as the C{due} view counts it) from which a message is not read but rejected in place.
@@ -142,6 +144,11 @@ def route_of(row: Mapping[str, Any]) -> str | None:
     return named if isinstance(named, str) else None
 
 
+def band(priority: int) -> int:
+    """The first item of the C{due} view's keys for messages of a priority (0 goes first)."""
+    return TOP_PRIORITY - priority
+
+
 def claim_holder(row: Mapping[str, Any]) -> str:
     """The gateway holding the claim of a C{["claim", gateway]} row of the C{due} view."""
     key = row.get("key")
@@ -150,8 +157,9 @@ def claim_holder(row: Mapping[str, Any]) -> str:
 
 def unreadable(row: Mapping[str, Any], max_bytes: int) -> str | None:
     """Why a new message in the C{due} view is not to be read, or None: too large, too deep."""
-    value = row.get("value")
-    if row.get("key") != 0 or not isinstance(value, list) or len(value) < 2:
+    value, key = row.get("value"), row.get("key")
+    new = isinstance(key, list) and len(key) == 2 and key[1] == 0
+    if not new or not isinstance(value, list) or len(value) < 2:
         return None
     size, depth = value[:2]
     if isinstance(size, int) and size > max_bytes:

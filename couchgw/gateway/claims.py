@@ -112,9 +112,13 @@ class Claims:
         self._rechecks: set[IDelayedCall] = set()
 
     @inlineCallbacks
-    def take(self, doc: Doc) -> Any:
-        """Claim a message: answer the claimed document if the claim is this gateway's alone."""
-        fields = message.claimed(doc, self.id, self.clock.seconds(), self.lease)
+    def take(self, doc: Doc, also: Mapping[str, Any] | None = None) -> Any:
+        """
+        Claim a message: answer the claimed document if the claim is this gateway's alone.
+
+        @param also: further fields the claim writes.
+        """
+        fields = {**message.claimed(doc, self.id, self.clock.seconds(), self.lease), **(also or {})}
         new = message.apply(doc, fields)
         try:
             if self.copies <= 1:

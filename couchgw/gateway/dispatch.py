@@ -14,7 +14,6 @@ from typing import Any
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    DeferredSemaphore,
     inlineCallbacks,
     maybeDeferred,
 )
@@ -30,7 +29,8 @@ from couchgw.gateway.claims import Claim, Claims
 from couchgw.message import Rejected
 from couchgw.metrics import Metrics
 from couchgw.targets.interfaces import Fault, ITarget, Outage, Transient, Unreachable
-from couchgw.timing import Backoff, RateLimit
+from couchgw.timing import Backoff, PrioritySlots, RateLimit
+from couchgw.tracing import Attempt, Tracing
 
 log = Logger(namespace="couchgw.gateway")
 
@@ -61,6 +61,7 @@ class Dispatch:
     @param drained: called when a message of a route is done (L{Intake.drained}).
     @param wake_at: sweeps at a time, for a retry (L{Intake.wake_at}).
     @param route_back: called when a route that was out answers again (L{Routes.back}).
+    @param tracing: the spans of each attempt (L{couchgw.tracing}).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class Dispatch:
         drained: Callable[[str], None],
         wake_at: Callable[[float], None],
         route_back: Callable[[str], None],
+        tracing: Tracing | None = None,
     ) -> None:
         self.clock = clock
         self.claims = claims
@@ -88,7 +90,8 @@ class Dispatch:
         self._drained = drained
         self._wake_at = wake_at
         self._route_back = route_back
-        self.slots = {name: DeferredSemaphore(max(1, t.concurrency)) for name, t in targets.items()}
+        self.tracing = tracing or Tracing()
+        self.slots = {name: PrioritySlots(max(1, t.concurrency)) for name, t in targets.items()}
         self._backoffs = {
             name: Backoff(
                 base=policy.backoff, cap=policy.backoff_max, floor=min(1.0, policy.backoff)
@@ -183,38 +186,64 @@ class Dispatch:
             breaker.stop()
 
     @inlineCallbacks
-    def dispatch(self, doc: Doc, target: ITarget, prepared: Any, probe: bool = False) -> Any:
+    def dispatch(
+        self,
+        doc: Doc,
+        target: ITarget,
+        prepared: Any,
+        plan: message.Plan,
+        probe: bool = False,
+        seen: float | None = None,
+    ) -> Any:
         """
         Claim, wait for one of the route's slots, call, write back; answer None if the claim
         lost (the document changed).  The claim comes before the slot, so that a slot set free
         goes to a message claimed already: its call starts as the last one ends, not a CouchDB
-        round trip later.  The route's C{inflight} bound limits how many wait so, claimed.
-        With C{probe}, the call is the one that tells whether a route that was out is back.
+        round trip later.  The route's C{inflight} bound limits how many wait so, claimed, and
+        they get the slots highest priority first.  With C{probe}, the call is the one that
+        tells whether a route that was out is back.  C{seen}: when the message was first read
+        (its trace's wait begins there, or at its C{requested_at}, or when its retry came due).
         """
         name = target.name
         self.inflight[name] += 1
+        spans = self.tracing.attempt(doc, plan, _waiting_since(doc, plan, seen, self.clock))
         try:
             if not self._running() or target.state != "ready":
                 if probe:
                     self.breakers[name].pass_on()
                 return doc  # stopping, or the route went down: leave it for later
-            claimed = yield self.claims.take(doc)
+            if spans is not None:
+                spans.claiming(self.clock.seconds())
+            claimed = yield self.claims.take(doc, spans.claim_fields if spans else {})
+            if spans is not None:
+                spans.claimed(self.clock.seconds(), claimed is not None)
             if claimed is None:
                 if probe:
                     self.breakers[name].pass_on()
                 return None
             claim = self.claims.hold(claimed)
             try:
-                yield self._call(doc, claim, target, prepared, probe)
+                yield self._call(doc, claim, target, prepared, plan, probe, spans)
                 return claimed
             finally:
                 self.claims.let_go(claim)
         finally:
+            if spans is not None:
+                spans.end(self.clock.seconds())
             self.inflight[name] -= 1
             self._drained(name)
 
     @inlineCallbacks
-    def _call(self, doc: Doc, claim: Claim, target: ITarget, prepared: Any, probe: bool) -> Any:
+    def _call(
+        self,
+        doc: Doc,
+        claim: Claim,
+        target: ITarget,
+        prepared: Any,
+        plan: message.Plan,
+        probe: bool,
+        spans: Attempt | None,
+    ) -> Any:
         """
         Call the target for a claimed message once the route has a slot; write the outcome.  A
         failure that is the route's (L{Breaker}) is no outcome: the claim is given back.
@@ -223,7 +252,7 @@ class Dispatch:
         claimed = claim.claimed
         breaker = self.breakers[name]
         slots = self.slots[name]
-        queued = slots.acquire()
+        queued = slots.acquire(plan.priority)
         self._queued.add(queued)
         try:
             yield queued
@@ -245,14 +274,27 @@ class Dispatch:
                     breaker.pass_on()
                 yield claim.finish(message.released(doc))
                 return
+            now = self.clock.seconds()
+            if plan.expired(now):  # while it waited for a slot: it is not called
+                if probe:
+                    breaker.pass_on()
+                yield self._write(
+                    claim, {**message.released(doc), **message.expired(doc, now)}, spans
+                )
+                log.warn(
+                    "{id} expired while it waited for route {route}", id=claimed["_id"], route=name
+                )
+                return
             log.info(
                 "{id} dispatching on route {route} (attempt {attempt})",
                 id=claimed["_id"],
                 route=name,
                 attempt=claimed.get("attempts"),
             )
-            started = self.clock.seconds()
-            call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"])
+            operation = prepared[0] if isinstance(prepared, tuple) and prepared else None
+            headers = spans.calling(now, name, operation, claimed.get("attempts")) if spans else {}
+            started = now
+            call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"], headers)
             call.addBoth(_release, slots)  # the slot is free once the call has really ended
             slot_held = False
             try:
@@ -272,7 +314,12 @@ class Dispatch:
                         error=str(e),
                     )
                     now = self.clock.seconds()
-                    yield claim.finish(message.out(doc, f"route out: {e}", now))
+                    if spans is not None:
+                        spans.called(now, "out", str(e))
+                    kept = {"trace": claimed["trace"]} if "trace" in claimed else {}
+                    yield self._write(
+                        claim, {**message.out(doc, f"route out: {e}", now), **kept}, spans
+                    )
                     return
                 fields = self.outcome_of(claimed, e, name)
             except Exception as e:
@@ -282,15 +329,37 @@ class Dispatch:
                 breaker.succeeded()
                 fields = message.forwarded(answer, self.clock.seconds())
             duration = self.clock.seconds() - started
+            if spans is not None:
+                error = fields.get("error")
+                spans.called(
+                    self.clock.seconds(),
+                    fields["status"],
+                    error.get("message") if isinstance(error, dict) else None,
+                )
             self.metrics.dispatch.labels(name).observe(duration)
             self._log_outcome(claimed, fields, name, duration)
-            final = yield claim.finish(fields)
+            final = yield self._write(claim, fields, spans)
             if final is not None and final.get("status") == "retrying":
                 at = message.parse_time(final.get("next_attempt_at"))
                 self._wake_at(at if at is not None else self.clock.seconds())
         finally:
             if slot_held:
                 slots.release()
+
+    @inlineCallbacks
+    def _write(self, claim: Claim, fields: dict[str, Any], spans: Attempt | None) -> Any:
+        """Write the outcome of a claim (within a C{couchgw.write} span when tracing)."""
+        if spans is not None:
+            spans.writing(self.clock.seconds(), fields["status"])
+        try:
+            written = yield claim.finish(fields)
+        except Exception as e:
+            if spans is not None:
+                spans.written(self.clock.seconds(), describe_error(e))
+            raise
+        if spans is not None:
+            spans.written(self.clock.seconds(), None if written else "the claim was lost")
+        return written
 
     def _too_late(self, doc: Doc, route: str) -> bool:
         """Whether a message's failures began C{retry_for} ago (its route's setting) or more."""
@@ -319,6 +388,8 @@ class Dispatch:
                 again = now - since < retry_for
             if again:
                 delay = self._backoffs.get(route, self.retry_backoff).delay(attempts - 1)
+                if message.has_expired(doc, now + delay):
+                    return message.expired(doc, now, f"its next attempt would come later: {error}")
                 return message.retrying("transient", str(error), now, delay, since)
             return message.failed(
                 "transient",
@@ -385,9 +456,22 @@ def first(
     return out
 
 
-def _release(result: Any, slots: DeferredSemaphore) -> Any:
+def _release(result: Any, slots: PrioritySlots) -> Any:
     slots.release()
     return result
+
+
+def _waiting_since(doc: Doc, plan: message.Plan, seen: float | None, clock: IReactorTime) -> float:
+    """
+    When a message began to wait for this attempt: when its retry or its scheduled time came,
+    or when it was requested (its C{requested_at}) or first read.
+    """
+    due = message.parse_time(doc.get("next_attempt_at"))
+    if due is not None:
+        return due
+    if plan.requested_at is not None:
+        return plan.requested_at
+    return clock.seconds() if seen is None else seen
 
 
 def _first_failure(doc: Doc) -> float | None:

@@ -37,8 +37,8 @@ log = Logger(namespace="couchgw.gateway")
 
 class Handling:
     """
-    @param wait_for_room: keeps a message whose route is full, with its size if measured
-        (L{Intake.wait_for_room}).
+    @param wait_for_room: keeps a message whose route is full, in the order of its plan, with
+        its size if measured (L{Intake.wait_for_room}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
     """
 
@@ -55,7 +55,7 @@ class Handling:
         dispatch: Dispatch,
         metrics: Metrics,
         callbacks: Callbacks | None,
-        wait_for_room: Callable[[str, Doc, int | None], None],
+        wait_for_room: Callable[[str, Doc, message.Plan, int | None], None],
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
@@ -80,7 +80,13 @@ class Handling:
         self.deliveries: set[Deferred[None]] = set()
 
     @inlineCallbacks
-    def handle(self, doc: Doc) -> Any:
+    def handle(self, doc: Doc, seen: float | None = None) -> Any:
+        """
+        Do what is due for a message, looking again as long as it changes under the writes.
+
+        @param seen: when the gateway first read it (now, if not given).
+        """
+        seen = self.clock.seconds() if seen is None else seen
         targets = self.routes.targets
         looks = 0  # at the document as it changed (waits for a route do not count)
         while looks < 20:
@@ -114,9 +120,14 @@ class Handling:
                     yield self._deliver(written)
             elif doc.get("cancel_requested") is True:
                 written = yield self.transition(doc, message.cancelled(now))
+            elif message.has_expired(doc, now):  # (whatever its route)
+                written = yield self.transition(doc, message.expired(doc, now))
+                if written is not None:
+                    log.warn("{id} expired: {why}", id=doc["_id"], why=written["error"]["message"])
             else:
                 try:
                     size = message.check_new(doc, self.max_bytes) if due == "new" else None
+                    plan = message.plan_of(doc)
                     call = message.call_of(doc)
                     target = targets.get(call.route)
                     if target is None:
@@ -136,15 +147,19 @@ class Handling:
                     if written is not None:
                         log.warn("{id} rejected: {reason}", id=doc["_id"], reason=str(e))
                 else:
-                    if self.dispatch.full(target.name):
-                        self._wait_for_room(target.name, doc, size)
+                    if due in ("new", "scheduled") and plan.waits(now):
+                        assert plan.not_before is not None
+                        written = yield self._schedule(doc, plan.not_before, now)
+                    elif self.dispatch.full(target.name):
+                        self._wait_for_room(target.name, doc, plan, size)
                         return  # it waits in CouchDB until its route has room
-                    turn = self.dispatch.turn(target.name)
-                    if turn is None:
-                        continue  # the route is out: wait for it
-                    written = yield self.dispatch.dispatch(
-                        doc, target, prepared, probe=turn == "probe"
-                    )
+                    else:
+                        turn = self.dispatch.turn(target.name)
+                        if turn is None:
+                            continue  # the route is out: wait for it
+                        written = yield self.dispatch.dispatch(
+                            doc, target, prepared, plan, probe=turn == "probe", seen=seen
+                        )
             if written is not None:
                 return
             try:
@@ -153,6 +168,19 @@ class Handling:
             except NotFound:
                 return  # deleted
         log.warn("gave up on {id}: it kept changing", id=doc["_id"])
+
+    @inlineCallbacks
+    def _schedule(self, doc: Doc, at: float, now: float) -> Any:
+        """A message not to be called before C{at}: C{scheduled}, and a sweep then."""
+        fields = message.scheduled(at, now)
+        written = doc
+        if any(doc.get(key) != value for key, value in fields.items() if key != "updated_at"):
+            written = yield self.transition(doc, fields)
+            if written is not None:
+                log.info("{id} scheduled for {at}", id=doc["_id"], at=fields["next_attempt_at"])
+        if written is not None:
+            self._wake_at(at)
+        return written
 
     @inlineCallbacks
     def reject_unreadable(self, doc_id: str, rev: str | None, why: str) -> Any:

@@ -11,9 +11,11 @@ here until it drains (L{Intake.drained}).
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import heapq
+import itertools
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -33,8 +35,9 @@ from couchgw.gateway.members import Members
 
 log = Logger(namespace="couchgw.gateway")
 
-#: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses).
-WAITING = 10000
+#: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses):
+#: a message of higher priority overtakes as many of lower priority as this, written before it.
+WAITING = 20000
 #: Of those, the bytes of documents kept whole (as JSON), so as not to read them again; beyond
 #: that, only their ids are kept.
 KEPT_BYTES = 16 * 1024 * 1024
@@ -42,13 +45,23 @@ KEPT_BYTES = 16 * 1024 * 1024
 SWEEP_TIMEOUT = 600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Waiting:
-    """A message waiting for its route to have room: its id, and its document if kept."""
+    """
+    A message waiting for its route to have room: its place in the queue (higher priority
+    first, then older C{requested_at}, or first read), its id, its document if kept, and when
+    it expires.
+    """
 
-    id: str
-    doc: Doc | None = None
-    size: int = 0
+    rank: tuple[int, float, int]
+    id: str = field(compare=False)
+    doc: Doc | None = field(default=None, compare=False)
+    size: int = field(default=0, compare=False)
+    expires: float | None = field(default=None, compare=False)
+
+    def forgotten(self) -> Waiting:
+        """The same place in the queue, with the id alone."""
+        return Waiting(self.rank, self.id, expires=self.expires)
 
 
 class Intake:
@@ -69,7 +82,7 @@ class Intake:
         members: Members,
         checkpoint: SavedCheckpoint,
         *,
-        handle: Callable[[Doc], Deferred[Any]],
+        handle: Callable[[Doc, float | None], Deferred[Any]],
         reject: Callable[[str, str | None, str], Deferred[Any]],
         bounds: Mapping[str, int | None],
         inflight: Counter[str],
@@ -102,10 +115,12 @@ class Intake:
         #: Routes that left messages in CouchDB because they were full; swept once they drain.
         self._full: set[str] = set()
         #: Messages the feed brought for routes that were full, by route: they are submitted
-        #: again as their route drains (the feed pauses at L{WAITING} in all): the ids, and the
-        #: documents themselves while they take less than L{KEPT_BYTES}.
-        self._waiting: dict[str, deque[Waiting]] = {}
+        #: again as their route drains, highest priority first (the feed pauses at L{WAITING}
+        #: in all): the ids, and the documents themselves while they take less than
+        #: L{KEPT_BYTES}.  Each route's is a heap.
+        self._waiting: dict[str, list[Waiting]] = {}
         self._kept_bytes = 0
+        self._arrivals = itertools.count()
         #: Of those, how many are being submitted, by route.
         self._refilling: Counter[str] = Counter()
         self._sweep_again = False
@@ -165,13 +180,15 @@ class Intake:
     def _nothing_due(self, doc: Doc) -> bool:
         return message.due(doc, self.clock.seconds(), self.members.holder_gone) is None
 
-    def submit(self, doc: Doc) -> Deferred[None]:
+    def submit(self, doc: Doc, seen: float | None = None) -> Deferred[None]:
         """
         Look at a document and do what is due; a Deferred that fires when that is done.
 
         A document already being handled is not handled twice at once.
+
+        @param seen: when it was first read (now, if not given).
         """
-        return self._track(doc["_id"], lambda: self._handle(doc))
+        return self._track(doc["_id"], lambda: self._handle(doc, seen))
 
     def _track(self, doc_id: str, work: Callable[[], Deferred[Any]]) -> Deferred[None]:
         if doc_id in self.active:
@@ -205,22 +222,55 @@ class Intake:
         elif self.feed.paused and waiting < WAITING // 2:
             self.feed.resume()
 
-    def wait_for_room(self, route: str, doc: Doc, size: int | None = None) -> None:
+    def wait_for_room(
+        self, route: str, doc: Doc, plan: message.Plan, size: int | None = None
+    ) -> None:
         """
-        Keep a message whose route is full, to submit it once there is room: the document
-        itself while those kept take less than L{KEPT_BYTES} (it may change meanwhile: then its
-        claim fails, and it is read again), its id beyond.  The feed pauses at L{WAITING}
-        messages, so only the few changes read before it did go beyond: none is left to the
-        sweep (whose view may take long to bring up to date).
+        Keep a message whose route is full, to submit it once there is room, in the order of
+        its C{plan}: the document itself while those kept take less than L{KEPT_BYTES} (it may
+        change meanwhile: then its claim fails, and it is read again), its id beyond.  The feed
+        pauses at L{WAITING} messages, so only the few changes read before it did go beyond:
+        none is left to the sweep (whose view may take long to bring up to date).  One that
+        expires while it waits is looked at then, to end C{expired}.
 
         @param size: the document's size as compact JSON, if the handling measured it already.
         """
-        waiting = Waiting(doc["_id"])
+        since = self.clock.seconds() if plan.requested_at is None else plan.requested_at
+        rank = (-plan.priority, since, next(self._arrivals))
+        waiting = Waiting(rank, doc["_id"], expires=plan.expires_at)
         if self._kept_bytes < KEPT_BYTES:
             measured = message.encoded_size(doc) if size is None else size
-            waiting = Waiting(doc["_id"], doc, measured)
+            waiting = Waiting(rank, doc["_id"], doc, measured, plan.expires_at)
             self._kept_bytes += waiting.size
-        self._waiting.setdefault(route, deque()).append(waiting)
+        heapq.heappush(self._waiting.setdefault(route, []), waiting)
+        if plan.expires_at is not None:
+            self.wake_at(plan.expires_at)
+        self._throttle()
+
+    def _expire_waiting(self) -> None:
+        """Submit the waiting messages that expired: they end C{expired} without room."""
+        now = self.clock.seconds()
+        ids = []
+        for route, waiting in self._waiting.items():
+            keep = [w for w in waiting if w.expires is None or w.expires > now]
+            if len(keep) == len(waiting):
+                continue
+            expired = [w for w in waiting if w.expires is not None and w.expires <= now]
+            heapq.heapify(keep)
+            self._waiting[route] = keep
+            for entry in expired:
+                self._kept_bytes -= entry.size
+                if entry.doc is not None:
+                    self.submit(entry.doc, entry.rank[1])
+                else:
+                    ids.append(entry.id)
+        if ids:
+            self._submit_ids(ids, always=True).addErrback(
+                log_error, "cannot read messages that expired while they waited"
+            )
+        expiries = [w.expires for queue in self._waiting.values() for w in queue if w.expires]
+        if expiries:
+            self.wake_at(min(expiries))
         self._throttle()
 
     def drained(self, route: str) -> None:
@@ -234,7 +284,7 @@ class Intake:
             return
         waiting = self._waiting.get(route)
         if waiting:
-            taken = [waiting.popleft() for _ in range(min(len(waiting), bound - busy))]
+            taken = [heapq.heappop(waiting) for _ in range(min(len(waiting), bound - busy))]
             self._refilling[route] += len(taken)
             refill = self._refill(route, taken)
             refill.addErrback(log_error, "cannot read messages that waited")
@@ -247,26 +297,28 @@ class Intake:
     def _refill(self, route: str, taken: list[Waiting]) -> Any:
         """Submit messages that waited for their route; those there is no room for wait on."""
         left: list[Waiting] = []
-        ids = []
+        unread: dict[str, Waiting] = {}
         for waiting in taken:
             self._kept_bytes -= waiting.size
             if waiting.doc is None:
-                ids.append(waiting.id)
+                unread[waiting.id] = waiting
             elif waiting.id in self.active:
                 continue
             elif self._room():
-                self.submit(waiting.doc)
+                self.submit(waiting.doc, waiting.rank[1])
             else:
-                left.append(Waiting(waiting.id))
+                left.append(waiting.forgotten())
         try:
-            unread = yield self._submit_ids(ids)
+            no_room = yield self._submit_ids(list(unread))
         except BaseException:
             self._full.add(route)  # they are in CouchDB still: the sweep finds them
             raise
         finally:
             self._refilling[route] -= len(taken)
-        left.extend(Waiting(doc_id) for doc_id in unread)
-        self._waiting.setdefault(route, deque()).extend(left)
+        left.extend(unread[doc_id] for doc_id in no_room)
+        queue = self._waiting.setdefault(route, [])
+        for waiting in left:
+            heapq.heappush(queue, waiting)
         self._throttle()
 
     def _room(self) -> bool:
@@ -320,6 +372,7 @@ class Intake:
         self._sweep_again = False
         self._sweeping = Deferred()
         try:
+            self._expire_waiting()
             yield self._take_over()
             yield self._sweep_due()
         except NotFound:
@@ -333,22 +386,45 @@ class Intake:
 
     @inlineCallbacks
     def _sweep_due(self) -> Any:
-        """Submit what the C{due} view says is due now, a page at a time while there is room."""
+        """
+        Submit what the C{due} view says is due now, highest priority first, a page at a time
+        while there is room (at most ten pages a sweep); then wake for the next that comes due.
+        """
         now_ms = int(self.clock.seconds() * 1000)
         page = max(self.max_inflight, 10)
-        params: dict[str, Any] = {"endkey": now_ms, "limit": page}
         taken: Counter[str] = Counter()
-        for _ in range(10):
-            if not self._room():
-                break
-            self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
-            result = yield self._query
-            rows = result.get("rows", [])
-            yield self._submit_ids(self._worth_reading(rows, taken))
-            if len(rows) < page:
-                break
-            last = rows[-1]
-            params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+        pages = 10
+        for priority in range(message.TOP_PRIORITY, -1, -1):
+            band = design.band(priority)
+            params: dict[str, Any] = {"startkey": [band], "endkey": [band, now_ms], "limit": page}
+            while pages > 0 and self._room():
+                pages -= 1
+                self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
+                result = yield self._query
+                rows = result.get("rows", [])
+                yield self._submit_ids(self._worth_reading(rows, taken))
+                if len(rows) < page:
+                    break
+                last = rows[-1]
+                params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+        yield self.plan_wake()
+
+    @inlineCallbacks
+    def plan_wake(self) -> Any:
+        """Wake when the next retry, scheduled message or callback is due (one timer)."""
+        now_ms = int(self.clock.seconds() * 1000)
+        self._query = self.db.view(
+            design.DDOC,
+            "due",
+            timeout=SWEEP_TIMEOUT,
+            startkey=["at", now_ms + 1],
+            endkey=["at", {}],
+            limit=1,
+        )
+        result = yield self._query
+        rows = result.get("rows", [])
+        if rows:
+            self.wake_at(rows[0]["key"][1] / 1000)
 
     @inlineCallbacks
     def _take_over(self) -> Any:
@@ -428,6 +504,10 @@ class Intake:
         return False
 
     # -- life cycle and state --------------------------------------------------------------------
+
+    def waiting(self) -> dict[str, int]:
+        """How many messages wait for their route to have room, by route."""
+        return {route: len(queue) for route, queue in sorted(self._waiting.items()) if queue}
 
     def stop(self) -> Deferred[None] | None:
         """Stop the timers, the feed and a sweep's query; answers the sweep to wait for."""

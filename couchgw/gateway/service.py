@@ -39,6 +39,7 @@ from couchgw.gateway.routing import Routes
 from couchgw.metrics import Gauges, Metrics, RouteGauges
 from couchgw.targets.interfaces import ITarget
 from couchgw.timing import Backoff
+from couchgw.tracing import Tracing
 
 log = Logger(namespace="couchgw.gateway")
 
@@ -63,6 +64,7 @@ class Gateway(Service):
         The guards read the database's security object as often.
     @param guards: C{auto}, C{on} or C{off}: whether the validate function is installed
         (L{couchgw.gateway.guards}).
+    @param tracing: the spans of messages (L{couchgw.tracing}); none by default.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Gateway(Service):
         settle: float = 0.5,
         announce: float = 5.0,
         guards: str = "auto",
+        tracing: Tracing | None = None,
     ) -> None:
         self.db = db
         self.targets = dict(targets)
@@ -145,6 +148,7 @@ class Gateway(Service):
             drained=lambda route: self.intake.drained(route),
             wake_at=lambda when: self.intake.wake_at(when),
             route_back=self.routes.back,
+            tracing=tracing,
         )
         self.handling = Handling(
             db,
@@ -157,7 +161,9 @@ class Gateway(Service):
             dispatch=self.dispatch,
             metrics=self.metrics,
             callbacks=callbacks,
-            wait_for_room=lambda route, doc, size: self.intake.wait_for_room(route, doc, size),
+            wait_for_room=lambda route, doc, plan, size: self.intake.wait_for_room(
+                route, doc, plan, size
+            ),
             wake_at=lambda when: self.intake.wake_at(when),
             running=self._running,
             max_bytes=max_bytes,
@@ -237,6 +243,8 @@ class Gateway(Service):
         self.claims.copies = copies(info)
         self.checkpoint.resume(saved)
         self.intake.follow(welcome)
+        # when the first retry or scheduled message written before this start comes due
+        self.intake.plan_wake().addErrback(log_error, "cannot read when work comes due")
         if first:
             self.routes.load()
             # the feed brings every new message; the sweep's first look, for what came due
@@ -377,6 +385,8 @@ class Gateway(Service):
             },
             "members": self.members.describe(),
             "guards": self.guards.describe(),
+            "tracing": self.dispatch.tracing.describe(),
+            "waiting": self.intake.waiting(),
             "claims": dict(self.claims.answers),
             "routes": {name: self.route(name) for name in sorted(self.targets)},
         }

@@ -2,7 +2,8 @@
 The guard at the door: one design document whose C{validate_doc_update} keeps the fields couchgw
 owns to couchgw, and makes CouchDB itself refuse (403) a client's new message whose route,
 operation or argument names do not fit the routes (each SOAP route's operations as its WSDL
-describes them).  Until the routes have loaded, it holds the first check alone.
+describes them), or whose priority, times or trace context are not ones couchgw takes.  Until
+the routes have loaded, it holds the checks that do not need them.
 
 Admins and the C{couchgw} role pass (they repair and write status); so does everyone while
 CouchDB runs without authentication.  The gateway still rejects whatever gets past the door.
@@ -16,17 +17,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from couchgw.couch.client import Doc
-from couchgw.message import GATEWAY_FIELDS
+from couchgw.message import (
+    GATEWAY_FIELDS,
+    PRIORITIES,
+    TIME,
+    TOP_PRIORITY,
+    TRACEPARENT,
+    TRACESTATE_LENGTH,
+)
 from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"
 #: Marks the template of this version: a door written by another version is written again.
-VERSION = 2
+VERSION = 3
 
 _TEMPLATE = """function (newDoc, oldDoc, userCtx, secObj) {
   // Written by couchgw (--guards), version %(version)d. Only couchgw (a user with the role
   // "couchgw") and admins write the fields couchgw owns; a client's new message is refused when
-  // its route, its operation or its argument names do not fit what the route offers.
+  // its route, its operation or its argument names do not fit what the route offers, or its
+  // priority, times or trace context are not ones couchgw takes.
   var ROUTES = %(routes)s;
   var OWNED = %(owned)s;
   var roles = userCtx.roles || [];
@@ -47,8 +56,43 @@ _TEMPLATE = """function (newDoc, oldDoc, userCtx, secObj) {
     }
   }
   if (wasMessage && newDoc.type !== "message") refuse("a message's type cannot be changed");
-  if (before !== null || ROUTES === null) return;
+  if (before !== null) return;
   function quote(value) { return JSON.stringify(value); }
+  var PLAN = %(plan)s;
+  var priority = newDoc.priority;
+  var named = typeof priority === "string" && PLAN.priorities.hasOwnProperty(priority);
+  var numbered = typeof priority === "number" && priority %% 1 === 0 && priority >= 0 &&
+    priority <= PLAN.top;
+  if (priority != null && !named && !numbered) {
+    refuse("priority must be " + PLAN.names.map(quote).join(", ") +
+      " or a whole number from 0 to " + PLAN.top + " (higher first), not " + quote(priority));
+  }
+  var time = new RegExp("^" + PLAN.time);
+  ["requested_at", "not_before", "expires_at"].forEach(function (field) {
+    var value = newDoc[field];
+    var valid = typeof value === "string" && time.test(value) && !isNaN(Date.parse(value));
+    if (value != null && !valid) {
+      refuse(field + " must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not " +
+        quote(value));
+    }
+  });
+  if (newDoc.not_before != null && newDoc.expires_at != null &&
+      Date.parse(newDoc.expires_at) <= Date.parse(newDoc.not_before)) {
+    refuse("expires_at " + newDoc.expires_at + " is not after not_before " + newDoc.not_before +
+      ": the message could never be called");
+  }
+  var parent = newDoc.traceparent;
+  var traced = typeof parent === "string" && new RegExp("^" + PLAN.traceparent).test(parent) &&
+    (parent.length === 55 || parent.slice(0, 3) !== "00-");
+  if (parent != null && !traced) {
+    refuse("traceparent must be a W3C trace context (00-<32 hex digits>-<16 hex digits>-<2 hex " +
+      "digits>, not all zeros), not " + quote(parent));
+  }
+  if (newDoc.tracestate != null && !(typeof newDoc.tracestate === "string" &&
+      newDoc.tracestate.length <= PLAN.tracestate)) {
+    refuse("tracestate must be a string of at most " + PLAN.tracestate + " characters");
+  }
+  if (ROUTES === null) return;
   var names = Object.keys(ROUTES).sort();
   var name = newDoc.target === undefined ? "default" : newDoc.target;
   if (typeof name !== "string" || !ROUTES.hasOwnProperty(name)) {
@@ -94,6 +138,20 @@ _TEMPLATE = """function (newDoc, oldDoc, userCtx, secObj) {
 }"""
 
 
+#: What the door checks a new message's priority, times and trace context against.
+_PLAN = json.dumps(
+    {
+        "priorities": PRIORITIES,
+        "names": list(PRIORITIES),
+        "top": TOP_PRIORITY,
+        "time": TIME.pattern.replace("\\Z", "$"),
+        "traceparent": TRACEPARENT.pattern.replace("\\Z", "$"),
+        "tracestate": TRACESTATE_LENGTH,
+    },
+    sort_keys=True,
+)
+
+
 def routes_of(targets: Mapping[str, ITarget]) -> dict[str, Any]:
     """What the door knows of each route: its default operation, and its operations' names."""
     known: dict[str, Any] = {}
@@ -117,7 +175,12 @@ def routes_of(targets: Mapping[str, ITarget]) -> dict[str, Any]:
 def design_doc(targets: Mapping[str, ITarget] | None) -> Doc:
     """The door for these routes; for None (not loaded yet), the check of couchgw's fields alone."""
     routes = "null" if targets is None else _compact(routes_of(targets))
-    function = _TEMPLATE % {"version": VERSION, "routes": routes, "owned": _compact(GATEWAY_FIELDS)}
+    function = _TEMPLATE % {
+        "version": VERSION,
+        "routes": routes,
+        "owned": _compact(GATEWAY_FIELDS),
+        "plan": _PLAN,
+    }
     return {"_id": DOOR_ID, "language": "javascript", "validate_doc_update": function}
 
 

@@ -10,6 +10,7 @@ C{message} when it has one.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -135,9 +136,11 @@ class HttpTarget(BaseTarget):
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         return operation or self.default_operation, args
 
-    def call(self, prepared: Any, message_id: str) -> Deferred[Any]:
+    def call(
+        self, prepared: Any, message_id: str, headers: Mapping[str, str] | None = None
+    ) -> Deferred[Any]:
         self.busy += 1
-        d = self._call(prepared, message_id)
+        d = self._call(prepared, message_id, headers or {})
         d.addTimeout(self.timeout, self._reactor)
 
         def done(result: Any) -> Any:
@@ -147,11 +150,13 @@ class HttpTarget(BaseTarget):
         return d.addBoth(done)
 
     @inlineCallbacks
-    def _call(self, prepared: Any, message_id: str) -> Any:
+    def _call(self, prepared: Any, message_id: str, trace: Mapping[str, str]) -> Any:
         operation, args = prepared
         url, headers = self._target()
         headers = headers.copy()
         headers.setRawHeaders(b"Idempotency-Key", [message_id.encode("utf-8")])
+        for name, value in trace.items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("ascii")])
         body = json.dumps({"id": message_id, "operation": operation, "args": args}).encode()
         try:
             # straight through the agent: a target's redirect is its answer (a POST is not sent

@@ -59,9 +59,11 @@ class ITarget(Interface):
         @raise couchgw.message.Rejected: the operation or the arguments do not fit.
         """
 
-    def call(prepared: Any, message_id: str) -> Any:
+    def call(prepared: Any, message_id: str, headers: Mapping[str, str] | None = None) -> Any:
         """
-        Make the call; a Deferred firing with the answer as plain JSON, or failing with
+        Make the call, passing C{headers} (the W3C trace context of the call: C{traceparent},
+        C{tracestate}; none while tracing is off) on where the target's protocol can carry
+        them; a Deferred firing with the answer as plain JSON, or failing with
         L{Fault}, L{Transient} (L{Outage}, L{Unreachable}), L{couchgw.message.Rejected}, or
         another error (final).  It fires only once the call has really ended (its thread is
         free again).

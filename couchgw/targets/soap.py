@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -248,9 +248,11 @@ class SoapTarget(BaseTarget):
             )
         return operation, check_arguments(operation, params, args)
 
-    def call(self, prepared: Any, message_id: str) -> Deferred[Any]:
+    def call(
+        self, prepared: Any, message_id: str, headers: Mapping[str, str] | None = None
+    ) -> Deferred[Any]:
         operation, kwargs = prepared
-        return self._runner.run(self._call, operation, kwargs)
+        return self._runner.run(self._call, operation, kwargs, dict(headers or {}))
 
     def _thread_client(self) -> Client:
         local = self._local
@@ -260,8 +262,9 @@ class SoapTarget(BaseTarget):
             local.generation = self._generation
         return local.client
 
-    def _call(self, operation: str, kwargs: dict[str, Any]) -> Any:
+    def _call(self, operation: str, kwargs: dict[str, Any], headers: dict[str, str]) -> Any:
         client = self._thread_client()
+        client.options.headers = headers  # HTTP headers of this call (its trace context)
         try:
             answer = getattr(client.service, operation)(**kwargs)
         except WebFault as e:

@@ -2,8 +2,9 @@
 // "status" events for messages, "gateway" snapshots for counts, routes and readiness.
 (function () {
   "use strict";
-  var STATUSES = ["new", "dispatching", "retrying", "forwarded", "failed", "rejected", "cancelled"];
-  var TERMINAL = ["forwarded", "failed", "rejected", "cancelled"];
+  var STATUSES = ["new", "scheduled", "dispatching", "retrying", "forwarded", "failed", "rejected",
+    "cancelled", "expired"];
+  var TERMINAL = ["forwarded", "failed", "rejected", "cancelled", "expired"];
   var KEEP = 50, BUCKET = 10000, BUCKETS = 60;
   var rows = {};
   var finished = [];
@@ -70,8 +71,16 @@
     tr.appendChild(el("td", {"class": "id"}, data.id));
     tr.appendChild(el("td", {}, data.target || "default"));
     tr.appendChild(el("td", {}, data.operation || ""));
+    tr.appendChild(el("td", {"class": "priority"}, data.priority == null ? "" : String(data.priority)));
     var cell = el("td", {"class": "status-cell", "data-status": data.status});
     cell.appendChild(badge(data.status));
+    if (data.status === "scheduled" && data.next_attempt_at) {
+      cell.appendChild(el("span", {"class": "when"}, " until " + time(data.next_attempt_at)));
+      cell.title = "not before " + data.next_attempt_at;
+    }
+    if (data.expires_at && TERMINAL.indexOf(data.status) < 0) {
+      cell.title = (cell.title ? cell.title + "; " : "") + "expires at " + data.expires_at;
+    }
     if (data.error && data.error.message) cell.title = data.error.message;
     tr.appendChild(cell);
     tr.appendChild(el("td", {}, data.attempts ? String(data.attempts) : ""));

@@ -5,6 +5,7 @@ parent on PYTHONPATH, routes of C{kind = "echo"} answer each message with what i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -37,7 +38,9 @@ class EchoTarget:
     def prepare(self, operation: str | None, args: Any) -> Any:
         return operation, args
 
-    def call(self, prepared: Any, message_id: str) -> Deferred[Any]:
+    def call(
+        self, prepared: Any, message_id: str, headers: Mapping[str, str] | None = None
+    ) -> Deferred[Any]:
         operation, args = prepared
         return succeed({"echo": args, "operation": operation, "id": message_id, "by": self.prefix})
 
