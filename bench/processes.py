@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,15 +20,28 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 class Process:
     """A child process that can be killed and started again with the same command."""
 
-    def __init__(self, argv: list[str], log: Path, cwd: Path = ROOT, ready: str = "") -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        cwd: Path = ROOT,
+        ready: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv, self.log, self.cwd, self.ready = argv, log, cwd, ready
+        #: Environment variables it gets beside this process's own.
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = False) -> None:
         """Start it; with C{wait}, until its C{ready} URL answers 200."""
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
             )
         if wait:
             wait_until(lambda: up(self.ready), 60, self.ready)
@@ -70,8 +84,18 @@ def demo(folder: Path, port: int, delay: float) -> Process:
     return Process(argv, folder / "demo.log", ready=f"http://127.0.0.1:{port}/?wsdl")
 
 
-def gateway(folder: Path, db: str, demo_port: int, api_port: int, *options: str) -> Process:
-    """couchgw (twistd) on C{db}, routing to the demo, its API on C{api_port}."""
+def gateway(
+    folder: Path,
+    db: str,
+    demo_port: int,
+    api_port: int,
+    *options: str,
+    env: dict[str, str] | None = None,
+) -> Process:
+    """
+    couchgw (twistd) on C{db}, routing to the demo, its API on C{api_port} (C{env}: environment
+    variables beside this process's own).
+    """
     argv = [
         TWISTD,
         "--nodaemon",
@@ -85,4 +109,6 @@ def gateway(folder: Path, db: str, demo_port: int, api_port: int, *options: str)
         f"tcp:{api_port}:interface=127.0.0.1",
         *options,
     ]
-    return Process(argv, folder / "couchgw.log", ready=f"http://127.0.0.1:{api_port}/ready")
+    return Process(
+        argv, folder / "couchgw.log", ready=f"http://127.0.0.1:{api_port}/ready", env=env
+    )

@@ -151,6 +151,31 @@ class Plans(GatewayTestCase):
         self.assertEqual(target.ids()[:4], ["first", "urgent", "mid-older", "mid-newer"])
         self.assertTrue(target.ids()[4].startswith("low-"), target.ids())
 
+    @inlineCallbacks
+    def test_the_sweep_takes_higher_priorities_first(self) -> Any:
+        """
+        Retries the feed does not bring are swept for by priority: a high-priority retry due
+        for a second goes before low-priority ones due for a minute.
+        """
+        url, target = self.recorder()
+        due_long_ago, due_just_now = iso(time.time() - 60), iso(time.time() - 1)
+        retrying = {"type": "message", "status": "retrying", "attempts": 1}
+        yield self.db.create()
+        yield self.db.bulk_docs(
+            [
+                {**retrying, "_id": f"low-{i:02d}", "priority": "low",
+                 "next_attempt_at": due_long_ago}
+                for i in range(30)
+            ]
+            + [{**retrying, "_id": "high", "priority": "high", "next_attempt_at": due_just_now}]
+        )  # fmt: skip
+        gateway = self.http_gateway(url, max_inflight=10)
+        yield self.wait_for(lambda: len(target.calls) >= 2, what="two calls")
+        # first, or second after the one call a feed of every change (PouchDB Server) started
+        # as it read them in order (the others waited for the route, highest priority first)
+        self.assertIn("high", target.ids()[:2])
+        self.assertTrue(gateway.running)
+
     # -- scheduled delivery ----------------------------------------------------------------------
 
     @inlineCallbacks

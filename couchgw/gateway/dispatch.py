@@ -206,7 +206,11 @@ class Dispatch:
         """
         name = target.name
         self.inflight[name] += 1
-        spans = self.tracing.attempt(doc, plan, _waiting_since(doc, plan, seen, self.clock))
+        spans = (
+            self.tracing.attempt(doc, plan, _waiting_since(doc, plan, seen, self.clock))
+            if self.tracing.on
+            else None
+        )
         try:
             if not self._running() or target.state != "ready":
                 if probe:

@@ -37,8 +37,8 @@ log = Logger(namespace="couchgw.gateway")
 
 class Handling:
     """
-    @param wait_for_room: keeps a message whose route is full, in the order of its plan, with
-        its size if measured (L{Intake.wait_for_room}).
+    @param wait_for_room: keeps a message whose route is full, in the order of its plan and
+        when it was first read, with its size if measured (L{Intake.wait_for_room}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
     """
 
@@ -55,7 +55,7 @@ class Handling:
         dispatch: Dispatch,
         metrics: Metrics,
         callbacks: Callbacks | None,
-        wait_for_room: Callable[[str, Doc, message.Plan, int | None], None],
+        wait_for_room: Callable[[str, Doc, message.Plan, float, int | None], None],
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
@@ -151,7 +151,7 @@ class Handling:
                         assert plan.not_before is not None
                         written = yield self._schedule(doc, plan.not_before, now)
                     elif self.dispatch.full(target.name):
-                        self._wait_for_room(target.name, doc, plan, size)
+                        self._wait_for_room(target.name, doc, plan, seen, size)
                         return  # it waits in CouchDB until its route has room
                     else:
                         turn = self.dispatch.turn(target.name)

@@ -223,7 +223,7 @@ class Intake:
             self.feed.resume()
 
     def wait_for_room(
-        self, route: str, doc: Doc, plan: message.Plan, size: int | None = None
+        self, route: str, doc: Doc, plan: message.Plan, seen: float, size: int | None = None
     ) -> None:
         """
         Keep a message whose route is full, to submit it once there is room, in the order of
@@ -233,9 +233,10 @@ class Intake:
         none is left to the sweep (whose view may take long to bring up to date).  One that
         expires while it waits is looked at then, to end C{expired}.
 
+        @param seen: when the gateway first read it (its place, without a C{requested_at}).
         @param size: the document's size as compact JSON, if the handling measured it already.
         """
-        since = self.clock.seconds() if plan.requested_at is None else plan.requested_at
+        since = seen if plan.requested_at is None else plan.requested_at
         rank = (-plan.priority, since, next(self._arrivals))
         waiting = Waiting(rank, doc["_id"], expires=plan.expires_at)
         if self._kept_bytes < KEPT_BYTES:

@@ -161,8 +161,8 @@ class Gateway(Service):
             dispatch=self.dispatch,
             metrics=self.metrics,
             callbacks=callbacks,
-            wait_for_room=lambda route, doc, plan, size: self.intake.wait_for_room(
-                route, doc, plan, size
+            wait_for_room=lambda route, doc, plan, seen, size: self.intake.wait_for_room(
+                route, doc, plan, seen, size
             ),
             wake_at=lambda when: self.intake.wake_at(when),
             running=self._running,
