@@ -408,17 +408,20 @@ class Intake:
                     break
                 last = rows[-1]
                 params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
-        yield self.plan_wake()
+        yield self.plan_wake(now_ms)
 
     @inlineCallbacks
-    def plan_wake(self) -> Any:
-        """Wake when the next retry, scheduled message or callback is due (one timer)."""
-        now_ms = int(self.clock.seconds() * 1000)
+    def plan_wake(self, after_ms: int = -1) -> Any:
+        """
+        Wake when the first retry, scheduled message or callback due after C{after_ms} (a time
+        in milliseconds; by default any time: one due already wakes it at once) is due.  One
+        timer, for the earliest.
+        """
         self._query = self.db.view(
             design.DDOC,
             "due",
             timeout=SWEEP_TIMEOUT,
-            startkey=["at", now_ms + 1],
+            startkey=["at", after_ms + 1],
             endkey=["at", {}],
             limit=1,
         )

@@ -243,7 +243,8 @@ class Gateway(Service):
         self.claims.copies = copies(info)
         self.checkpoint.resume(saved)
         self.intake.follow(welcome)
-        # when the first retry or scheduled message written before this start comes due
+        # when the first retry or scheduled message written before this start comes due (at
+        # once if one is due already)
         self.intake.plan_wake().addErrback(log_error, "cannot read when work comes due")
         if first:
             self.routes.load()
