@@ -21,7 +21,8 @@ from zope.interface.verify import verifyObject
 
 from couchgw.message import Rejected
 from couchgw.targets.interfaces import Fault, IRunner, ITarget, Unreachable
-from couchgw.targets.soap import SoapTarget, clone, to_json
+from couchgw.targets.soap import SoapTarget, clone
+from couchgw.targets.wsdl import to_json
 from tests.servers import demo_wsdl, free_port
 
 
