@@ -254,8 +254,12 @@ class SoapTarget(BaseTarget):
                 f"the service at {location.hostname}:{number} does not accept connections: "
                 f"{_oserror_text(e)}"
             ) from None
-        headers = header_elements(self._settings.headers, port)
-        return _Loaded(client, port.name, operations_of(client, port), headers)
+        # what suds writes into every message comes from the options the clients share
+        # (those of the WSDL's client): the headers, and a token made anew for each message
+        client.set_options(soapheaders=header_elements(self._settings.headers, port))
+        if self._settings.wsse is not None:
+            client.set_options(wsse=self._settings.wsse.security())
+        return _Loaded(client, port.name, operations_of(client, port))
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         operation = operation or self.default_operation
@@ -278,16 +282,12 @@ class SoapTarget(BaseTarget):
         if getattr(local, "generation", None) != self._generation:
             loaded = self._loaded
             assert loaded is not None
-            local.client = clone(
-                loaded.client, port=loaded.port, soapheaders=loaded.headers, **self._options()
-            )
+            local.client = clone(loaded.client, port=loaded.port, **self._options())
             local.generation = self._generation
         return local.client
 
     def _call(self, operation: Operation, kwargs: dict[str, Any]) -> Any:
         client = self._thread_client()
-        if self._settings.wsse is not None:
-            client.set_options(wsse=self._settings.wsse.security())
         try:
             answer = getattr(client.service, operation.name)(**kwargs)
         except WebFault as e:
@@ -328,12 +328,11 @@ class SoapTarget(BaseTarget):
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A loaded WSDL: the client, its SOAP 1.1 port, the operations, the route's headers."""
+    """A loaded WSDL: the client, its SOAP 1.1 port, the operations."""
 
     client: Client
     port: str
     operations: dict[str, Operation]
-    headers: list[Any]
 
 
 @implementer(ITargetFactory)

@@ -49,6 +49,10 @@ class Wsse:
     digest: bool = False
 
     def security(self) -> Security:
+        """What suds is given: its header is made anew for each message (in any thread)."""
+        return _Fresh(self)
+
+    def token(self) -> UsernameToken:
         token = UsernameToken(self.username, self.password)
         if self.digest:
             nonce = os.urandom(16)
@@ -58,9 +62,20 @@ class Wsse:
             created = str(DateTime(token.created)).encode("ascii")
             digest = hashlib.sha1(nonce + created + self.password.encode()).digest()
             token.setpassworddigest(base64.b64encode(digest).decode("ascii"))
-        security = Security()
-        security.tokens.append(token)
-        return security
+        return token
+
+
+class _Fresh(Security):
+    """A WS-Security header with a new UsernameToken each time suds writes it."""
+
+    def __init__(self, wsse: Wsse) -> None:
+        super().__init__()
+        self._wsse = wsse
+
+    def xml(self) -> Element:
+        once = Security()
+        once.tokens.append(self._wsse.token())
+        return once.xml()
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,6 @@ TEXT_TYPES: dict[str, tuple[str, str]] = {
     "hexBinary": (r"([0-9a-fA-F]{2})*", "hexadecimal text"),
 }
 _COMPILED = {name: re.compile(pattern) for name, (pattern, _) in TEXT_TYPES.items()}
-_GENERIC = {"integer", "string", "boolean", "decimal", "anySimpleType"}
 
 
 class Mismatch(Exception):
@@ -134,7 +133,7 @@ def expected(simple: Simple) -> str:
         text = "a string" + _lengths(simple, "characters")
         if simple.patterns:
             text += " matching " + " and ".join(simple.patterns)
-    if simple.name not in _GENERIC and not (which == "list" and simple.name == "list"):
+    if simple.name != simple.base or (which in ("integer", "float") and simple.base != "integer"):
         text += f" ({simple.name})"
     return text
 

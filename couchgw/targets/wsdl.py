@@ -155,7 +155,7 @@ def field_value(param: Field, value: Any, path: str) -> Any:
     if not param.many:
         return _value(param.type, value, path)
     if not isinstance(value, list):
-        raise Rejected(f"{path} must be a list of {_described(param.type)}, not {json_kind(value)}")
+        raise Rejected(f"{path} must be a list of {type_name(param.type)}, not {json_kind(value)}")
     _check_count(param, value, path)
     return [_item(param, item, f"{path}[{i}]") for i, item in enumerate(value)]
 

@@ -10,7 +10,6 @@ answer to JSON (L{couchgw.targets.wsdl}) and the JSON Schema that describes the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -136,8 +135,29 @@ _FACET_FIELDS = {
     "minExclusive": "exclusive_minimum",
     "maxExclusive": "exclusive_maximum",
 }
-#: XML Schema regular expressions use these, which Python's (and JSON Schema's) do not have.
-_UNPORTABLE_PATTERN = re.compile(r"\\[pPiIcC]|-\[")
+
+
+def portable(pattern: str) -> bool:
+    """
+    Whether an XML Schema pattern means the same to Python and to JSON Schema: not when it uses
+    character classes they lack (C{\\p{...}}, C{\\i}, C{\\c}) or class subtraction.
+    """
+    inside, i = 0, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            if pattern[i + 1 : i + 2] in ("p", "P", "i", "I", "c", "C"):
+                return False
+            i += 2
+            continue
+        if char == "[":
+            if inside and pattern[i - 1] == "-":
+                return False
+            inside += 1
+        elif char == "]" and inside:
+            inside -= 1
+        i += 1
+    return True
 
 
 def _occurs(text: str | None, default: int | None) -> int | None:
@@ -191,6 +211,10 @@ class Reader:
         for child in node.rawchildren:
             if isinstance(child, (sxbasic.Complex, sxbasic.Simple)):
                 return self.resolved(child)
+        if node.isattr() and node.type is None:
+            held = _attribute_type(node)
+            if held is not None:
+                return self.resolved(held)
         if node.type is None:
             return ANY
         return self.resolved(node.resolve())
@@ -207,12 +231,13 @@ class Reader:
             self._types[id(sx)] = model
             return model
         if isinstance(sx, sxbasic.Simple):
-            simple = Simple("anySimpleType", str(sx.name or "anySimpleType"))
+            simple = Simple("anySimpleType", str(sx.name or ""))
             self._types[id(sx)] = simple
             self._simple(sx, simple)
+            simple.name = simple.name or simple.base  # an anonymous type is named by its base
             return simple
         if isinstance(sx, (sxbasic.Complex, sxbasic.Element)):
-            name = sx.name if isinstance(sx, sxbasic.Complex) else None
+            name = str(sx.name) if isinstance(sx, sxbasic.Complex) and sx.name else None
             complex_ = Complex(name)
             self._types[id(sx)] = complex_
             self._content(sx, complex_, optional=False, many=False, choice=None)
@@ -262,7 +287,7 @@ class Reader:
             if value is None:
                 continue
             if facet.name == "pattern":
-                if not _UNPORTABLE_PATTERN.search(value):
+                if portable(value):
                     patterns.append(value)
             elif facet.name in _FACETS:
                 try:
@@ -271,7 +296,8 @@ class Reader:
                     pass  # a facet that does not read as a number narrows nothing here
         if patterns:
             # patterns of one restriction are alternatives; those of a base must hold too
-            simple.patterns = (*simple.patterns, "|".join(f"(?:{p})" for p in patterns))
+            either = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)
+            simple.patterns = (*simple.patterns, either)
 
     def _content(
         self, sx: Any, complex_: Complex, optional: bool, many: bool, choice: int | None
@@ -365,6 +391,18 @@ class Reader:
             and not complex_.choices
         ):
             complex_.items = complex_.fields[0]
+
+
+def _attribute_type(attribute: Any) -> Any:
+    """The simple type an attribute holds (suds reads no type inside an attribute)."""
+    root = attribute.root.getChild("simpleType")
+    if root is None:
+        return None
+    held = sxbasic.Factory.create(root, attribute.schema)
+    held.rawchildren = sxbasic.Factory.build(root, attribute.schema, held.childtags())
+    for part in held.content():
+        part.qualify()
+    return held
 
 
 def _is_soap_array(restriction: Any) -> bool:
