@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from twisted.internet.defer import inlineCallbacks
 
 from couchgw.message import Rejected
 from couchgw.targets.interfaces import Fault
@@ -26,6 +28,7 @@ from tests.soapservices import (
     orders_app,
     serve,
 )
+from tests.test_gateway import GatewayTestCase
 from tests.test_soap import SyncRunner, result
 from tests.tls import certificate
 
@@ -390,3 +393,63 @@ def test_client_certificate(tmp_path: Path) -> None:
         with pytest.raises(Exception):  # noqa: B017 (the TLS error varies by OpenSSL version)
             result(stranger.load())
         assert stranger.state == "unavailable"
+
+
+# -- the table, through a gateway on CouchDB ----------------------------------------------------
+
+
+class OrdersThroughTheGateway(GatewayTestCase):
+    @inlineCallbacks
+    def test_each_order_ends_as_a_user_expects(self) -> Any:
+        """
+        Nested objects and either form of a list are forwarded with the right total; a value of
+        the wrong kind, a misspelt field, a missing required field anywhere in the tree is
+        rejected with its path, never sent; a Fault is failed.  The route's JSON Schema (as
+        /routes gives it) accepts exactly the messages the gateway forwards.
+        """
+        stack = ExitStack()
+        self.addCleanup(stack.close)
+        base = stack.enter_context(serve(orders_app()))
+        gateway = self.gateway(f"{base}?wsdl")
+        yield self.ready(gateway)
+        rows = {
+            "wrapper": (order({"Item": ITEMS}), "forwarded", None),
+            "list": (order(ITEMS), "forwarded", None),
+            "qty": (
+                order([{"sku": "a", "qty": "many", "price": 1}]),
+                "rejected",
+                "order.items[0].qty must be an integer, not a string",
+            ),
+            "misspelt": (
+                {"order": {"id": "o-1", "custmer": {"name": "Ann"}}},
+                "rejected",
+                "order has no field 'custmer' (it has: id, customer, items, deliver_on, shipping)",
+            ),
+            "city": (
+                order(ITEMS, customer={"name": "Ann", "address": {"street": "Storgata 1"}}),
+                "rejected",
+                "order.customer.address.city is required (a string)",
+            ),
+            "customer": (
+                order(ITEMS, customer="just a string"),
+                "rejected",
+                "order.customer must be an object (Customer), not a string",
+            ),
+            "fault": (order(ITEMS, id="refused"), "failed", "no such customer"),
+        }
+        docs = [
+            {"_id": name, "type": "message", "operation": "PlaceOrder", "args": args}
+            for name, (args, _, _) in rows.items()
+        ]
+        yield self.db.bulk_docs(docs)
+        schema = gateway.route("default", True)["schemas"]["PlaceOrder"]
+        validator = jsonschema.Draft202012Validator(schema)
+        for name, (args, status, reason) in rows.items():
+            done = yield self.terminal(name)
+            self.assertEqual(done["status"], status, done)
+            if status == "forwarded":
+                self.assertEqual(done["result"], RECEIPT)
+            else:
+                self.assertIn(reason, done["error"]["message"])
+            self.assertEqual(validator.is_valid(args), status != "rejected", name)
+            self.assertEqual(done.get("attempts"), None if status == "rejected" else 1)

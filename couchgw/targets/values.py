@@ -152,9 +152,9 @@ def _range(simple: Simple) -> str:
         return f" of at most {high}" if high is not None else ""
     parts = []
     for value, word in (
-        (simple.minimum, "at least"),
+        (simple.minimum, "of at least"),
         (simple.exclusive_minimum, "above"),
-        (simple.maximum, "at most"),
+        (simple.maximum, "of at most"),
         (simple.exclusive_maximum, "below"),
     ):
         if value is not None:
@@ -240,7 +240,8 @@ def _text(simple: Simple, which: str, value: Any) -> str:
 def _same(which: str, value: Any) -> bool:
     """Whether the value is of the JSON kind the type takes (so what is wrong is the value)."""
     if which in ("integer", "float", "decimal"):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number or (which == "decimal" and isinstance(value, str) and value != "")
     return which == "text" and isinstance(value, str) and value != ""
 
 
