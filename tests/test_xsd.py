@@ -55,7 +55,11 @@ def test_values_fit(simple: Simple, value: Any, text: str) -> None:
             11,
             "a number (or a numeric string) of at most 10 (Price), not 11",
         ),
-        (Simple("double", "double", minimum=Decimal(0)), "INF", "a number of at least 0 (double), not a string"),
+        (
+            Simple("double", "double", minimum=Decimal(0)),
+            "INF",
+            "a number of at least 0 (double), not a string",
+        ),
         (Simple("date", "date"), "2026-02-29", "an ISO 8601 date (YYYY-MM-DD), not '2026-02-29'"),
         (
             Simple("string", "Code", min_length=2, max_length=3),
