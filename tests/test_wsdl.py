@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 from twisted.internet.defer import inlineCallbacks
 
+from couchgw.cli import arguments_tree
 from couchgw.message import Rejected
 from couchgw.targets.interfaces import Fault
 from couchgw.targets.soap import SoapTarget
@@ -280,6 +281,20 @@ def test_shop_rejections_name_the_path(shop: SoapTarget) -> None:
         with pytest.raises(Rejected) as caught:
             shop.prepare("Submit", args)
         assert str(caught.value) == reason
+
+
+def test_couchgw_routes_shows_the_fields(shop: SoapTarget) -> None:
+    """C{couchgw routes} shows each field of a complex argument, from the JSON Schema."""
+    tree = arguments_tree(shop.describe()["schemas"]["Submit"])
+    assert tree[:5] == [
+        "basket: Basket",
+        "  line: object[]",
+        "    sku: a string matching [A-Z]{3}-[0-9]{4} (Sku)",
+        "    quantity: an integer from 1 to 99 (Quantity)",
+        "    price: Money",
+    ]
+    assert "  email?: a string of at most 40 characters matching [^@ ]+@[^@ ]+ (Email)" in tree
+    assert tree[-1] == "  channel: one of 'web', 'store'"
 
 
 # -- rpc/literal, rpc/encoded, SOAP 1.2 ---------------------------------------------------------

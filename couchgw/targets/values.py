@@ -314,7 +314,7 @@ def number_json(number: Decimal) -> Any:
 def schema(simple: Simple) -> dict[str, Any]:
     """The JSON Schema of a value of this type."""
     which = kind(simple)
-    described: dict[str, Any] = {"title": simple.name}
+    described: dict[str, Any] = {"title": simple.name, "description": expected(simple)}
     if which == "list":
         assert simple.items is not None
         described.update(type="array", items=schema(simple.items))
