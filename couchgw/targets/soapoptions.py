@@ -195,7 +195,8 @@ def header_elements(headers: Mapping[str, Any], port: Any) -> list[Element]:
         try:
             shaped = field_value(reader.field(element), value, f"headers.{name}")
         except Rejected as e:
-            raise ValueError(str(e)) from None
+            # what was expected, not the value given (a header may carry a secret)
+            raise ValueError(str(e).rsplit(", not ", 1)[0]) from None
         made = binding.mkheader(None, (name, element), shaped)
         prefix, uri = element.namespace("ns0")
         made.setPrefix(prefix, uri)

@@ -321,9 +321,11 @@ class Reader:
                 repeats = many or (_occurs(child.max, 1) or 2) > 1
                 self._content(child, complex_, True, repeats, index)
             elif isinstance(child, (sxbasic.Sequence, sxbasic.All, sxbasic.Group)):
+                # a sequence that is a branch of a choice is optional as a whole; which of its
+                # elements go together is not told apart from the other branches
                 skippable = optional or child.min == "0"
                 repeats = many or (_occurs(child.max, 1) or 2) > 1
-                self._content(child, complex_, skippable, repeats, choice)
+                self._content(child, complex_, skippable, repeats, None)
             elif isinstance(child, sxbasic.SimpleContent):
                 self._simple_content(child, complex_)
             elif isinstance(child, sxbasic.Restriction) and _is_soap_array(child):
