@@ -142,3 +142,61 @@ def _nullable(described: dict[str, Any]) -> dict[str, Any]:
 def _given(*names: str) -> dict[str, Any]:
     """Each of these keys is there, and not null."""
     return {"required": list(names), "properties": {name: _NOT_NULL for name in names}}
+
+
+# -- the same, for people (couchgw routes) ---------------------------------------------------
+
+
+def arguments_tree(schema: Any) -> list[str]:
+    """
+    The fields of an operation's complex arguments, from its JSON Schema, one a line and
+    indented by depth: C{name?: type}, C{[]} after a list, the constraints after.
+    """
+    if not isinstance(schema, dict) or not schema.get("anyOf"):
+        return []
+    defs = schema.get("$defs", {})
+    lines: list[str] = []
+    _fields(schema["anyOf"][0], defs, 0, lines, [])
+    return lines
+
+
+def _resolved(node: Any, defs: dict[str, Any]) -> tuple[dict[str, Any], str | None, bool]:
+    """A property's schema without null, $ref and list: (schema, its $defs name, a list)."""
+    many = False
+    named = None
+    for _ in range(6):
+        if not isinstance(node, dict):
+            return {}, named, many
+        options = [o for o in node.get("anyOf", []) if o.get("type") != "null"]
+        if "description" in node:
+            return node, named, many
+        if "$ref" in node:
+            named = node["$ref"].rsplit("/", 1)[-1]
+            node = defs.get(named, {})
+        elif node.get("type") == "array" or node.get("type") == ["array", "null"]:
+            many = True
+            node = node.get("items", {})
+        elif options and "type" not in node:
+            node = options[0]
+        else:
+            return node, named, many
+    return node, named, many
+
+
+def _label(node: dict[str, Any], named: str | None) -> str:
+    """A simple type as its schema describes it, a complex one by its name."""
+    return str(node.get("description") or node.get("title") or named or node.get("type") or "any")
+
+
+def _fields(
+    node: dict[str, Any], defs: dict[str, Any], depth: int, lines: list[str], seen: list[str]
+) -> None:
+    required = set(node.get("required", []))
+    for name, prop in node.get("properties", {}).items():
+        inner, named, many = _resolved(prop, defs)
+        mark = "" if name in required else "?"
+        lines.append(f"{'  ' * depth}{name}{mark}: {_label(inner, named)}{'[]' if many else ''}")
+        if inner.get("properties") and named not in seen:
+            _fields(inner, defs, depth + 1, lines, [*seen, *(n for n in [named] if n)])
+        elif named in seen:
+            lines[-1] += " (as above)"

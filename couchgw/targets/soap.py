@@ -259,7 +259,9 @@ class SoapTarget(BaseTarget):
         client.set_options(soapheaders=header_elements(self._settings.headers, port))
         if self._settings.wsse is not None:
             client.set_options(wsse=self._settings.wsse.security())
-        return _Loaded(client, port.name, operations_of(client, port))
+        operations = operations_of(client, port)
+        schemas = {name: arguments_schema(op) for name, op in sorted(operations.items())}
+        return _Loaded(client, port.name, operations, schemas)
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         operation = operation or self.default_operation
@@ -320,19 +322,18 @@ class SoapTarget(BaseTarget):
     def describe(self) -> dict[str, Any]:
         """As every target, with the JSON Schema of each operation's arguments."""
         described = super().describe()
-        described["schemas"] = {
-            name: arguments_schema(op) for name, op in sorted(self.operations.items())
-        }
+        described["schemas"] = self._loaded.schemas if self._loaded is not None else {}
         return described
 
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A loaded WSDL: the client, its SOAP 1.1 port, the operations."""
+    """A loaded WSDL: the client, its SOAP 1.1 port, the operations and their JSON Schemas."""
 
     client: Client
     port: str
     operations: dict[str, Operation]
+    schemas: dict[str, Any]
 
 
 @implementer(ITargetFactory)

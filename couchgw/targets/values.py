@@ -126,7 +126,7 @@ def expected(simple: Simple) -> str:
         text = TEXT_TYPES[simple.base][1]
     elif which == "list":
         assert simple.items is not None
-        text = f"a list of {_plural(expected(simple.items))}"
+        text = "a list of " + expected(simple.items).removeprefix("an ").removeprefix("a ")
     elif which == "any":
         text = "a string, a number or a boolean"
     else:
@@ -136,10 +136,6 @@ def expected(simple: Simple) -> str:
     if simple.name != simple.base or (which in ("integer", "float") and simple.base != "integer"):
         text += f" ({simple.name})"
     return text
-
-
-def _plural(text: str) -> str:
-    return text.removeprefix("an ").removeprefix("a ")
 
 
 def _range(simple: Simple) -> str:

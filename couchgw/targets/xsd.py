@@ -1,11 +1,8 @@
 """
-The XML Schema types of a WSDL as couchgw sees them: a tree of L{Complex} types whose
-L{Field}s (elements and attributes) hold L{Simple} types or other complex ones, read once from
-the types suds resolved when it loaded the WSDL (L{Reader}).
-
-The check of a message's arguments, their conversion to what suds sends, the conversion of an
-answer to JSON (L{couchgw.targets.wsdl}) and the JSON Schema that describes the arguments
-(L{couchgw.targets.described}) all walk this one tree.
+The XML Schema types of a WSDL as couchgw sees them: a tree of L{Complex} types whose L{Field}s
+(elements and attributes) hold L{Simple} or complex types, read (L{Reader}) from the types suds
+resolved.  The check of the arguments and the conversions both ways (L{couchgw.targets.wsdl})
+and their JSON Schema (L{couchgw.targets.described}) all walk this one tree.
 """
 
 from __future__ import annotations
@@ -113,27 +110,17 @@ class Complex:
 #: The type of any value (C{xsd:anyType}, and elements with no type).
 ANY = Complex("anyType", anything=True)
 
-_FACETS = {
-    "length": int,
-    "minLength": int,
-    "maxLength": int,
-    "totalDigits": int,
-    "fractionDigits": int,
-    "minInclusive": Decimal,
-    "maxInclusive": Decimal,
-    "minExclusive": Decimal,
-    "maxExclusive": Decimal,
-}
-_FACET_FIELDS = {
-    "length": "length",
-    "minLength": "min_length",
-    "maxLength": "max_length",
-    "totalDigits": "total_digits",
-    "fractionDigits": "fraction_digits",
-    "minInclusive": "minimum",
-    "maxInclusive": "maximum",
-    "minExclusive": "exclusive_minimum",
-    "maxExclusive": "exclusive_maximum",
+#: The facets read, with the field of L{Simple} each sets and how to read its value.
+_FACETS: dict[str, tuple[str, Any]] = {
+    "length": ("length", int),
+    "minLength": ("min_length", int),
+    "maxLength": ("max_length", int),
+    "totalDigits": ("total_digits", int),
+    "fractionDigits": ("fraction_digits", int),
+    "minInclusive": ("minimum", Decimal),
+    "maxInclusive": ("maximum", Decimal),
+    "minExclusive": ("exclusive_minimum", Decimal),
+    "maxExclusive": ("exclusive_maximum", Decimal),
 }
 
 
@@ -291,7 +278,8 @@ class Reader:
                     patterns.append(value)
             elif facet.name in _FACETS:
                 try:
-                    setattr(simple, _FACET_FIELDS[facet.name], _FACETS[facet.name](value))
+                    which, read = _FACETS[facet.name]
+                    setattr(simple, which, read(value))
                 except (ValueError, InvalidOperation):
                     pass  # a facet that does not read as a number narrows nothing here
         if patterns:
@@ -331,16 +319,7 @@ class Reader:
             elif isinstance(child, sxbasic.Restriction) and _is_soap_array(child):
                 complex_.encoded = True
                 self._content(child, complex_, optional, many, choice)
-            elif isinstance(
-                child,
-                (
-                    sxbasic.ComplexContent,
-                    sxbasic.Extension,
-                    sxbasic.Restriction,
-                    sxbasic.AttributeGroup,
-                    sxbasic.Complex,
-                ),
-            ):
+            elif isinstance(child, (*_WRAPPERS, sxbasic.AttributeGroup)):
                 self._content(child, complex_, optional, many, choice)
 
     def _add(self, complex_: Complex, new: Field, many: bool, choice: int | None) -> None:
@@ -405,6 +384,10 @@ def _attribute_type(attribute: Any) -> Any:
     for part in held.content():
         part.qualify()
     return held
+
+
+#: What holds a complex type's content without changing it.
+_WRAPPERS = (sxbasic.ComplexContent, sxbasic.Extension, sxbasic.Restriction, sxbasic.Complex)
 
 
 def _is_soap_array(restriction: Any) -> bool:
