@@ -30,7 +30,7 @@ deps: $(VENV)/.installed node_modules/.installed
 $(VENV)/.tools: setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet 'pytest>=8' 'mypy>=1.10' 'mypy-zope>=1.0' 'ruff>=0.6' 'selenium>=4.20'
+	$(BIN)/pip install --quiet 'pytest>=8' 'mypy>=1.10' 'mypy-zope>=1.0' 'ruff>=0.6' 'selenium>=4.20' 'jsonschema>=4.18'
 	touch $@
 
 # A real (non-editable) install, as users get it: twistd finds the plugin only that way.

@@ -252,6 +252,8 @@ def requeue(args: argparse.Namespace) -> int:
 
 
 def routes(args: argparse.Namespace) -> int:
+    from couchgw.targets.described import arguments_tree
+
     api = Client(args.api, args.ca)
     described = api.json("GET", "/routes")
     for name, route in sorted(described.items()):
@@ -265,10 +267,15 @@ def routes(args: argparse.Namespace) -> int:
         if operations is None:
             print(f"  any operation{f' (default {default})' if default else ''}")
             continue
+        schemas = route.get("schemas") or {}
         for operation, params in sorted(operations.items()):
             shown = ", ".join(_param(p) for p in params)
             mark = " (default)" if operation == default else ""
             print(f"  {operation}({shown}){mark}")
+            tree = arguments_tree(schemas.get(operation))
+            if any(line.startswith(" ") for line in tree):  # complex arguments: their fields
+                for line in tree:
+                    print(f"    {line}")
     return 0
 
 

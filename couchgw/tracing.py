@@ -185,7 +185,7 @@ class Attempt:
         """The call begins: answers the headers that carry its context to the target."""
         span = self._start("call", now, SpanKind.CLIENT)
         span.set_attribute("couchgw.route", route)
-        if operation is not None:
+        if isinstance(operation, str):
             span.set_attribute("couchgw.operation", operation)
         if isinstance(attempt, int):
             span.set_attribute("couchgw.attempt", attempt)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from couchgw.embedded import find_executable
@@ -218,6 +219,13 @@ def test_routes_file_with_a_plugin_kind(tmp_path: Path, gateways: Any) -> None:
             ("network", "string", True),
             ("count", "integer", True),
         ]
+        schema = described["default"]["schemas"]["activate"]  # the JSON Schema of its args
+        jsonschema.Draft202012Validator.check_schema(schema)
+        validator = jsonschema.Draft202012Validator(schema)
+        assert validator.is_valid({"network": "north", "count": 2})
+        assert validator.is_valid(["north", 2])
+        assert not validator.is_valid({"network": "north"})
+        assert not validator.is_valid({"network": "north", "count": "two"})
         status, one = http("GET", f"{gateway.api}/routes/web")
         assert (status, one["url"]) == (200, wsdl.replace("/?wsdl", "/json"))
         assert http("GET", f"{gateway.api}/routes/nowhere")[0] == 404

@@ -149,7 +149,7 @@ class EndToEnd(GatewayTestCase):
         ok = yield self.terminal("ok")
         self.assertEqual(ok["status"], "forwarded")
         self.assertEqual(ok["result"]["activated"], 2)
-        self.assertEqual(ok["result"]["devices"], {"string": ["north-0", "north-1"]})
+        self.assertEqual(ok["result"]["devices"], ["north-0", "north-1"])
         self.assertEqual(ok["attempts"], 1)
         self.assertNotIn("claim", ok)
         for field in ("dispatched_at", "completed_at", "updated_at"):

@@ -27,6 +27,7 @@ from couchgw.targets.routes import RouteConfig, RoutesError, build, kinds, parse
 from couchgw.timing import RateLimit
 from tests.servers import free_port
 from tests.test_gateway import GatewayTestCase
+from tests.tls import certificate
 
 DEFAULTS = RouteConfig("default", url="http://x/?wsdl", concurrency=7, timeout=30.0, retries=4)
 
@@ -81,6 +82,32 @@ def test_bad_routes(data: dict[str, Any], error: str) -> None:
             "route 'a': url must be the WSDL's URL: an http:// or https:// or file:// URL",
         ),
         ({"url": "http://x/", "colour": "red"}, "route 'a': unknown key(s) 'colour'"),
+        ({"url": "http://x/", "headers": "x"}, "route 'a': headers must be a table"),
+        (
+            {"url": "http://x/", "headers": {"{urn:x": "1"}},
+            "route 'a': headers: '{urn:x' is not a {namespace}name",
+        ),
+        (
+            {"url": "http://x/", "wsse": {"username": "u"}},
+            "route 'a': wsse needs password or password_env",
+        ),
+        (
+            {"url": "http://x/", "wsse": {"password": "p"}},
+            "route 'a': wsse.username must be a non-empty string",
+        ),
+        (
+            {"url": "http://x/", "wsse": {"username": "u", "password_env": "COUCHGW_TEST_UNSET"}},
+            "route 'a': wsse.password_env: the environment has no COUCHGW_TEST_UNSET",
+        ),
+        (
+            {"url": "http://x/", "wsse": {"username": "u", "password": "p", "digest": "yes"}},
+            "route 'a': wsse.digest must be true or false",
+        ),
+        ({"url": "http://x/", "client_key": "/k.pem"}, "route 'a': client_key needs client_cert"),
+        (
+            {"url": "http://x/", "client_cert": "/no/such.pem"},
+            "route 'a': client_cert: cannot use /no/such.pem: No such file or directory",
+        ),
         ({"kind": "http"}, "route 'a': url is missing (where to POST the messages)"),
         (
             {"kind": "http", "url": "mailto:x"},
@@ -93,6 +120,31 @@ def test_kinds_check_their_own_keys(table: dict[str, Any], error: str) -> None:
     with pytest.raises(RoutesError) as caught:
         build(parse({"routes": {"a": table}}, DEFAULTS, known), Clock(), MultiService(), known)
     assert str(caught.value).startswith(error)
+
+
+def test_soap_keys_from_a_routes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SOAP route's headers, WS-Security and client certificate, as a routes file gives them."""
+    cert, key = certificate(tmp_path)
+    monkeypatch.setenv("COUCHGW_TEST_WSSE", "from the environment")
+    path = tmp_path / "routes.toml"
+    path.write_text(
+        '[routes.billing]\nurl = "https://billing.example/?wsdl"\n'
+        f'client_cert = "{cert}"\nclient_key = "{key}"\n'
+        '[routes.billing.headers]\nAuth = { api_key = "k1" }\n"{urn:t}Origin" = "gw"\n'
+        '[routes.billing.wsse]\nusername = "gw"\npassword_env = "COUCHGW_TEST_WSSE"\n'
+        "digest = true\n"
+    )
+    known = kinds()
+    options = Options()
+    options.parseOptions(["--couch", "http://127.0.0.1:1/db", "--routes", str(path)])
+    [config] = [c for c in options["route-configs"] if c.name == "billing"]
+    [target] = build([config], Clock(), MultiService(), known).values()
+    settings = target._settings  # type: ignore[attr-defined]
+    assert settings.headers == {"Auth": {"api_key": "k1"}, "{urn:t}Origin": "gw"}
+    assert (settings.wsse.username, settings.wsse.digest) == ("gw", True)
+    assert settings.wsse.password == "from the environment"
+    assert "from the environment" not in repr(settings)
+    assert target._context is not None  # type: ignore[attr-defined]
 
 
 def test_a_bad_routes_file_is_one_line(tmp_path: Path) -> None:

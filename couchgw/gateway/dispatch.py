@@ -295,8 +295,11 @@ class Dispatch:
                 route=name,
                 attempt=claimed.get("attempts"),
             )
-            operation = prepared[0] if isinstance(prepared, tuple) and prepared else None
-            headers = spans.calling(now, name, operation, claimed.get("attempts")) if spans else {}
+            headers = {}
+            if spans is not None:
+                operation = claimed.get("operation")
+                operation = operation or getattr(target, "default_operation", None)
+                headers = spans.calling(now, name, operation, claimed.get("attempts"))
             started = now
             call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"], headers)
             call.addBoth(_release, slots)  # the slot is free once the call has really ended

@@ -73,17 +73,23 @@ class Routes:
     @inlineCallbacks
     def _load(self, target: ITarget) -> Any:
         backoff = Backoff(base=1.0, cap=15.0)
+        logged = None
         while self._running():
             try:
                 yield target.load()
             except Exception as e:
                 delay = backoff.next()
-                log.warn(
-                    "route {route} not ready: {error}; trying again in {delay:.0f}s",
-                    route=target.name,
-                    error=target.error or describe_error(e),
-                    delay=delay,
-                )
+                error = target.error or describe_error(e)
+                if error != logged:  # once for each reason, not for every try
+                    log.warn(
+                        "route {route} not ready: {error}; trying again in {delay:.0f}s (and "
+                        "then every {cap:.0f}s at most)",
+                        route=target.name,
+                        error=error,
+                        delay=delay,
+                        cap=backoff.cap,
+                    )
+                    logged = error
                 yield deferLater(self.clock, delay, lambda: None)
             else:
                 self._ready(target.name)

@@ -17,6 +17,7 @@ import ssl
 import threading
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +31,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from couchgw.connections import split_credentials
 from couchgw.message import Rejected, short
+from couchgw.targets.described import arguments_schema
 from couchgw.targets.http import OUTAGE_STATUSES
 from couchgw.targets.interfaces import (
     BaseTarget,
@@ -43,8 +46,16 @@ from couchgw.targets.interfaces import (
     Unreachable,
     target_url,
 )
+from couchgw.targets.soapoptions import SoapOptions, header_elements, tls_context
+from couchgw.targets.soapoptions import parse as parse_options
 from couchgw.targets.threads import ThreadPoolService
-from couchgw.targets.wsdl import Param, check_arguments, operations_of, to_json
+from couchgw.targets.wsdl import (
+    Operation,
+    answer_json,
+    check_arguments,
+    operations_of,
+    soap11_port,
+)
 
 log = Logger()
 
@@ -157,11 +168,13 @@ class SoapTarget(BaseTarget):
     """
     A SOAP route.
 
-    @param url: the WSDL URL, or a callable answering it when the target loads.
+    @param url: the WSDL URL (credentials in its user info are sent as HTTP basic auth), or a
+        callable answering it when the target loads.
     @param runner: runs the blocking suds calls in threads.
     @param timeout: seconds suds waits on the socket for each call.
     @param default_operation: the operation of a message that names none.
     @param ca: a PEM file of the CAs that verify HTTPS (None: the system's).
+    @param options: the route's own keys (headers, WS-Security, client certificate).
     """
 
     kind = "soap"
@@ -174,12 +187,15 @@ class SoapTarget(BaseTarget):
         timeout: float = 300.0,
         default_operation: str | None = None,
         ca: str | None = None,
+        options: SoapOptions | None = None,
     ) -> None:
         super().__init__(name, url, timeout, default_operation)
         self._runner = runner
-        self._context = ssl.create_default_context(cafile=ca) if ca else None
-        self.operations: dict[str, list[Param]] = {}
-        self._client: Client | None = None
+        self._settings = options or SoapOptions()
+        self._context = tls_context(ca, self._settings.client_cert, self._settings.client_key)
+        self.operations: dict[str, Operation] = {}
+        self._loaded: _Loaded | None = None
+        self._auth: tuple[str, str] | None = None
         self._generation = 0
         self._local = threading.local()
 
@@ -192,11 +208,11 @@ class SoapTarget(BaseTarget):
         return int(self._runner.busy)
 
     def load(self) -> Deferred[None]:
-        url = self._full_url()
-        d: Deferred[tuple[Client, dict[str, list[Param]]]] = self._runner.run(self._build, url)
+        url, self._auth = split_credentials(self._full_url(), {})
+        d: Deferred[_Loaded] = self._runner.run(self._build, url)
 
-        def loaded(built: tuple[Client, dict[str, list[Param]]]) -> None:
-            self._client, self.operations = built
+        def loaded(built: _Loaded) -> None:
+            self._loaded, self.operations = built, built.operations
             self._generation += 1
             self.state, self.error = "ready", None
             log.info(
@@ -216,37 +232,48 @@ class SoapTarget(BaseTarget):
 
     def _options(self) -> dict[str, Any]:
         # the transport keeps options of its own (the timeout among them): give them to it
+        auth = {}
+        if self._auth is not None:
+            auth = {"username": self._auth[0], "password": self._auth[1]}
         return {
-            "transport": KeepAliveTransport(self._context, timeout=self.timeout),
+            "transport": KeepAliveTransport(self._context, timeout=self.timeout, **auth),
             "timeout": self.timeout,
             "cache": NoCache(),
         }
 
-    def _build(self, url: str) -> tuple[Client, dict[str, list[Param]]]:
+    def _build(self, url: str) -> _Loaded:
         """Load the WSDL, and check that the service it names accepts connections."""
         client = Client(url, **self._options())
-        location = urlsplit(client.wsdl.services[0].ports[0].location)
-        port = location.port or (443 if location.scheme == "https" else 80)
+        port = soap11_port(client)
+        location = urlsplit(port.location)
+        number = location.port or (443 if location.scheme == "https" else 80)
         try:
-            socket.create_connection((location.hostname, port), min(self.timeout, 10)).close()
+            socket.create_connection((location.hostname, number), min(self.timeout, 10)).close()
         except OSError as e:
             raise Unreachable(
-                f"the service at {location.hostname}:{port} does not accept connections: "
+                f"the service at {location.hostname}:{number} does not accept connections: "
                 f"{_oserror_text(e)}"
             ) from None
-        return client, operations_of(client)
+        # what suds writes into every message comes from the options the clients share
+        # (those of the WSDL's client): the headers, and a token made anew for each message
+        client.set_options(soapheaders=header_elements(self._settings.headers, port))
+        if self._settings.wsse is not None:
+            client.set_options(wsse=self._settings.wsse.security())
+        operations = operations_of(client, port)
+        schemas = {name: arguments_schema(op) for name, op in sorted(operations.items())}
+        return _Loaded(client, port.name, operations, schemas)
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         operation = operation or self.default_operation
         if operation is None:
             raise Rejected(f"operation is missing, and route {self.name!r} names no default")
-        params = self.operations.get(operation)
-        if params is None:
+        found = self.operations.get(operation)
+        if found is None:
             raise Rejected(
                 f"route {self.name!r} has no operation {short(operation)} "
                 f"(it has: {', '.join(sorted(self.operations))})"
             )
-        return operation, check_arguments(operation, params, args)
+        return found, check_arguments(found, args)
 
     def call(
         self, prepared: Any, message_id: str, headers: Mapping[str, str] | None = None
@@ -257,16 +284,17 @@ class SoapTarget(BaseTarget):
     def _thread_client(self) -> Client:
         local = self._local
         if getattr(local, "generation", None) != self._generation:
-            assert self._client is not None
-            local.client = clone(self._client, **self._options())
+            loaded = self._loaded
+            assert loaded is not None
+            local.client = clone(loaded.client, port=loaded.port, **self._options())
             local.generation = self._generation
         return local.client
 
-    def _call(self, operation: str, kwargs: dict[str, Any], headers: dict[str, str]) -> Any:
+    def _call(self, operation: Operation, kwargs: dict[str, Any], headers: dict[str, str]) -> Any:
         client = self._thread_client()
         client.options.headers = headers  # HTTP headers of this call (its trace context)
         try:
-            answer = getattr(client.service, operation)(**kwargs)
+            answer = getattr(client.service, operation.name)(**kwargs)
         except WebFault as e:
             raise Fault(_fault_text(e)) from None
         except TransportError as e:
@@ -289,12 +317,26 @@ class SoapTarget(BaseTarget):
             if status[0] >= 500 or status[0] in (408, 429):
                 raise Transient(text) from None
             raise RuntimeError(text) from None
-        return to_json(answer)
+        return answer_json(operation, answer)
 
     def operations_described(self) -> dict[str, Any]:
-        return {
-            name: [p.describe() for p in params] for name, params in sorted(self.operations.items())
-        }
+        return {name: op.describe() for name, op in sorted(self.operations.items())}
+
+    def describe(self) -> dict[str, Any]:
+        """As every target, with the JSON Schema of each operation's arguments."""
+        described = super().describe()
+        described["schemas"] = self._loaded.schemas if self._loaded is not None else {}
+        return described
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A loaded WSDL: the client, its SOAP 1.1 port, the operations and their JSON Schemas."""
+
+    client: Client
+    port: str
+    operations: dict[str, Operation]
+    schemas: dict[str, Any]
 
 
 @implementer(ITargetFactory)
@@ -304,7 +346,8 @@ class SoapKind:
     kind = "soap"
 
     def build(self, config: Any, reactor: Any, parent: Any) -> SoapTarget:
-        url = target_url(config, "the WSDL's URL", ("http", "https", "file"))
+        settings = parse_options(config.options)
+        url = target_url(replace(config, options={}), "the WSDL's URL", ("http", "https", "file"))
         threads = ThreadPoolService(reactor, config.concurrency, name=f"couchgw-{config.name}")
         threads.setServiceParent(parent)
         return SoapTarget(
@@ -314,6 +357,7 @@ class SoapKind:
             timeout=config.timeout,
             default_operation=config.operation,
             ca=config.ca,
+            options=settings,
         )
 
 
