@@ -122,7 +122,7 @@ class Plans(GatewayTestCase):
         in flight; then medium ones by their requested_at; then the low ones.
         """
         url, target = self.recorder()
-        gateway = self.http_gateway(url)
+        gateway = self.http_gateway(url, sweep_interval=600.0)
         yield self.ready(gateway)
         target.holding = True
         yield self.db.put({"_id": "first", "type": "message", "priority": "low"})

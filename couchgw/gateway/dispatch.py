@@ -282,9 +282,8 @@ class Dispatch:
             if plan.expired(now):  # while it waited for a slot: it is not called
                 if probe:
                     breaker.pass_on()
-                yield self._write(
-                    claim, {**message.released(doc), **message.expired(doc, now)}, spans
-                )
+                fields = {**message.released(doc), **message.expired(doc, now)}
+                yield self._write(claim, {**fields, **_trace_of(claimed)}, spans)
                 log.warn(
                     "{id} expired while it waited for route {route}", id=claimed["_id"], route=name
                 )
@@ -323,10 +322,8 @@ class Dispatch:
                     now = self.clock.seconds()
                     if spans is not None:
                         spans.called(now, "out", str(e))
-                    kept = {"trace": claimed["trace"]} if "trace" in claimed else {}
-                    yield self._write(
-                        claim, {**message.out(doc, f"route out: {e}", now), **kept}, spans
-                    )
+                    fields = message.out(doc, f"route out: {e}", now)
+                    yield self._write(claim, {**fields, **_trace_of(claimed)}, spans)
                     return
                 fields = self.outcome_of(claimed, e, name)
             except Exception as e:
@@ -479,6 +476,14 @@ def _waiting_since(doc: Doc, plan: message.Plan, seen: float | None, clock: IRea
     if plan.requested_at is not None:
         return plan.requested_at
     return clock.seconds() if seen is None else seen
+
+
+def _trace_of(claimed: Doc) -> dict[str, Any]:
+    """
+    The C{trace} a claim wrote, to be kept by fields that give the claim back as if it had not
+    been (L{message.released}): the message's later spans join that trace.
+    """
+    return {"trace": claimed["trace"]} if "trace" in claimed else {}
 
 
 def _first_failure(doc: Doc) -> float | None:
