@@ -8,12 +8,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from couchgw.timing import iso
 from tests.servers import http, new_db_url, start_demo, stop, wait_until
 from tests.test_e2e import Twistd, wait_terminal
 
@@ -125,6 +127,25 @@ def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
         )
         route = text('tr[data-route="default"]') or ""
         assert "soap" in route and "ready" in route
+        later = {
+            "_id": "page-later",
+            "type": "message",
+            "operation": "ping",
+            "text": "later",
+            "priority": "high",
+            "not_before": iso(time.time() + 3600),
+        }
+        assert http("PUT", f"{db}/page-later", later)[0] == 201
+        wait_until(
+            lambda: text('tr[data-id="page-later"] td.status-cell', "data-status") == "scheduled",
+            30,
+            "a scheduled row",
+        )
+        assert text('tr[data-id="page-later"] td.priority') == "high"
+        assert "until" in (text('tr[data-id="page-later"] td.status-cell .when') or "")
+        wait_until(
+            lambda: text('.count[data-status="scheduled"] .n') == "1", 30, "the scheduled count"
+        )
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
@@ -235,3 +256,25 @@ def test_cli_submit_is_idempotent_by_id() -> None:
     assert cli("submit", "ping", "--id", "twice", db=db).returncode == 0
     again = cli("submit", "ping", "--id", "twice", db=db)
     assert (again.returncode, again.stderr) == (1, "couchgw: a message 'twice' exists already\n")
+
+
+def test_cli_submit_with_a_priority_and_times() -> None:
+    db = new_db_url("cli")
+    http("PUT", db)
+    later, end = iso(time.time() + 3600), iso(time.time() + 7200)
+    done = cli(
+        "submit", "ping", "--id", "planned", "--priority", "7", "--not-before", later,
+        "--expires-at", end, db=db,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, doc = http("GET", f"{db}/planned")
+    assert (doc["priority"], doc["not_before"], doc["expires_at"]) == (7, later, end)
+    refused = cli("submit", "ping", "--priority", "urgent", db=db)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        'couchgw: not submitted: priority must be "high", "medium", "low" or a whole number '
+        "from 0 to 9 (higher first), not 'urgent'\n",
+    )
+    backwards = cli("submit", "ping", "--not-before", end, "--expires-at", later, db=db)
+    assert backwards.returncode == 1
+    assert "is not after not_before" in backwards.stderr
