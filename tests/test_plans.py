@@ -206,6 +206,29 @@ class Plans(GatewayTestCase):
         self.assertTrue(second.running)
 
     @inlineCallbacks
+    def test_scheduled_messages_with_two_gateways_are_called_once(self) -> Any:
+        """Two gateways woken for the same scheduled messages call each one once, at its time."""
+        url, target = self.recorder()
+        gateways = [self.http_gateway(url, inflight=20, sweep_interval=600.0) for _ in range(2)]
+        for gateway in gateways:
+            yield self.ready(gateway)
+        yield self.wait_for(
+            lambda: all(g.members.others for g in gateways), what="each to know the other"
+        )
+        start = time.time() + 3
+        due = {f"at-{i:02d}": iso(start + i / 20) for i in range(40)}
+        yield self.db.bulk_docs(
+            [{"_id": doc_id, "type": "message", "not_before": at} for doc_id, at in due.items()]
+        )
+        yield self.wait_for(lambda: len(target.calls) >= len(due), what="every call")
+        for doc_id in due:
+            doc = yield self.terminal(doc_id)
+            self.assertEqual((doc["status"], doc["attempts"]), ("forwarded", 1))
+        self.assertEqual(sorted(target.ids()), sorted(due))
+        for call in target.calls:
+            self.assertGreaterEqual(call.at, message.parse_time(due[call.id]))
+
+    @inlineCallbacks
     def test_scheduled_message_cancelled(self) -> Any:
         """A scheduled message a client cancels ends cancelled at once, never called."""
         url, target = self.recorder()
