@@ -300,7 +300,9 @@ class Dispatch:
                 operation = operation or getattr(target, "default_operation", None)
                 headers = spans.calling(now, name, operation, claimed.get("attempts"))
             started = now
-            call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"], headers)
+            # (without headers to pass on, a kind written before them is called as it expects)
+            extra = (headers,) if headers else ()
+            call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"], *extra)
             call.addBoth(_release, slots)  # the slot is free once the call has really ended
             slot_held = False
             try:

@@ -62,7 +62,7 @@ class ITarget(Interface):
     def call(prepared: Any, message_id: str, headers: Mapping[str, str] | None = None) -> Any:
         """
         Make the call, passing C{headers} (the W3C trace context of the call: C{traceparent},
-        C{tracestate}; none while tracing is off) on where the target's protocol can carry
+        C{tracestate}; not given while tracing is off) on where the target's protocol can carry
         them; a Deferred firing with the answer as plain JSON, or failing with
         L{Fault}, L{Transient} (L{Outage}, L{Unreachable}), L{couchgw.message.Rejected}, or
         another error (final).  It fires only once the call has really ended (its thread is
