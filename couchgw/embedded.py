@@ -145,6 +145,8 @@ class EmbeddedCouch(Service):
             url=self.url,
             dir=self.data_dir,
         )
+        if self._checking is not None:
+            self._checking.cancel()  # the check of the child before this one (it may wait)
         self._checking = self._verify(self._child)
         self._checking.addErrback(_unless_cancelled, "cannot check the embedded CouchDB")
 
