@@ -179,6 +179,26 @@ class Announcements(TestCase):
         self.assertFalse(a.alive("b"))
 
     @inlineCallbacks
+    def test_what_it_passed_over_between_two_beats_is_swept_for(self) -> Any:
+        """
+        A beat answered late (a busy database) makes a gateway claim nothing for a while; what
+        it passed over meanwhile is swept for at its next beat, though both beats saw it claim.
+        """
+        yield self.db.create()
+        welcome = yield self.db.welcome()
+        a = self.members("a", supports_selector(welcome))
+        yield a._beat()
+        self.assertTrue(a.claiming())
+        swept = self.changes["a"]
+        self.clock.advance(11)  # past its announcement's margin, no beat yet
+        self.assertFalse(a.owns("m1", "default"))  # passed over: not surely alive
+        yield a._beat()
+        self.assertTrue(a.claiming())
+        self.assertEqual(self.changes["a"], swept + 1)
+        yield a._beat()
+        self.assertEqual(self.changes["a"], swept + 1)  # once, not at every beat
+
+    @inlineCallbacks
     def test_one_that_dies_expires(self) -> Any:
         yield self.db.create()
         welcome = yield self.db.welcome()

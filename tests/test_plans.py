@@ -122,9 +122,10 @@ class Plans(GatewayTestCase):
         in flight; then medium ones by their requested_at; then the low ones.
         """
         url, target = self.recorder()
-        # announced every 5 s (the default), not every second: reading 10,000 changes keeps the
-        # reactor busy for a second or two, and a gateway whose announcement may have lapsed
-        # claims nothing (the messages it passes over meanwhile are left to its sweep)
+        # announced every 5 s (the default), not every second: PouchDB Server answers the
+        # announcement only once it has written the 10,000 messages, seconds later, and a
+        # gateway whose announcement may have lapsed claims nothing (what it passes over
+        # meanwhile is left to its sweep, not queued here)
         gateway = self.http_gateway(url, sweep_interval=600.0, announce=5.0)
         yield self.ready(gateway)
         target.holding = True

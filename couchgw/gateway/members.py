@@ -111,7 +111,6 @@ class Members:
         self._from: float | None = None
         self._loop: LoopingCall | None = None
         self._beating: Deferred[Any] | None = None
-        self._was_claiming = False
         #: Whether it passed over messages while it could not claim (it sweeps once it can).
         self._passed_over = False
         #: Whether the first announcement and read of the others ended (well or not), and who
@@ -270,11 +269,11 @@ class Members:
         finally:
             beating, self._beating = self._beating, None
             beating.callback(None)
-        claiming = self.claiming()
-        if claiming and not self._was_claiming and self._passed_over:
+        if self.claiming() and self._passed_over:
+            # what it passed over while it could not claim may be its own (a lapse between two
+            # beats, a late answer to one, counts as much as one a beat saw)
             self._passed_over = False
-            self.on_change()  # what it passed over while it could not claim may be its own
-        self._was_claiming = claiming
+            self.on_change()
         if not self._first_done:
             self._first_done = True
             waiting, self._first_waiting = self._first_waiting, []
