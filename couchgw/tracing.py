@@ -78,6 +78,17 @@ def exporter_kind(environ: Mapping[str, str]) -> str | None:
     return kind
 
 
+def resource_from_environment() -> Resource:
+    """
+    What the spans say of their service: C{OTEL_SERVICE_NAME} and C{OTEL_RESOURCE_ATTRIBUTES}
+    as the SDK reads them, with C{service.name} C{couchgw} where they name none.
+    """
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "couchgw"}))
+    return resource
+
+
 class Tracing:
     """
     The spans of messages, recorded through C{provider} (None: tracing is off, and nothing is
@@ -102,8 +113,7 @@ class Tracing:
             exporter = ConsoleSpanExporter()
         else:
             return cls()
-        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by Resource.create
-        provider = TracerProvider(resource=Resource.create({"service.name": "couchgw"}))
+        provider = TracerProvider(resource=resource_from_environment())
         provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider)
 

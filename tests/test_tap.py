@@ -17,7 +17,7 @@ from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway
 from couchgw.tap import Options, makeService
 from couchgw.targets.threads import ThreadPoolService
-from couchgw.tracing import Tracing, TracingService, exporter_kind
+from couchgw.tracing import Tracing, TracingService, exporter_kind, resource_from_environment
 
 
 def parse(*args: str) -> Options:
@@ -181,3 +181,15 @@ def test_tracing_stops_after_the_gateway(monkeypatch: pytest.MonkeyPatch) -> Non
     assert kinds.index(TracingService) < kinds.index(Gateway)  # stopped in the reverse order
     gateway = next(s for s in services(top) if isinstance(s, Gateway))
     assert gateway.dispatch.tracing.on
+
+
+def test_the_service_is_named_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert resource_from_environment().attributes["service.name"] == "couchgw"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "couchgw-north")
+    assert resource_from_environment().attributes["service.name"] == "couchgw-north"
+    monkeypatch.delenv("OTEL_SERVICE_NAME")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=south,region=eu")
+    attributes = resource_from_environment().attributes
+    assert (attributes["service.name"], attributes["region"]) == ("south", "eu")
