@@ -254,16 +254,20 @@ def plan_of(doc: Doc) -> Plan:
 
 def has_expired(doc: Doc, now: float) -> bool:
     """Whether a message's C{expires_at} (a valid one) has come."""
-    value = doc.get("expires_at")
-    at = parse_time(value) if isinstance(value, str) and TIME.match(value) else None
+    at = _client_time(doc.get("expires_at"))
     return at is not None and at <= now
+
+
+def _client_time(value: Any) -> float | None:
+    """A time as a client must write it (L{TIME}), as POSIX seconds; None if it is not one."""
+    return parse_time(value) if isinstance(value, str) and TIME.match(value) else None
 
 
 def _time(doc: Doc, field: str) -> float | None:
     value = doc.get(field)
     if value is None:
         return None
-    at = parse_time(value) if isinstance(value, str) and TIME.match(value) else None
+    at = _client_time(value)
     if at is None:
         raise Rejected(
             f"{field} must be an ISO 8601 time with its zone, e.g. 2026-12-02T02:00:00Z, not "

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
 from couchgw.couch.errors import NotFound
-from couchgw.message import DEFAULT_ROUTE, STATUSES, TOP_PRIORITY
+from couchgw.message import DEFAULT_ROUTE, STATUSES
 
 log = Logger()
 
@@ -142,11 +142,6 @@ def route_of(row: Mapping[str, Any]) -> str | None:
     if named is None:
         return DEFAULT_ROUTE
     return named if isinstance(named, str) else None
-
-
-def band(priority: int) -> int:
-    """The first item of the C{due} view's keys for messages of a priority (0 goes first)."""
-    return TOP_PRIORITY - priority
 
 
 def claim_holder(row: Mapping[str, Any]) -> str:

@@ -395,8 +395,7 @@ class Intake:
         page = max(self.max_inflight, 10)
         taken: Counter[str] = Counter()
         pages = 10
-        for priority in range(message.TOP_PRIORITY, -1, -1):
-            band = design.band(priority)
+        for band in range(message.TOP_PRIORITY + 1):  # 9 - priority, as the view keys it
             params: dict[str, Any] = {"startkey": [band], "endkey": [band, now_ms], "limit": page}
             while pages > 0 and self._room():
                 pages -= 1
