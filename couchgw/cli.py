@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from couchgw import message
+from couchgw import checks, message
 from couchgw.connections import basic_auth, split_credentials
 
 DEFAULT_COUCH = "http://127.0.0.1:5984/messages"
@@ -135,8 +135,8 @@ def submit(args: argparse.Namespace) -> int:
         if getattr(args, field):
             doc[field] = getattr(args, field)
     try:
-        message.plan_of(doc)
-    except message.Rejected as e:
+        checks.plan_of(doc)
+    except checks.Rejected as e:
         raise Failed(f"not submitted: {e}") from None
     try:
         db.json("PUT", "/" + quote(doc["_id"], safe=""), doc)

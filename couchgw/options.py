@@ -6,6 +6,7 @@ with one line that says what is wrong.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import replace
@@ -67,11 +68,14 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "couchgw follows a CouchDB database's changes feed, forwards each message document to "
-        "the SOAP service it names (in a thread pool), and writes the outcome back into the "
-        "document. Without --couch it runs an embedded CouchDB (PouchDB Server); with "
-        "--target=demo, a demo SOAP service in the same process. Traces of messages go out "
-        "through OpenTelemetry when the standard OTEL_* environment variables name an exporter "
-        "(OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp or console)."
+        "the route it names (SOAP, in a thread pool; HTTP; or a kind of a plugin), and writes "
+        "the outcome back into the document. Without --couch it runs an embedded CouchDB "
+        "(PouchDB Server); with --target=demo, a demo SOAP service in the same process. "
+        "Secrets come from the environment or files (COUCHGW_COUCH_PASSWORD, "
+        "--couch-password-file, COUCHGW_CALLBACK_SECRET, --callback-secret-file). Traces of "
+        "messages go out through OpenTelemetry when the standard OTEL_* environment variables "
+        "name an exporter (OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_TRACES_EXPORTER=otlp or "
+        "console)."
     )
 
     optParameters: list[list[Any]] = [
@@ -79,9 +83,17 @@ class Options(usage.Options):
             "couch",
             None,
             None,
-            "The message database URL, e.g. http://127.0.0.1:5984/messages. Credentials from its "
-            "user info or COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD. Omitted: the embedded "
+            "The message database URL, e.g. http://127.0.0.1:5984/messages. Credentials from "
+            "COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD, --couch-password-file, or the URL's user "
+            "info (a password there shows in the process list: a warning). Omitted: the embedded "
             "CouchDB, database 'messages'.",
+        ],
+        [
+            "couch-password-file",
+            None,
+            None,
+            "A file holding the CouchDB password (its first line), for the user the --couch URL "
+            "or COUCHGW_COUCH_USER names.",
         ],
         [
             "target",
@@ -89,7 +101,13 @@ class Options(usage.Options):
             "demo",
             "The default route: a WSDL URL, or 'demo' for the bundled demo SOAP service.",
         ],
-        ["http", None, DEFAULT_HTTP, "strports endpoint of the HTTP API."],
+        [
+            "http",
+            None,
+            DEFAULT_HTTP,
+            "strports endpoint of the HTTP API. Beyond this machine's loopback interface it "
+            "needs --http-auth (or --http-public).",
+        ],
         [
             "threads",
             None,
@@ -175,11 +193,18 @@ class Options(usage.Options):
             "*.corp.example or 127.0.0.1:8080 (none by default: no callback is sent).",
         ],
         [
+            "callback-secret-file",
+            None,
+            None,
+            f"A file holding the key of the HMAC-SHA256 signature of callbacks (its first line); "
+            f"or ${SECRET_ENV}; none: unsigned.",
+        ],
+        [
             "callback-secret",
             None,
             None,
-            f"Key of the HMAC-SHA256 signature of callbacks (default: ${SECRET_ENV}; none: "
-            "unsigned).",
+            "The key itself (it shows in the process list: a warning; prefer the file or "
+            f"${SECRET_ENV}).",
         ],
         [
             "ca",
@@ -239,6 +264,12 @@ class Options(usage.Options):
             "Ask for HTTP basic auth on every route of the HTTP API but /health and /ready: "
             "the credentials of a CouchDB user who may read the database.",
         ],
+        [
+            "http-public",
+            None,
+            "Let the HTTP API listen beyond this machine without --http-auth: anyone who reaches "
+            "it reads every message's status and error.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -248,6 +279,7 @@ class Options(usage.Options):
                 tls_policy(ca)
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--ca {ca!r} cannot be used: {e}") from None
+        self._secrets()
         couch = self["couch"]
         if couch is not None:
             parts = urlsplit(couch)
@@ -258,7 +290,7 @@ class Options(usage.Options):
                     "--couch must name the database, e.g. http://127.0.0.1:5984/messages"
                 )
             try:
-                check_access(couch, ca=ca)
+                check_access(couch, ca=ca, credentials=self["couch-credentials"])
             except CouchError as e:
                 raise usage.UsageError(
                     f"CouchDB refused access to {split_credentials(couch)[0]}: {e}"
@@ -271,14 +303,18 @@ class Options(usage.Options):
             exporter_kind(os.environ)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        if self["callback-secret"] is None and os.environ.get(SECRET_ENV):
-            self["callback-secret"] = os.environ[SECRET_ENV]
         try:
             serverFromString(None, self["http"])
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise usage.UsageError(
                 f"--http {self['http']!r} is not a valid endpoint: {e}"
             ) from None
+        if not loopback(self["http"]) and not (self["http-auth"] or self["http-public"]):
+            raise usage.UsageError(
+                f"--http {self['http']!r} listens beyond this machine: add --http-auth (the API "
+                "then asks for a CouchDB user's credentials), or --http-public to let anyone "
+                "who reaches it read every message's status"
+            )
         if couch is None:
             try:
                 self["pouchdb-server"] = find_executable()
@@ -296,6 +332,41 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--demo-port {demo} is taken on 127.0.0.1: pass --demo-port with a free port "
                 "(0: any)"
+            )
+
+    def _secrets(self) -> None:
+        """Secrets from files or the environment; those given on the command line noted."""
+        self["warnings"] = []
+        secret_file = self["callback-secret-file"]
+        if secret_file is not None:
+            if self["callback-secret"] is not None:
+                raise usage.UsageError("give --callback-secret-file or --callback-secret, not both")
+            self["callback-secret"] = _first_line(secret_file, "--callback-secret-file")
+        elif self["callback-secret"] is not None:
+            self["warnings"].append(
+                f"--callback-secret shows in the process list: prefer --callback-secret-file or "
+                f"${SECRET_ENV}"
+            )
+        elif os.environ.get(SECRET_ENV):
+            self["callback-secret"] = os.environ[SECRET_ENV]
+        couch = self["couch"]
+        password_file = self["couch-password-file"]
+        self["couch-credentials"] = None
+        if password_file is not None:
+            if couch is None:
+                raise usage.UsageError("--couch-password-file needs --couch")
+            _, found = split_credentials(couch)
+            user = found[0] if found else None
+            if not user:
+                raise usage.UsageError(
+                    "--couch-password-file: name the user in the --couch URL (http://USER@host/db) "
+                    "or in COUCHGW_COUCH_USER"
+                )
+            self["couch-credentials"] = (user, _first_line(password_file, "--couch-password-file"))
+        elif couch is not None and urlsplit(couch).password:
+            self["warnings"].append(
+                "the CouchDB password in --couch shows in the process list: prefer "
+                "COUCHGW_COUCH_PASSWORD or --couch-password-file"
             )
 
     def _routes(self) -> None:
@@ -334,6 +405,27 @@ class Options(usage.Options):
         except usage.UsageError as e:
             text = str(e).removeprefix("Parameter type enforcement failed: ")
             raise SystemExit(f"twistd couchgw: {text} (see twistd couchgw --help)") from None
+
+
+def _first_line(path: str, option: str) -> str:
+    """The first line of a secret's file (a bad file: one line saying so)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"{option} {path!r} cannot be read: {e}") from None
+    if not line:
+        raise usage.UsageError(f"{option} {path!r} is empty")
+    return line
+
+
+def loopback(endpoint: str) -> bool:
+    """Whether a strports endpoint listens on the loopback interface only (or a UNIX socket)."""
+    if endpoint.startswith("unix:"):
+        return True
+    parts = re.split(r"(?<!\\):", endpoint)
+    fields = dict(part.replace("\\:", ":").split("=", 1) for part in parts if "=" in part)
+    return fields.get("interface", "") in ("127.0.0.1", "::1", "localhost")
 
 
 def _taken(port: int) -> bool:

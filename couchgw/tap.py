@@ -24,7 +24,7 @@ from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway, Policy
 from couchgw.gateway.callbacks import Callbacks
-from couchgw.options import Options
+from couchgw.options import Options, loopback
 from couchgw.targets.routes import RouteConfig, RoutesError, build
 from couchgw.tracing import Tracing, TracingService
 from couchgw.web.api import API
@@ -68,7 +68,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     to_couch: IAgent = agent(reactor, pool, options.get("ca"))
     if embedded is not None:  # only once the server on its port is the child it started
         to_couch = embedded.agent(to_couch)
-    db = Database(couch, to_couch)
+    db = Database(couch, to_couch, options.get("couch-credentials"))
 
     configs: list[RouteConfig] = options["route-configs"]
     if any(config.url == "demo" for config in configs):
@@ -133,22 +133,15 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     resource: Any = API(gateway, events, reactor).app.resource()
     if options.get("http-auth"):
         resource = Guarded(resource, CouchUsers(db, reactor))
-    elif not _local(options["http"]):
+    elif not loopback(options["http"]):
         log.warn(
-            "the HTTP API listens beyond this machine ({endpoint}) without --http-auth",
+            "the HTTP API listens beyond this machine ({endpoint}) without --http-auth "
+            "(--http-public): anyone who reaches it reads every message's status",
             endpoint=options["http"],
         )
+    for warning in options.get("warnings") or []:
+        log.warn("{warning}", warning=warning)
     site = Site(resource)
     site.displayTracebacks = False
     strports.service(options["http"], site, reactor=reactor).setServiceParent(top)
     return top
-
-
-def _local(endpoint: str) -> bool:
-    """Whether a strports endpoint listens on the loopback interface only."""
-    fields = dict(
-        part.split("=", 1) for part in endpoint.replace("\\:", "").split(":") if "=" in part
-    )
-    return fields.get("interface", "") in ("127.0.0.1", "::1", "localhost") or endpoint.startswith(
-        "unix:"
-    )

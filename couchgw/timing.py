@@ -7,10 +7,12 @@ import itertools
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 
 def iso(seconds: float) -> str:
@@ -111,3 +113,33 @@ class PrioritySlots:
             heapq.heappop(self._waiting)[2].callback(None)
         else:
             self.tokens += 1
+
+
+def deadline(
+    d: Deferred[Any], seconds: float, clock: IReactorTime, error: Exception | None = None
+) -> Deferred[Any]:
+    """
+    A Deferred with C{d}'s result if it comes within C{seconds}; else, then, C{error} (or None
+    if no error is given).  C{d} itself is not cancelled: a call in a thread cannot be stopped.
+    """
+    out: Deferred[Any] = Deferred()
+
+    def late() -> None:
+        if error is None:
+            out.callback(None)
+        else:
+            out.errback(error)
+
+    timer = clock.callLater(seconds, late)
+
+    def done(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+    d.addBoth(done)
+    return out

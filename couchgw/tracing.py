@@ -33,7 +33,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from couchgw.message import Doc, Plan
+from couchgw.checks import Plan
+from couchgw.message import Doc
 
 #: Environment variables that name where spans go.
 _EXPORTER_VARIABLES = (

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
-from couchgw import message
+from couchgw import checks
 from couchgw.couch.client import doc_path
 from tests.test_gateway import GatewayTestCase
 
@@ -251,8 +251,8 @@ CORPUS: dict[str, tuple[dict[str, Any], str]] = {
         msg(operation="ping", args=[nested(40)]),
         "args nests objects or arrays more than 32 levels deep (at args[0][0][0][0][0]...)",
     ),
-    "large": (msg(operation="ping", text="x" * (LIMIT + 100)), message.too_large(LIMIT)),
-    "enormous": (msg(operation="ping", text="x" * (4 * LIMIT)), message.too_large(LIMIT)),
+    "large": (msg(operation="ping", text="x" * (LIMIT + 100)), checks.too_large(LIMIT)),
+    "enormous": (msg(operation="ping", text="x" * (4 * LIMIT)), checks.too_large(LIMIT)),
 }
 
 #: Documents that are not messages, or not new: left as they are.
@@ -361,7 +361,7 @@ class BadInput(GatewayTestCase):
                 doc, {"status": "rejected", "error": {"kind": "invalid", "message": reason}}, doc_id
             )
             self.assertEqual(raw.get("attempts"), written.get("attempts"), doc_id)  # no call
-        yield self.rejected_in_place("nested-undecodable", message.undecodable())
+        yield self.rejected_in_place("nested-undecodable", checks.undecodable())
         if undecodable_utf8 in (200, 201):  # PouchDB keeps U+FFFD in place of the bad bytes
             doc = yield self.terminal("bad-utf8")
             self.assertEqual(doc["status"], "rejected")
@@ -391,9 +391,9 @@ class BadInput(GatewayTestCase):
         yield self.db.put({"_id": "big", **big})
         yield self.put_raw("deep", deep_json("deep", 1200))  # PouchDB indexes up to ~2000
         yield gateway.intake.sweep()
-        yield self.rejected_in_place("deep", message.undecodable())
+        yield self.rejected_in_place("deep", checks.undecodable())
         doc = yield self.terminal("big")
         self.assertEqual(doc["status"], "rejected")
-        self.assertEqual(doc["error"]["message"], message.too_large(LIMIT))
+        self.assertEqual(doc["error"]["message"], checks.too_large(LIMIT))
         self.assertEqual(doc["text"], big["text"])
         self.assertEqual(self.calls(), [])

@@ -271,7 +271,7 @@ def test_configuration_reference_agrees_with_help(tmp_path: Path) -> None:
     helped: dict[str, str] = {}
     current = None
     for line in done.stdout.splitlines():
-        found = re.match(r"\s+(?:-\w, )?--([\w-]+)=?\s+(.*)", line)
+        found = re.match(r" {1,8}(?:-\w, )?--([\w-]+)=?\s+(.*)", line)
         if found:
             current = found[1]
             helped[current] = found[2]

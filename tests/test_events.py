@@ -165,7 +165,8 @@ class EventsTestCase(GatewayTestCase):
         # a hub that no longer keeps them (here: a new one) reads them from CouchDB
         fresh = Events(self.db, reactor, heartbeat=1.0)
         self.addCleanup(fresh.stopService)
-        caught = yield fresh.catch_up(last)
+        caught, _, more = yield fresh.page(last)
+        self.assertFalse(more)
         self.assertEqual(
             {(e.id, e.status) for e in caught if e.status == "forwarded"},
             {("b0", "forwarded"), ("b1", "forwarded")},

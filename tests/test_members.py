@@ -20,11 +20,11 @@ from twisted.web.client import Agent
 
 from couchgw import message
 from couchgw.connections import connection_pool
-from couchgw.couch.client import Database, supports_selector
+from couchgw.couch.client import Database
 from couchgw.gateway import host
 from couchgw.gateway.members import Members, owner
 from couchgw.timing import iso
-from tests.servers import free_port, new_db_url, setup_error
+from tests.servers import free_port, is_pouchdb, new_db_url, setup_error
 
 
 class Ownership(SynchronousTestCase):
@@ -118,7 +118,7 @@ class Announcements(TestCase):
         self.clock.advance(1_800_000_000)
         self.changes: Counter[str] = Counter()
 
-    def members(self, name: str, local: bool) -> Members:
+    def members(self, name: str) -> Members:
         members = Members(
             self.db,
             self.clock,
@@ -128,23 +128,19 @@ class Announcements(TestCase):
             ttl=15,
             on_change=lambda: self.changes.update([name]),
         )
-        members._local = local
-        members._doc = {"_id": ("_local/" if local else "") + f"couchgw-gateway:{name}"}
         return members
 
     @inlineCallbacks
     def test_join_split_leave(self) -> Any:
         yield self.db.create()
-        welcome = yield self.db.welcome()
-        local = supports_selector(welcome)
-        a = self.members("a", local)
+        a = self.members("a")
         self.assertFalse(a.owns("early", "default"))  # before its first beat: nobody's yet
         yield a._beat()
         self.assertTrue(a.claiming())  # alone: at once
         self.assertTrue(all(a.owns(f"m{i}", "default") for i in range(50)))
         self.assertEqual(self.changes["a"], 1)  # it sweeps for what it passed over
 
-        b = self.members("b", local)
+        b = self.members("b")
         yield b._beat()
         self.assertEqual(set(b.others), {"a"})
         self.assertFalse(b.claiming())  # joining: a may still claim b's messages for a beat
@@ -185,8 +181,7 @@ class Announcements(TestCase):
         it passed over meanwhile is swept for at its next beat, though both beats saw it claim.
         """
         yield self.db.create()
-        welcome = yield self.db.welcome()
-        a = self.members("a", supports_selector(welcome))
+        a = self.members("a")
         yield a._beat()
         self.assertTrue(a.claiming())
         swept = self.changes["a"]
@@ -201,9 +196,7 @@ class Announcements(TestCase):
     @inlineCallbacks
     def test_one_that_dies_expires(self) -> Any:
         yield self.db.create()
-        welcome = yield self.db.welcome()
-        local = supports_selector(welcome)
-        a, b = self.members("a", local), self.members("b", local)
+        a, b = self.members("a"), self.members("b")
         yield a._beat()
         yield b._beat()
         self.clock.advance(10)
@@ -241,3 +234,116 @@ def test_a_bad_cluster_for_the_tests_is_one_line() -> None:
         error
         == "ERROR: COUCHGW_TEST_CLUSTER: names 1 node(s); the cluster tests need 3, comma-separated"
     )
+
+
+def announcement(gateway: str, at: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "_id": f"_design/couchgw-gateway:{gateway}",
+        "type": "gateway",
+        "gateway": gateway,
+        "routes": ["default"],
+        "beat": 5,
+        "ttl": 15,
+        "at": iso(at),
+        **fields,
+    }
+
+
+def test_what_an_announcement_must_hold_to_be_believed() -> None:
+    from couchgw.gateway.announcements import problem
+
+    now = 1_800_000_000.0
+    assert problem(announcement("g", now), now) is None
+    assert problem(announcement("g", now + 100), now) is None  # a clock a little ahead
+    for doc, why in [
+        (announcement("g", now, routes=5), "routes must be a list"),
+        (announcement("g", now, routes=["a", 5]), "routes must be a list"),
+        (announcement("g", now, ttl=1_000_000_000), "ttl must be a number"),
+        (announcement("g", now, ttl="15"), "ttl must be a number"),
+        (announcement("g", now, beat=0), "beat must be a number"),
+        (announcement("g", now + 3600), "ahead of this gateway's clock"),
+        ({**announcement("g", now), "at": "yesterday"}, "at must be a time"),
+        (announcement("g", now, leaving="yes"), "leaving must be"),
+        ({**announcement("g", now), "_id": "_design/couchgw-gateway:h"}, "does not name"),
+        ({**announcement("g", now), "type": "message"}, "not a gateway's"),
+        ([], "not an object"),
+    ]:
+        found = problem(doc, now)
+        assert found is not None and why in found, (doc, found)
+
+
+class Forgeries(TestCase):
+    """What a member of the database may write makes no gateway count a ghost."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        pool = connection_pool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.db = Database(new_db_url("forged"), Agent(reactor, pool=pool))
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+
+    @inlineCallbacks
+    def test_forged_and_malformed_announcements_are_ignored_and_named(self) -> Any:
+        yield self.db.create()
+        now = self.clock.seconds()
+        ghost = {**announcement("ghost:1:deadbeef", now), "ttl": 1_000_000_000}
+        del ghost["_id"]
+        yield self.db.put({**ghost, "_id": "_local/couchgw-gateway:ghost:1:deadbeef"})
+        yield self.db.put({**ghost, "_id": "couchgw-gateway:ghost:1:deadbeef"})
+        # where gateways do write (an admin could), but not believable
+        yield self.db.put(announcement("bad:routes", now, routes=5))
+        yield self.db.put(announcement("future", now + 86400))
+        members = Members(self.db, self.clock, "a", ["default"], beat=5, ttl=15)
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        yield members._beat()
+        yield members._beat()  # again: each is logged once
+        self.assertEqual(members.others, {})
+        self.assertTrue(members.claiming())
+        self.assertTrue(all(members.owns(f"m{i}", "default") for i in range(100)))
+        ignored = members.describe()["ignored"]
+        named = {
+            "couchgw-gateway:ghost:1:deadbeef",
+            "_design/couchgw-gateway:bad:routes",
+            "_design/couchgw-gateway:future",
+        }
+        if not is_pouchdb():  # (PouchDB Server cannot list its _local/ documents)
+            named.add("_local/couchgw-gateway:ghost:1:deadbeef")
+        self.assertEqual(set(ignored), named)
+        self.assertIn("routes must be a list", ignored["_design/couchgw-gateway:bad:routes"])
+        lines = [e for e in logged if "ignored announcement" in str(e.get("log_format"))]
+        self.assertEqual(len(lines), len(named))
+
+    @inlineCallbacks
+    def test_a_beat_survives_any_error_and_the_first_one_ends_all_the_same(self) -> Any:
+        yield self.db.create()
+        members = Members(self.db, self.clock, "a", ["default"], beat=5, ttl=15)
+        real = self.db.json
+        calls = {"n": 0}
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            raise TypeError("a bug, or an answer of a shape never seen")
+
+        self.db.json = broken  # type: ignore[method-assign]
+        started = members.started()
+        members.start()
+        self.addCleanup(members.stop)
+        self.assertTrue(started.called)  # the first beat failed, and ended
+        self.assertIn("TypeError", members.error or "")
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)  # in full, once
+        self.assertFalse(members.claiming())
+        assert members._loop is not None
+        self.assertTrue(members._loop.running)  # the loop goes on
+        self.clock.advance(5)
+        self.assertEqual(self.flushLoggedErrors(TypeError), [])  # the same error: logged once
+        self.db.json = real  # type: ignore[method-assign]
+        self.clock.advance(5)
+        yield members._beating
+        self.assertIsNone(members.error)
+        self.assertTrue(members.claiming())

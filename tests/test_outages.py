@@ -1,139 +1,133 @@
 """
-Outages of a route's target, against a real HTTP target that drops connections, answers 503,
-or does not answer at all for a while.  An outage costs the messages no attempts: the route's
-breaker opens, probes with one call at a time, and once the target is back every message is
-forwarded, answered once.  A short outage lasts a few probes, a long one thirty (its backoffs
-long at their cap); a short backoff cap makes the long one take seconds.
+Outages of a route's target, of every kind (refused, dropped, 503, no answer), against the real
+demo service behind a front that puts it out of order (L{tests.flaky}), over SOAP and over HTTP,
+many times in a row.  An outage costs the messages no attempts: the route's breaker opens,
+probes the target, lets one message's call prove it, and once the target is back every message
+is forwarded, called once.  No order of events may leave a message waiting: each run waits for
+every message with a deadline.
+
+C{COUCHGW_OUTAGE_RUNS} sets how many outages of each kind each target meets (3 by default).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from couchgw.connections import agent, connection_pool
 from couchgw.gateway import Gateway, Policy
 from couchgw.targets.http import HttpTarget
+from couchgw.targets.interfaces import ITarget
+from couchgw.targets.soap import SoapTarget
+from tests.flaky import Flaky
+from tests.servers import start_demo, stop
 from tests.test_gateway import GatewayTestCase
 
-
-class _Flaky(Resource):
-    """A JSON target that answers, or (by C{mode}) drops calls, answers 503, or never answers."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mode = "up"
-        #: Calls answered, by message id.
-        self.answered: Counter[str] = Counter()
-        self.failed = 0
-        self._hung: list[Request] = []
-
-    def render_POST(self, request: Request) -> Any:
-        message_id = json.loads(request.content.read())["id"]  # type: ignore[union-attr]
-        if self.mode == "up":
-            self.answered[message_id] += 1
-            request.setHeader(b"content-type", b"application/json")
-            return json.dumps({"id": message_id}).encode()
-        self.failed += 1
-        if self.mode == "drop":
-            request.transport.abortConnection()  # type: ignore[attr-defined]
-            return NOT_DONE_YET
-        if self.mode == "silent":
-            self._hung.append(request)
-            return NOT_DONE_YET
-        request.setResponseCode(503)
-        request.setHeader(b"connection", b"close")
-        return b"down for maintenance"
-
-    def up(self) -> None:
-        self.mode = "up"
-        for request in self._hung:  # never answered: the gateway gave up on them
-            request.transport.abortConnection()  # type: ignore[attr-defined]
-        self._hung.clear()
+RUNS = int(os.environ.get("COUCHGW_OUTAGE_RUNS", "3"))
+#: Messages written while the target is out, in each run.
+MESSAGES = 20
 
 
 class Outages(GatewayTestCase):
-    timeout = 300
+    timeout = 900
 
-    def flaky(self) -> tuple[str, _Flaky]:
-        resource = _Flaky()
-        return self.serve_http(resource), resource
+    def setUp(self) -> None:
+        super().setUp()
+        log = Path(tempfile.mkdtemp(prefix="couchgw-outages-")) / "demo.log"
+        wsdl, process = start_demo(log, delay=0.0)
+        self.addCleanup(stop, process)
+        self.demo_log = log
+        self.backend = urlsplit(wsdl).port or 80
+        self.flaky = Flaky(self.backend)
+        port = self.flaky.start()
+        self.addCleanup(self.flaky.stop)
+        front = urlsplit(wsdl)._replace(netloc=f"127.0.0.1:{port}")
+        self.wsdl = urlunsplit(front)
+        self.json = urlunsplit(front._replace(path="/json", query=""))
 
-    def http_gateway(self, url: str) -> Gateway:
+    def target(self, kind: str) -> ITarget:
+        if kind == "soap":
+            return SoapTarget("default", self.wsdl, self.threads, timeout=1.0)
         pool = connection_pool(reactor, 20)
         self.addCleanup(pool.closeCachedConnections)
-        target = HttpTarget(
-            "default", url, reactor, agent(reactor, pool), concurrency=20, timeout=0.5
+        return HttpTarget(
+            "default", self.json, reactor, agent(reactor, pool), concurrency=4, timeout=1.0
         )
+
+    def calls(self, kind: str, prefix: str) -> Counter[str]:
+        """The calls the target answered for the messages of a run, by message id."""
+        text = self.demo_log.read_text()
+        pattern = r"activated network=(\S+)\n" if kind == "soap" else r"json activate id=(\S+)\n"
+        return Counter(i for i in re.findall(pattern, text) if i.startswith(prefix))
+
+    @inlineCallbacks
+    def outages(self, kind: str) -> Any:
+        target = self.target(kind)
         gateway = Gateway(
             self.db,
             {"default": target},
             reactor,
-            # a short backoff cap: an outage of some seconds holds as many probes as one of
-            # minutes with the default cap
-            policies={"default": Policy(backoff=0.05, backoff_max=0.2)},
+            # a short cap: the probes come every half second, a long outage's as a short one's
+            policies={"default": Policy(backoff=0.05, backoff_max=0.5)},
             heartbeat=1.0,
             sweep_interval=1.0,
             announce=1.0,
         )
         gateway.startService()
         self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
-        return gateway
-
-    @inlineCallbacks
-    def outage(self, mode: str, probes: int, prefix: str) -> Any:
-        """200 messages; the target out (C{mode}) until the route has probed it C{probes} times."""
-        url, target = self.flaky()
-        gateway = self.http_gateway(url)
         yield self.ready(gateway)
-        ids = [f"{prefix}{i:03d}" for i in range(200)]
-        target.mode = mode
-        yield self.db.bulk_docs(
-            [{"_id": doc_id, "type": "message", "operation": "ping"} for doc_id in ids]
-        )
-        yield self.wait_for(
-            lambda: any("route default out:" in p for p in gateway.problems()),
-            what="the route to be reported out",
-        )
-        self.assertEqual(gateway.route("default")["state"], "out")
-        failed_at_open = target.failed
-        yield self.wait_for(
-            lambda: target.failed >= failed_at_open + probes, 120, f"{probes} probes"
-        )
         breaker = gateway.dispatch.breakers["default"]
-        self.assertEqual(breaker.opened, 1)
-        target.up()
-        docs = []
-        for doc_id in ids:
-            doc = yield self.terminal(doc_id, 120)
-            docs.append(doc)
-        self.assertEqual(Counter(doc["status"] for doc in docs), {"forwarded": len(ids)})
-        self.assertEqual(sorted(target.answered), ids)
-        self.assertEqual(set(target.answered.values()), {1})
-        # the outage cost no attempts: only the first failure of the run was a message's own
-        self.assertLessEqual(sum(doc["attempts"] - 1 for doc in docs), 1)
-        self.assertGreater(target.failed, 2)  # it was probed
+        for run in range(RUNS):
+            for mode in ("refused", "drop", "503", "silent"):
+                prefix = f"{kind}-{mode}-{run}-"
+                ids = [f"{prefix}{i:02d}" for i in range(MESSAGES)]
+                opened = breaker.opened
+                yield self.flaky.set(mode)
+                yield self.db.bulk_docs(
+                    [
+                        {"_id": i, "type": "message", "operation": "activate", "args": [i, 0]}
+                        for i in ids
+                    ]
+                )
+                yield self.wait_for(
+                    lambda opened=opened: breaker.opened > opened,
+                    60,
+                    f"the route to go out ({mode}, run {run})",
+                )
+                probes = sum(breaker.probes.values())
+                yield self.wait_for(
+                    lambda probes=probes: sum(breaker.probes.values()) >= probes + 2,
+                    60,
+                    f"two probes ({mode}, run {run})",
+                )
+                yield self.flaky.set("up")
+                docs = []
+                for doc_id in ids:
+                    doc = yield self.terminal(doc_id, 60)
+                    docs.append(doc)
+                self.assertEqual(
+                    Counter(doc["status"] for doc in docs), {"forwarded": MESSAGES}, (mode, run)
+                )
+                calls = self.calls(kind, prefix)
+                self.assertEqual(sorted(calls), ids, (mode, run))
+                self.assertEqual(set(calls.values()), {1}, (mode, run))
+                # the outage cost no attempts: only a first failure after a success may be a
+                # message's own
+                self.assertLessEqual(sum(doc["attempts"] - 1 for doc in docs), 1, (mode, run))
+                yield self.wait_for(lambda: breaker.closed, 30, "the route to close")
+        self.assertGreaterEqual(breaker.opened, 4 * RUNS)
         yield gateway.stopService()
 
-    @inlineCallbacks
-    def test_dropped_connections(self) -> Any:
-        yield self.outage("drop", 3, "drop-short")
-        yield self.outage("drop", 30, "drop-long")
+    def test_soap(self) -> Any:
+        return self.outages("soap")
 
-    @inlineCallbacks
-    def test_503(self) -> Any:
-        yield self.outage("503", 3, "503-short")
-        yield self.outage("503", 30, "503-long")
-
-    @inlineCallbacks
-    def test_no_answer(self) -> Any:
-        yield self.outage("silent", 3, "silent-short")
-        yield self.outage("silent", 30, "silent-long")
+    def test_http(self) -> Any:
+        return self.outages("http")

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 
 from couchgw.connections import connection_pool
 from couchgw.demo import DemoService
-from couchgw.gateway import Gateway, Policy, intake
+from couchgw.gateway import Gateway, Policy, waiting
 from couchgw.tap import Options
 from couchgw.targets.http import HttpTarget
 from couchgw.targets.interfaces import Fault, Transient, Unreachable
@@ -285,7 +285,7 @@ class SideBySide(GatewayTestCase):
 
     def test_slow_route_with_waiting_messages_read_again(self) -> Any:
         """The same, keeping no waiting document whole: each is read again when its turn comes."""
-        self.patch(intake, "KEPT_BYTES", 0)
+        self.patch(waiting, "KEPT_BYTES", 0)
         return self.slow_route_does_not_hold_up_the_others()
 
     @inlineCallbacks
@@ -305,7 +305,7 @@ class SideBySide(GatewayTestCase):
         yield self.db.bulk_docs(docs)
 
         def kept() -> list[str]:
-            queues = gateway.intake._waiting.values()
+            queues = gateway.intake.waiting_room._queues.values()
             return [w.id for queue in queues for w in queue if w.doc is not None]
 
         # one message is called; the other two wait for the route, kept whole (in the order

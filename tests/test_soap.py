@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from couchgw.message import Rejected
+from couchgw.checks import Rejected
 from couchgw.targets.interfaces import Fault, IRunner, ITarget, Unreachable
 from couchgw.targets.soap import SoapTarget, clone
 from couchgw.targets.wsdl import to_json

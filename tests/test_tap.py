@@ -57,6 +57,19 @@ def test_defaults() -> None:
         (["--target", "nonsense"], "--target must be a WSDL URL or 'demo', not 'nonsense'"),
         (["--http", "tcp:notaport"], "--http 'tcp:notaport' is not a valid endpoint"),
         (["--bogus"], "option --bogus not recognized"),
+        (
+            ["--http", "tcp:8470"],
+            "--http 'tcp:8470' listens beyond this machine: add --http-auth",
+        ),
+        (
+            ["--http", "tcp:8470:interface=0.0.0.0"],
+            "--http 'tcp:8470:interface=0.0.0.0' listens beyond this machine",
+        ),
+        (["--callback-secret-file", "/nonexistent"], "--callback-secret-file '/nonexistent'"),
+        (
+            ["--callback-secret-file", "/dev/null"],
+            "--callback-secret-file '/dev/null' is empty",
+        ),
     ],
 )
 def test_bad_option_is_one_line(args: list[str], error: str) -> None:
@@ -66,6 +79,39 @@ def test_bad_option_is_one_line(args: list[str], error: str) -> None:
     assert text.startswith("twistd couchgw: ")
     assert error in text
     assert "\n" not in text
+
+
+def test_beyond_loopback_with_auth_or_said_so() -> None:
+    couch = ("--couch", "http://127.0.0.1:5984/messages")
+    assert parse(*couch, "--http", "tcp:8470", "--http-auth")["http-auth"]
+    assert parse(*couch, "--http", "tcp:8470", "--http-public")["http-public"]
+    assert parse(*couch, "--http", "unix:/tmp/couchgw.sock")["http"] == "unix:/tmp/couchgw.sock"
+    assert parse(*couch, "--http", "tcp:8470:interface=\\:\\:1")
+
+
+def test_secrets_from_files_and_warnings_for_the_command_line(tmp_path: Any) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\nignored\n")
+    password = tmp_path / "password"
+    password.write_text("pw\n")
+    options = parse(
+        "--couch",
+        "http://gw@127.0.0.1:5984/messages",
+        "--couch-password-file",
+        str(password),
+        "--callback-secret-file",
+        str(secret),
+    )
+    assert options["callback-secret"] == "s3cret"
+    assert options["couch-credentials"] == ("gw", "pw")
+    assert options["warnings"] == []
+    said = parse("--couch", "http://gw:pw@127.0.0.1:5984/messages", "--callback-secret", "x")
+    assert said["callback-secret"] == "x"
+    assert len(said["warnings"]) == 2
+    assert all("process list" in warning for warning in said["warnings"])
+    assert all("pw" not in warning for warning in said["warnings"])
+    with pytest.raises(SystemExit, match="name the user in the --couch URL"):
+        parse("--couch", "http://127.0.0.1:5984/m", "--couch-password-file", str(password))
 
 
 def services(top: Any) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from couchgw import message
+from couchgw import checks, message
 from couchgw.couch.framing import HEAD, TAIL, LineFramer, Oversize
 from couchgw.gateway.checkpoint import Checkpoint
 from couchgw.timing import Backoff, PrioritySlots, iso
@@ -164,22 +164,22 @@ def test_due_states() -> None:
 
 
 def test_new_message_must_not_carry_gateway_fields() -> None:
-    message.check_new({"_id": "m", "type": "message", "operation": "ping"})
-    with pytest.raises(message.Rejected, match="result, attempts"):
-        message.check_new({"_id": "m", "type": "message", "result": 1, "attempts": 3})
+    checks.check_new({"_id": "m", "type": "message", "operation": "ping"})
+    with pytest.raises(checks.Rejected, match="result, attempts"):
+        checks.check_new({"_id": "m", "type": "message", "result": 1, "attempts": 3})
 
 
 @pytest.mark.parametrize(
     ("doc", "expected"),
     [
-        ({"operation": "ping"}, message.Call("default", "ping", [])),
-        ({"operation": "ping", "text": "hi"}, message.Call("default", "ping", ["hi"])),
-        ({"operation": "a", "args": {"x": 1}, "text": "t"}, message.Call("default", "a", {"x": 1})),
-        ({"target": "r", "args": [1, 2]}, message.Call("r", None, [1, 2])),
+        ({"operation": "ping"}, checks.Call("default", "ping", [])),
+        ({"operation": "ping", "text": "hi"}, checks.Call("default", "ping", ["hi"])),
+        ({"operation": "a", "args": {"x": 1}, "text": "t"}, checks.Call("default", "a", {"x": 1})),
+        ({"target": "r", "args": [1, 2]}, checks.Call("r", None, [1, 2])),
     ],
 )
-def test_call_of(doc: dict, expected: message.Call) -> None:
-    assert message.call_of({"_id": "m", "type": "message", **doc}) == expected
+def test_call_of(doc: dict, expected: checks.Call) -> None:
+    assert checks.call_of({"_id": "m", "type": "message", **doc}) == expected
 
 
 @pytest.mark.parametrize(
@@ -193,8 +193,8 @@ def test_call_of(doc: dict, expected: message.Call) -> None:
     ],
 )
 def test_call_of_rejects(doc: dict, reason: str) -> None:
-    with pytest.raises(message.Rejected, match=reason):
-        message.call_of({"_id": "m", "type": "message", **doc})
+    with pytest.raises(checks.Rejected, match=reason):
+        checks.call_of({"_id": "m", "type": "message", **doc})
 
 
 def test_transitions() -> None:
@@ -224,7 +224,7 @@ def test_a_claim_given_back_before_its_call_restores_the_message() -> None:
     undone = message.apply(claimed, message.released(new))
     assert undone == new  # no field only couchgw writes is left on a new message
     assert message.due(undone, NOW + 1) == "new"
-    message.check_new(undone, 1024 * 1024)
+    checks.check_new(undone, 1024 * 1024)
     retry = message.apply(claimed, message.retrying("transient", "reset", NOW, 5))
     claimed = message.apply(retry, message.claimed(retry, "gw", NOW + 6, 60))
     undone = message.apply(claimed, message.released(retry))
@@ -271,75 +271,30 @@ def test_suds_http_status_errors() -> None:
     assert _http_status(ValueError((503, "x"))) is None
 
 
-def test_first_of_a_call_and_its_deadline() -> None:
+def test_a_call_within_its_deadline() -> None:
     from twisted.internet.defer import Deferred, succeed
     from twisted.internet.task import Clock
 
-    from couchgw.gateway.dispatch import first as _first
     from couchgw.targets.interfaces import Transient
+    from couchgw.timing import deadline
 
     clock = Clock()
     call: Deferred[str] = Deferred()
-    out = _first(call, 5, clock, Transient("no answer within 5s"))
+    out = deadline(call, 5, clock, Transient("no answer within 5s"))
     failures: list[Any] = []
     out.addErrback(failures.append)
     clock.advance(5)
     assert failures and failures[0].check(Transient)
     call.errback(RuntimeError("late"))  # consumed: no unhandled error
     assert clock.getDelayedCalls() == []
-    answered = _first(succeed("ok"), 5, clock)
+    answered = deadline(succeed("ok"), 5, clock)
     results: list[Any] = []
     answered.addCallback(results.append)
     assert results == ["ok"] and clock.getDelayedCalls() == []
 
 
-def test_breaker_opens_on_outages_in_a_row_and_probes_with_one_call() -> None:
-    from twisted.internet.task import Clock
-
-    from couchgw.gateway.breaker import Breaker
-
-    clock = Clock()
-    changes: list[str] = []
-    breaker = Breaker(
-        clock,
-        "erp",
-        Backoff(base=1.0, cap=4.0, uniform=lambda low, high: high),
-        lambda: changes.append(breaker.state),
-    )
-    assert not breaker.failed("reset")  # the first after a success: the message's own
-    breaker.succeeded()
-    assert not breaker.failed("reset")
-    assert breaker.failed("reset")  # the second in a row: the route's
-    assert (breaker.state, breaker.out, breaker.reason, breaker.opened) == (
-        "open",
-        True,
-        "reset",
-        1,
-    )
-    assert not breaker.take_probe()
-    clock.advance(1.0)
-    assert (breaker.state, breaker.out) == ("probing", False)
-    assert breaker.take_probe() and not breaker.take_probe()  # one probe at a time
-    breaker.pass_on()  # the probe was not made: another call may be it
-    assert breaker.take_probe()
-    assert breaker.failed("reset")  # the probe failed: open again, for longer
-    clock.advance(1.0)
-    assert breaker.out
-    clock.advance(1.0)
-    assert breaker.take_probe()
-    breaker.succeeded()
-    assert (breaker.state, breaker.out, breaker.reason, breaker.opened) == (
-        "closed",
-        False,
-        None,
-        1,
-    )
-    assert changes == ["open", "probing", "probing", "open", "probing", "closed"]
-    assert Breaker(clock, "crm", Backoff(base=1.0, cap=4.0)).failed("refused", unreachable=True)
-
-
 def test_plan_of_a_message() -> None:
-    plan = message.plan_of(
+    plan = checks.plan_of(
         {
             "priority": "high",
             "requested_at": "2026-12-02T01:00:00Z",
@@ -353,9 +308,9 @@ def test_plan_of_a_message() -> None:
     assert plan.waits(plan.requested_at - 1) and not plan.waits(plan.requested_at)
     assert plan.expires_at is not None and not plan.expired(plan.expires_at - 0.001)
     assert plan.expired(plan.expires_at)
-    assert message.plan_of({}).priority == message.DEFAULT_PRIORITY == 5
-    assert message.plan_of({"priority": 0}).priority == 0
-    assert message.plan_of({"priority": None}).priority == 5
+    assert checks.plan_of({}).priority == checks.DEFAULT_PRIORITY == 5
+    assert checks.plan_of({"priority": 0}).priority == 0
+    assert checks.plan_of({"priority": None}).priority == 5
 
 
 @pytest.mark.parametrize(
@@ -366,7 +321,7 @@ def test_plan_of_a_message() -> None:
     ],
 )
 def test_traceparent_accepted(traceparent: str) -> None:
-    assert message.plan_of({"traceparent": traceparent}).traceparent == traceparent
+    assert checks.plan_of({"traceparent": traceparent}).traceparent == traceparent
 
 
 @pytest.mark.parametrize(
@@ -380,8 +335,8 @@ def test_traceparent_accepted(traceparent: str) -> None:
     ],
 )
 def test_traceparent_refused(traceparent: str) -> None:
-    with pytest.raises(message.Rejected, match="traceparent must be a W3C trace context"):
-        message.plan_of({"traceparent": traceparent})
+    with pytest.raises(checks.Rejected, match="traceparent must be a W3C trace context"):
+        checks.plan_of({"traceparent": traceparent})
 
 
 def test_expired_instead_of_called() -> None:
@@ -393,8 +348,8 @@ def test_expired_instead_of_called() -> None:
         "message": "not called by its expires_at, 2026-12-02T03:00:00Z; its next attempt would "
         "come later: HTTP 500",
     }
-    assert message.has_expired(doc, message.parse_time(doc["expires_at"]) or 0)
-    assert not message.has_expired({**doc, "expires_at": "soon"}, NOW)
+    assert checks.has_expired(doc, message.parse_time(doc["expires_at"]) or 0)
+    assert not checks.has_expired({**doc, "expires_at": "soon"}, NOW)
 
 
 def test_priority_slots_go_highest_first_then_in_order() -> None:

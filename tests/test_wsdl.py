@@ -18,8 +18,8 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
+from couchgw.checks import Rejected
 from couchgw.gateway import Gateway
-from couchgw.message import Rejected
 from couchgw.targets.described import arguments_tree
 from couchgw.targets.interfaces import Fault
 from couchgw.targets.soap import SoapTarget

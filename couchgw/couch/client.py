@@ -47,7 +47,12 @@ def rescans_filtered_feeds(welcome: Mapping[str, Any]) -> bool:
     return "express-pouchdb" in welcome
 
 
-def check_access(url: str, timeout: float = 5.0, ca: str | None = None) -> None:
+def check_access(
+    url: str,
+    timeout: float = 5.0,
+    ca: str | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> None:
     """
     Ask the database once, blocking (at start-up, before the reactor runs), whether it lets
     these credentials in.
@@ -60,6 +65,7 @@ def check_access(url: str, timeout: float = 5.0, ca: str | None = None) -> None:
     import urllib.request
 
     clean, auth = split_credentials(url)
+    auth = credentials or auth
     request = urllib.request.Request(clean, headers={"Accept": "application/json"})
     if auth is not None:
         request.add_header("Authorization", basic_auth(*auth))
@@ -260,9 +266,6 @@ class Database:
         On a cluster, 201 means C{w} copies took the revision, 202 that fewer did.
         """
         return self.answer("PUT", doc_path(doc["_id"]), doc, params)
-
-    def post(self, doc: Doc) -> Deferred[Doc]:
-        return self.json("POST", "", doc)
 
     def bulk_docs(self, docs: list[Doc], **options: Any) -> Deferred[list[Doc]]:
         """Write many documents; the answer holds one result (or error) per document."""

@@ -191,7 +191,15 @@ class ChangesFeed:
         if response.code != 200:
 
             def failed(body: Any) -> None:
-                self._failed(Failure(error_for(response.code, _decode(body), "GET _changes")))
+                error = error_for(response.code, _decode(body), "GET _changes")
+                if response.code == 400 and self.since is not None and "since" in error.reason:
+                    log.warn(
+                        "changes feed: CouchDB refuses the sequence to follow from ({error}); "
+                        "following from the start",
+                        error=error.reason,
+                    )
+                    self.since = None
+                self._failed(Failure(error))
                 if response.code == 404 and self._on_missing is not None:
                     self._on_missing()
 

@@ -7,7 +7,7 @@ database, the routes' readiness, the checkpoint and the callbacks.  Its log line
 claims, members and callbacks) are in the namespace C{couchgw.gateway}.
 """
 
-from couchgw.gateway.dispatch import Policy
+from couchgw.gateway.outcomes import Policy
 from couchgw.gateway.service import Gateway
 
 __all__ = ["Gateway", "Policy"]

@@ -22,11 +22,12 @@ from urllib.parse import urlsplit
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, TimeoutError, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from couchgw.couch.client import Doc
+from couchgw.errors import describe_error
 from couchgw.timing import Backoff, iso
 
 log = Logger()
@@ -70,6 +71,8 @@ class Callbacks:
     def refusal(self, url: str) -> str | None:
         """Why C{url} may not be called, or None if its host is allowed."""
         parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return "only http:// and https:// URLs are called back"
         host = (parts.hostname or "").lower()
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -108,6 +111,9 @@ class Callbacks:
         """POST the document; answers the C{callback} record of the outcome (never fails)."""
         record = doc.get("callback") or {}
         attempts = int(record.get("attempts") or 0) + 1
+        refused = self.refusal(str(doc.get("callback_url")))
+        if refused is not None:  # (the URL changed since the callback began)
+            return {"status": "refused", "attempts": attempts - 1, "error": refused}
         body = json.dumps(
             {k: v for k, v in doc.items() if k != "callback"}, ensure_ascii=False
         ).encode("utf-8")
@@ -126,7 +132,7 @@ class Callbacks:
             code = response.code
             error = None if 200 <= code < 300 else f"the callback URL answered HTTP {code}"
         except Exception as e:
-            code, error = None, self._text(e)
+            code, error = None, _URL.sub("the callback URL", describe_error(e, self.timeout))
         now = self.clock.seconds()
         if error is None:
             return {"status": "delivered", "attempts": attempts, "code": code, "at": iso(now)}
@@ -138,16 +144,6 @@ class Callbacks:
                 "next_attempt_at": iso(now + self.backoff.delay(attempts - 1)),
             }
         return {"status": "failed", "attempts": attempts, "error": error, "at": iso(now)}
-
-    def _text(self, error: BaseException) -> str:
-        """What went wrong, without the URL (which may carry credentials)."""
-        reasons = getattr(error, "reasons", None)
-        if reasons:
-            error = reasons[0].value
-        if isinstance(error, CancelledError | TimeoutError):
-            return f"no answer within {self.timeout:g}s"
-        text = _URL.sub("the callback URL", str(error))
-        return text or type(error).__name__
 
 
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")

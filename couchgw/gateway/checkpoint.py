@@ -15,11 +15,28 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Conflict, NotFound
 
+log = Logger(namespace="couchgw.gateway")
+
 CHECKPOINT_ID = "_local/couchgw-checkpoint"
+#: The longest sequence believed (a cluster's are long strings, one part per shard).
+MAX_SEQ = 64 * 1024
+
+
+def believable(seq: Any) -> bool:
+    """
+    Whether a saved sequence may be one of this database's: a string (CouchDB) or a number
+    (PouchDB), of a bounded size.  A member of the database may write the checkpoint: a
+    sequence that is not one is ignored (and one CouchDB refuses is, by the feed); one that
+    skips changes only delays them until the sweep finds their messages.
+    """
+    if isinstance(seq, bool):
+        return False
+    return (isinstance(seq, str) and 0 < len(seq) <= MAX_SEQ) or (isinstance(seq, int) and seq >= 0)
 
 
 class Checkpoint:
@@ -70,11 +87,19 @@ class SavedCheckpoint:
         return saved
 
     def resume(self, saved: Doc) -> None:
-        """Start counting from a checkpoint L{read}."""
-        self.current = Checkpoint(saved.get("seq"))
+        """Start counting from a checkpoint L{read} (from the start, if it is no sequence)."""
+        seq = saved.get("seq") if isinstance(saved, dict) else None
+        if seq is not None and not believable(seq):
+            log.warn(
+                "ignored the saved checkpoint {id}: its seq is no sequence of this database; "
+                "following the changes from the start",
+                id=CHECKPOINT_ID,
+            )
+            seq = None
+        self.current = Checkpoint(seq)
         self._saved_seq = self.current.seq
         self._saved_at = self.clock.seconds()
-        self._doc = {"_id": CHECKPOINT_ID, **saved}
+        self._doc = {"_id": CHECKPOINT_ID, **({"_rev": saved["_rev"]} if "_rev" in saved else {})}
 
     @inlineCallbacks
     def save(self) -> Any:

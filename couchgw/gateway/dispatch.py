@@ -1,66 +1,50 @@
 """
 The dispatch: claim a message, wait for one of its route's slots (and its rate), call the
-target within a deadline, and turn the answer or the error into the message's outcome.
+target within a deadline, and write what the answer or the error makes of the message
+(L{couchgw.gateway.outcomes}).  Each route's circuit breaker (L{couchgw.gateway.breaker}) says
+whether a call may go.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    inlineCallbacks,
-    maybeDeferred,
-)
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from couchgw import message
+from couchgw import checks, message
 from couchgw.couch.client import Doc
 from couchgw.errors import describe_error
-from couchgw.gateway.breaker import Breaker
+from couchgw.gateway.breaker import Breaker, Trial
 from couchgw.gateway.claims import Claim, Claims
-from couchgw.message import Rejected
+from couchgw.gateway.outcomes import Outcomes, Policy
 from couchgw.metrics import Metrics
-from couchgw.targets.interfaces import Fault, ITarget, Outage, Transient, Unreachable
-from couchgw.timing import Backoff, PrioritySlots, RateLimit
+from couchgw.targets.interfaces import PROBE_TIMEOUT, ITarget, Outage, Unreachable
+from couchgw.timing import Backoff, PrioritySlots, RateLimit, deadline
 from couchgw.tracing import Attempt, Tracing
 
 log = Logger(namespace="couchgw.gateway")
 
 #: Seconds the gateway waits beyond a target's own timeout before it gives up on a call.
 CALL_MARGIN = 5.0
+#: Seconds a route's trial call may take beyond its call's own deadline (its claim, its wait
+#: for a slot) before the breaker lets another call be the trial.
+TRIAL_MARGIN = 60.0
 
-
-@dataclass(frozen=True)
-class Policy:
-    """How the gateway treats one route's messages (None: the gateway's own setting)."""
-
-    #: Calls made for one message before a transient error is final.
-    retries: int | None = None
-    #: Seconds the first retry may wait; each next one up to twice as long (capped at 300).
-    backoff: float | None = None
-    #: Calls per second at most.
-    rate: float | None = None
-    #: Messages of this route handled at once; more wait in CouchDB, submitted as it drains.
-    inflight: int | None = None
-    #: Seconds a message keeps retrying from its first transient failure (instead of counting).
-    retry_for: float | None = None
-    #: The longest wait between retries, and between probes of the route when it is out.
-    backoff_max: float = 300.0
+#: What C{Dispatch.turn} answers: a call may go, this call is the route's trial, or none may.
+Turn = Literal["call"] | Trial | None
 
 
 class Dispatch:
     """
     @param drained: called when a message of a route is done (L{Intake.drained}).
     @param wake_at: sweeps at a time, for a retry (L{Intake.wake_at}).
-    @param route_back: called when a route that was out answers again (L{Routes.back}).
+    @param route_changed: called when a route's breaker changed: it went out, a trial may go,
+        it is back (the messages waiting for it look again).
     @param tracing: the spans of each attempt (L{couchgw.tracing}).
     """
 
@@ -77,35 +61,32 @@ class Dispatch:
         running: Callable[[], bool],
         drained: Callable[[str], None],
         wake_at: Callable[[float], None],
-        route_back: Callable[[str], None],
+        route_changed: Callable[[str], None],
         tracing: Tracing | None = None,
     ) -> None:
         self.clock = clock
+        self.targets = targets
         self.claims = claims
         self.metrics = metrics
         self.policies = {name: policies.get(name, Policy()) for name in targets}
-        self.retries = retries
-        self.retry_backoff = retry_backoff
+        self.outcomes = Outcomes(
+            clock, self.policies, metrics, retries=retries, retry_backoff=retry_backoff
+        )
         self._running = running
         self._drained = drained
         self._wake_at = wake_at
-        self._route_back = route_back
         self.tracing = tracing or Tracing()
         self.slots = {name: PrioritySlots(max(1, t.concurrency)) for name, t in targets.items()}
-        self._backoffs = {
-            name: Backoff(
-                base=policy.backoff, cap=policy.backoff_max, floor=min(1.0, policy.backoff)
-            )
-            for name, policy in self.policies.items()
-            if policy.backoff is not None
-        }
         #: Each route's circuit breaker: an outage of its target costs no attempts.
         self.breakers = {
             name: Breaker(
                 clock,
                 name,
-                Backoff(base=1.0, cap=max(1.0, policy.backoff_max)),
-                partial(self._breaker_changed, name),
+                backoff_max=policy.backoff_max,
+                probe=getattr(targets[name], "probe", None),
+                deadline=targets[name].timeout + CALL_MARGIN + TRIAL_MARGIN,
+                probe_timeout=min(PROBE_TIMEOUT, targets[name].timeout),
+                on_change=partial(route_changed, name),
             )
             for name, policy in self.policies.items()
         }
@@ -121,23 +102,32 @@ class Dispatch:
         #: Claimed messages waiting for a slot of their route (cancelled at stop).
         self._queued: set[Deferred[Any]] = set()
 
-    def _breaker_changed(self, route: str) -> None:
-        if not self.breakers[route].out:  # closed, or a probe may go: the waiting go on
-            self._route_back(route)
-
-    def out(self, route: str) -> bool:
-        """Whether a route's target is out (its breaker open, no probe to make): no call now."""
-        return self.breakers[route].out
-
-    def turn(self, route: str) -> str | None:
+    def room(self, route: str) -> int | None:
         """
-        Whether a call of this route may be made now: C{"call"}, C{"probe"} (the call that
-        tells whether a route that was out is back: this caller makes it), or None (out).
+        How many more messages of a route may go now: none while it is not ready or out, one
+        for its trial, as many as its C{inflight} bound leaves room for (None: no bound).
+        """
+        target, breaker = self.targets.get(route), self.breakers.get(route)
+        if target is None or breaker is None:
+            return None  # no such route: its messages are rejected
+        if target.state != "ready" or not breaker.open_to_calls:
+            return 0
+        if not breaker.closed:
+            return 1
+        bound = self.bounds[route]
+        return None if bound is None else max(0, bound - self.inflight[route])
+
+    def turn(self, route: str) -> Turn:
+        """
+        Whether a call of this route may be made now: C{"call"}, a L{Trial} (the call that
+        tells whether a route that was out is back: this caller makes it, and ends it or
+        gives it back), or None (the route is out, or full).
         """
         breaker = self.breakers[route]
         if breaker.closed:
-            return "call"
-        return "probe" if breaker.take_probe() else None
+            bound = self.bounds[route]
+            return None if bound is not None and self.inflight[route] >= bound else "call"
+        return breaker.take_trial()
 
     def problems(self) -> list[str]:
         return [
@@ -145,11 +135,6 @@ class Dispatch:
             for name, breaker in sorted(self.breakers.items())
             if not breaker.closed
         ]
-
-    def full(self, route: str) -> bool:
-        """Whether a route has as many messages in flight as its C{inflight} bound allows."""
-        bound = self.bounds[route]
-        return bound is not None and self.inflight[route] >= bound
 
     def describe(self, target: ITarget, offers: bool = False) -> dict[str, Any]:
         """A route's state and policy as plain JSON; with C{offers}, what its target offers."""
@@ -166,13 +151,10 @@ class Dispatch:
             busy=target.busy,
             in_flight=self.inflight[name],
             inflight=policy.inflight,
-            retries=self.retries_of(name),
+            retries=self.outcomes.retries_of(name),
             rate=policy.rate,
         )
         return about
-
-    def retries_of(self, route: str) -> int:
-        return self.policies[route].retries or self.retries
 
     def start(self) -> None:
         for breaker in self.breakers.values():
@@ -191,8 +173,8 @@ class Dispatch:
         doc: Doc,
         target: ITarget,
         prepared: Any,
-        plan: message.Plan,
-        probe: bool = False,
+        plan: checks.Plan,
+        trial: Trial | None = None,
         seen: float | None = None,
     ) -> Any:
         """
@@ -200,21 +182,18 @@ class Dispatch:
         lost (the document changed).  The claim comes before the slot, so that a slot set free
         goes to a message claimed already: its call starts as the last one ends, not a CouchDB
         round trip later.  The route's C{inflight} bound limits how many wait so, claimed, and
-        they get the slots highest priority first.  With C{probe}, the call is the one that
-        tells whether a route that was out is back.  C{seen}: when the message was first read
-        (its trace's wait begins there, or at its C{requested_at}, or when its retry came due).
+        they get the slots highest priority first.  A C{trial} (the call that tells whether a
+        route that was out is back) is given back on every path that does not end its call.
+        C{seen}: when the message was first read (its trace's wait begins there, or at its
+        C{requested_at}, or when its retry came due).
         """
         name = target.name
         self.inflight[name] += 1
-        spans = (
-            self.tracing.attempt(doc, plan, _waiting_since(doc, plan, seen, self.clock))
-            if self.tracing.on
-            else None
-        )
+        spans: Attempt | None = None
         try:
+            if self.tracing.on:
+                spans = self.tracing.attempt(doc, plan, _waiting_since(doc, plan, seen, self.clock))
             if not self._running() or target.state != "ready":
-                if probe:
-                    self.breakers[name].pass_on()
                 return doc  # stopping, or the route went down: leave it for later
             if spans is not None:
                 spans.claiming(self.clock.seconds())
@@ -222,16 +201,16 @@ class Dispatch:
             if spans is not None:
                 spans.claimed(self.clock.seconds(), claimed is not None)
             if claimed is None:
-                if probe:
-                    self.breakers[name].pass_on()
                 return None
             claim = self.claims.hold(claimed)
             try:
-                yield self._call(doc, claim, target, prepared, plan, probe, spans)
+                yield self._call(doc, claim, target, prepared, plan, trial, spans)
                 return claimed
             finally:
                 self.claims.let_go(claim)
         finally:
+            if trial is not None:
+                trial.give_back()  # (nothing happens when its call reported its end)
             if spans is not None:
                 spans.end(self.clock.seconds())
             self.inflight[name] -= 1
@@ -244,8 +223,8 @@ class Dispatch:
         claim: Claim,
         target: ITarget,
         prepared: Any,
-        plan: message.Plan,
-        probe: bool,
+        plan: checks.Plan,
+        trial: Trial | None,
         spans: Attempt | None,
     ) -> Any:
         """
@@ -261,8 +240,6 @@ class Dispatch:
         try:
             yield queued
         except CancelledError:  # stopping
-            if probe:
-                breaker.pass_on()
             yield claim.finish(message.released(doc))
             return
         finally:
@@ -272,16 +249,12 @@ class Dispatch:
             rate = self._rates.get(name)
             if rate is not None:
                 yield rate.wait()
-            if not self._running() or target.state != "ready" or not (breaker.closed or probe):
+            if not self._running() or target.state != "ready" or not (breaker.closed or trial):
                 # stopping, or the route went down or out, while it waited: give the claim back
-                if probe:
-                    breaker.pass_on()
                 yield claim.finish(message.released(doc))
                 return
             now = self.clock.seconds()
             if plan.expired(now):  # while it waited for a slot: it is not called
-                if probe:
-                    breaker.pass_on()
                 fields = {**message.released(doc), **message.expired(doc, now)}
                 yield self._write(claim, {**fields, **_trace_of(claimed)}, spans)
                 log.warn(
@@ -299,42 +272,29 @@ class Dispatch:
                 operation = claimed.get("operation")
                 operation = operation or getattr(target, "default_operation", None)
                 headers = spans.calling(now, name, operation, claimed.get("attempts"))
-            started = now
             # (without headers to pass on, a kind written before them is called as it expects)
             extra = (headers,) if headers else ()
             call: Deferred[Any] = maybeDeferred(target.call, prepared, claimed["_id"], *extra)
             call.addBoth(_release, slots)  # the slot is free once the call has really ended
             slot_held = False
+            limit = target.timeout + CALL_MARGIN
             try:
-                answer = yield first(
-                    call,
-                    target.timeout + CALL_MARGIN,
-                    self.clock,
-                    Outage(f"no answer within {target.timeout + CALL_MARGIN:g}s"),
+                answer = yield deadline(
+                    call, limit, self.clock, Outage(f"no answer within {limit:g}s")
                 )
             except Outage as e:
-                route_out = breaker.failed(str(e), unreachable=isinstance(e, Unreachable))
-                if route_out and not self._too_late(claimed, name):
-                    log.warn(
-                        "{id}: route {route} is out ({error}); it waits for the route",
-                        id=claimed["_id"],
-                        route=name,
-                        error=str(e),
-                    )
-                    now = self.clock.seconds()
-                    if spans is not None:
-                        spans.called(now, "out", str(e))
-                    fields = message.out(doc, f"route out: {e}", now)
-                    yield self._write(claim, {**fields, **_trace_of(claimed)}, spans)
+                out = breaker.failed(str(e), isinstance(e, Unreachable), trial)
+                if out and not self.outcomes.too_late(claimed, name):
+                    yield self._give_back_out(claim, doc, str(e), spans)
                     return
-                fields = self.outcome_of(claimed, e, name)
+                fields = self.outcomes.of_error(claimed, e, name)
             except Exception as e:
-                breaker.succeeded()  # it answered
-                fields = self.outcome_of(claimed, e, name)
+                breaker.succeeded(trial)  # it answered
+                fields = self.outcomes.of_error(claimed, e, name)
             else:
-                breaker.succeeded()
+                breaker.succeeded(trial)
                 fields = message.forwarded(answer, self.clock.seconds())
-            duration = self.clock.seconds() - started
+            duration = self.clock.seconds() - now
             if spans is not None:
                 error = fields.get("error")
                 spans.called(
@@ -343,7 +303,7 @@ class Dispatch:
                     error.get("message") if isinstance(error, dict) else None,
                 )
             self.metrics.dispatch.labels(name).observe(duration)
-            self._log_outcome(claimed, fields, name, duration)
+            self.outcomes.log(claimed, fields, name, duration)
             final = yield self._write(claim, fields, spans)
             if final is not None and final.get("status") == "retrying":
                 at = message.parse_time(final.get("next_attempt_at"))
@@ -351,6 +311,22 @@ class Dispatch:
         finally:
             if slot_held:
                 slots.release()
+
+    @inlineCallbacks
+    def _give_back_out(self, claim: Claim, doc: Doc, error: str, spans: Attempt | None) -> Any:
+        """The route is out: the message waits for it, its attempt not used."""
+        claimed = claim.claimed
+        log.warn(
+            "{id}: route {route} is out ({error}); it waits for the route",
+            id=claimed["_id"],
+            route=claimed.get("target", message.DEFAULT_ROUTE),
+            error=error,
+        )
+        now = self.clock.seconds()
+        if spans is not None:
+            spans.called(now, "out", error)
+        fields = message.route_out(doc, f"route out: {error}", now)
+        yield self._write(claim, {**fields, **_trace_of(claimed)}, spans)
 
     @inlineCallbacks
     def _write(self, claim: Claim, fields: dict[str, Any], spans: Attempt | None) -> Any:
@@ -367,107 +343,13 @@ class Dispatch:
             spans.written(self.clock.seconds(), None if written else "the claim was lost")
         return written
 
-    def _too_late(self, doc: Doc, route: str) -> bool:
-        """Whether a message's failures began C{retry_for} ago (its route's setting) or more."""
-        retry_for = self.policies[route].retry_for
-        since = _first_failure(doc)
-        return (
-            retry_for is not None
-            and since is not None
-            and self.clock.seconds() - since >= retry_for
-        )
-
-    def outcome_of(self, doc: Doc, error: Exception, route: str) -> dict[str, Any]:
-        """The fields a failed call writes: final, or C{retrying} after a backoff."""
-        now = self.clock.seconds()
-        if isinstance(error, Fault):
-            return message.failed("fault", str(error), now)
-        if isinstance(error, Rejected):
-            return message.rejected(str(error), now)
-        if isinstance(error, Transient):
-            attempts = int(doc.get("attempts") or 1)
-            since = _first_failure(doc) or now
-            retry_for = self.policies[route].retry_for
-            if retry_for is None:
-                again = attempts < self.retries_of(route)
-            else:
-                again = now - since < retry_for
-            if again:
-                delay = self._backoffs.get(route, self.retry_backoff).delay(attempts - 1)
-                if message.has_expired(doc, now + delay):
-                    return message.expired(doc, now, f"its next attempt would come later: {error}")
-                return message.retrying("transient", str(error), now, delay, since)
-            return message.failed(
-                "transient",
-                f"{error} (after {attempts} attempts in {now - since:.0f}s)",
-                now,
-            )
-        return message.failed("error", describe_error(error), now)
-
-    def _log_outcome(self, doc: Doc, fields: dict[str, Any], route: str, duration: float) -> None:
-        """One line per outcome: info when forwarded, a warning with the cause otherwise."""
-        status = fields["status"]
-        common = {"id": doc["_id"], "status": status, "route": route, "duration": duration}
-        if status == "forwarded":
-            log.info("{id} {status} on route {route} after {duration:.3f}s", **common)
-            return
-        error = fields.get("error") or {}
-        if status == "retrying":
-            self.metrics.retries.labels(route).inc()
-            log.warn(
-                "{id} {status} on route {route} after {duration:.3f}s (attempt {attempt} of "
-                "{retries}, again from {at}): {error}",
-                attempt=doc.get("attempts"),
-                retries=self.retries_of(route),
-                at=fields.get("next_attempt_at"),
-                error=error.get("message"),
-                **common,
-            )
-        else:
-            log.error(
-                "{id} {status} on route {route} after {duration:.3f}s ({kind}): {error}",
-                kind=error.get("kind"),
-                error=error.get("message"),
-                **common,
-            )
-
-
-def first(
-    d: Deferred[Any], seconds: float, clock: IReactorTime, error: Exception | None = None
-) -> Deferred[Any]:
-    """
-    A Deferred with C{d}'s result, or, after C{seconds}, C{error} (or None if no error is
-    given).  C{d} itself is not cancelled: a call in a thread cannot be stopped.
-    """
-    out: Deferred[Any] = Deferred()
-
-    def late() -> None:
-        if error is None:
-            out.callback(None)
-        else:
-            out.errback(error)
-
-    timer = clock.callLater(seconds, late)
-
-    def done(result: Any) -> None:
-        if timer.active():
-            timer.cancel()
-        if not out.called:
-            if isinstance(result, Failure):
-                out.errback(result)
-            else:
-                out.callback(result)
-
-    d.addBoth(done)
-    return out
-
 
 def _release(result: Any, slots: PrioritySlots) -> Any:
     slots.release()
     return result
 
 
-def _waiting_since(doc: Doc, plan: message.Plan, seen: float | None, clock: IReactorTime) -> float:
+def _waiting_since(doc: Doc, plan: checks.Plan, seen: float | None, clock: IReactorTime) -> float:
     """
     When a message began to wait for this attempt: when its retry or its scheduled time came,
     or when it was requested (its C{requested_at}) or first read.
@@ -486,11 +368,3 @@ def _trace_of(claimed: Doc) -> dict[str, Any]:
     been (L{message.released}): the message's later spans join that trace.
     """
     return {"trace": claimed["trace"]} if "trace" in claimed else {}
-
-
-def _first_failure(doc: Doc) -> float | None:
-    """When the transient failures of a message that is being retried began."""
-    error = doc.get("error")
-    if not isinstance(error, dict) or error.get("kind") != "transient":
-        return None
-    return message.parse_time(error.get("since"))

@@ -2,9 +2,10 @@
 Handling one message: from its current state, decide what is due and do it.
 
 A message with conflicts is merged first (L{couchgw.gateway.claims}); a new one is checked,
-and rejected in place when it is malformed; a cancelled one is marked so; one whose route is
-ready is handed to the dispatch (L{couchgw.gateway.dispatch}), which claims and calls it; a
-finished one with a callback gets it delivered.  Every write is on the revision read: a
+and rejected in place when it is malformed; a cancelled one is marked so; one whose route may
+take a call now is handed to the dispatch (L{couchgw.gateway.dispatch}), which claims and calls
+it, and one whose route is full, loading or out waits for it in the intake (its change
+handled); a finished one with a callback gets it delivered.  Every write is on the revision read: a
 conflict means the document changed, and it is read and looked at again.
 """
 
@@ -18,27 +19,29 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from couchgw import message
+from couchgw import checks, message
+from couchgw.checks import Rejected
 from couchgw.couch import design
 from couchgw.couch.batch import BulkWriter
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Conflict, NotFound
 from couchgw.errors import log_error
+from couchgw.gateway.breaker import Trial
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.claims import Claims
 from couchgw.gateway.dispatch import Dispatch
 from couchgw.gateway.members import Members
-from couchgw.gateway.routing import Routes
-from couchgw.message import Rejected
 from couchgw.metrics import Metrics
+from couchgw.targets.interfaces import ITarget
 
 log = Logger(namespace="couchgw.gateway")
 
 
 class Handling:
     """
-    @param wait_for_room: keeps a message whose route is full, in the order of its plan and
-        when it was first read, with its size if measured (L{Intake.wait_for_room}).
+    @param park: keeps a message whose route has no room for it now (full, loading, out), in
+        the order of its plan and when it was first read, with its size if measured
+        (L{Intake.park}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
     """
 
@@ -51,11 +54,11 @@ class Handling:
         *,
         members: Members,
         claims: Claims,
-        routes: Routes,
+        targets: Mapping[str, ITarget],
         dispatch: Dispatch,
         metrics: Metrics,
         callbacks: Callbacks | None,
-        wait_for_room: Callable[[str, Doc, message.Plan, float, int | None], None],
+        park: Callable[[str, Doc, checks.Plan, float, int | None], None],
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
@@ -66,11 +69,11 @@ class Handling:
         self.id = gateway
         self.members = members
         self.claims = claims
-        self.routes = routes
+        self.targets = targets
         self.dispatch = dispatch
         self.metrics = metrics
         self.callbacks = callbacks
-        self._wait_for_room = wait_for_room
+        self._park = park
         self._wake_at = wake_at
         self._running = running
         self.max_bytes = max_bytes
@@ -87,15 +90,13 @@ class Handling:
         @param seen: when the gateway first read it (now, if not given).
         """
         seen = self.clock.seconds() if seen is None else seen
-        targets = self.routes.targets
-        looks = 0  # at the document as it changed (waits for a route do not count)
-        while looks < 20:
+        targets = self.targets
+        for _ in range(20):  # looks at the document as it changes
             if not self._running() or not self.members.mine(doc):
                 return
             if doc.get("_conflicts"):
                 resolved = yield self.claims.resolve(doc)
                 doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
-                looks += 1
                 continue
             now = self.clock.seconds()
             due = message.due(doc, now, self.members.holder_gone)
@@ -120,27 +121,24 @@ class Handling:
                     yield self._deliver(written)
             elif doc.get("cancel_requested") is True:
                 written = yield self.transition(doc, message.cancelled(now))
-            elif message.has_expired(doc, now):  # (whatever its route)
+            elif checks.has_expired(doc, now):  # (whatever its route)
                 written = yield self.transition(doc, message.expired(doc, now))
                 if written is not None:
                     log.warn("{id} expired: {why}", id=doc["_id"], why=written["error"]["message"])
             else:
                 try:
-                    size = message.check_new(doc, self.max_bytes) if due == "new" else None
-                    plan = message.plan_of(doc)
-                    call = message.call_of(doc)
+                    size = checks.check_new(doc, self.max_bytes) if due == "new" else None
+                    plan = checks.plan_of(doc)
+                    call = checks.call_of(doc)
                     target = targets.get(call.route)
                     if target is None:
                         raise Rejected(
-                            f"there is no route {message.short(call.route)} "
+                            f"there is no route {checks.short(call.route)} "
                             f"(routes: {', '.join(sorted(targets))})"
                         )
-                    if target.state != "ready" or self.dispatch.out(target.name):
-                        waiter = self.routes.wait_for(target)
-                        if waiter is None:
-                            return  # no room to wait: the sweep looks again once it is up
-                        yield waiter
-                        continue
+                    if target.state != "ready":
+                        self._park(target.name, doc, plan, seen, size)
+                        return  # it waits for its route to load
                     prepared = target.prepare(call.operation, call.args)
                 except Rejected as e:
                     written = yield self.transition(doc, message.rejected(str(e), now))
@@ -150,21 +148,19 @@ class Handling:
                     if due in ("new", "scheduled") and plan.waits(now):
                         assert plan.not_before is not None
                         written = yield self._schedule(doc, plan.not_before, now)
-                    elif self.dispatch.full(target.name):
-                        self._wait_for_room(target.name, doc, plan, seen, size)
-                        return  # it waits in CouchDB until its route has room
                     else:
                         turn = self.dispatch.turn(target.name)
                         if turn is None:
-                            continue  # the route is out: wait for it
+                            self._park(target.name, doc, plan, seen, size)
+                            return  # its route is full or out: it waits for room
+                        trial = turn if isinstance(turn, Trial) else None
                         written = yield self.dispatch.dispatch(
-                            doc, target, prepared, plan, probe=turn == "probe", seen=seen
+                            doc, target, prepared, plan, trial=trial, seen=seen
                         )
             if written is not None:
                 return
             try:
                 doc = yield self.db.get(doc["_id"], conflicts="true")  # it changed: look again
-                looks += 1
             except NotFound:
                 return  # deleted
         log.warn("gave up on {id}: it kept changing", id=doc["_id"])
@@ -185,7 +181,7 @@ class Handling:
     @inlineCallbacks
     def reject_unreadable(self, doc_id: str, rev: str | None, why: str) -> Any:
         """Reject a new message in place, without reading it (too large or too deep)."""
-        reason = message.too_large(self.max_bytes) if why == "too large" else message.undecodable()
+        reason = checks.too_large(self.max_bytes) if why == "too large" else checks.undecodable()
         fields = {
             k: v for k, v in message.rejected(reason, self.clock.seconds()).items() if v is not None
         }
@@ -264,6 +260,6 @@ class Handling:
         self.counts[status] = self.counts.get(status, 0) + 1
         if route is None:
             target = doc.get("target", message.DEFAULT_ROUTE)
-            known = isinstance(target, str) and target in self.routes.targets
+            known = isinstance(target, str) and target in self.targets
             route = target if known else "(none)"
         self.metrics.messages.labels(route, status).inc()

@@ -5,17 +5,15 @@ The changes feed is only a doorbell: a change makes the gateway look at a docume
 does follows from the document's current state (L{couchgw.message.due}).  A periodic sweep over
 the C{due} view finds whatever the feed did not bring (messages written while no gateway ran,
 retries that are due, expired leases).  Backpressure lives here too: the feed pauses while
-C{max_inflight} documents are being handled, and the ids of messages whose route is full wait
-here until it drains (L{Intake.drained}).
+C{max_inflight} documents are being handled, and the messages whose route is full, loading or
+out wait here (L{couchgw.gateway.waiting}) until it has room again (L{Intake.drained},
+L{Intake.route_changed}).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -24,7 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from couchgw import message
+from couchgw import checks, message
 from couchgw.couch import design
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import NotFound
@@ -32,44 +30,22 @@ from couchgw.couch.feed import Change, ChangesFeed
 from couchgw.errors import log_error
 from couchgw.gateway.checkpoint import SavedCheckpoint
 from couchgw.gateway.members import Members
+from couchgw.gateway.waiting import WAITING, Waiting, WaitingRoom
 
 log = Logger(namespace="couchgw.gateway")
 
-#: Messages whose routes were full that the gateway keeps the ids of (there the feed pauses):
-#: a message of higher priority overtakes as many of lower priority as this, written before it.
-WAITING = 20000
-#: Of those, the bytes of documents kept whole (as JSON), so as not to read them again; beyond
-#: that, only their ids are kept.
-KEPT_BYTES = 16 * 1024 * 1024
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True, order=True)
-class Waiting:
-    """
-    A message waiting for its route to have room: its place in the queue (higher priority
-    first, then older C{requested_at}, or first read), its id, its document if kept, and when
-    it expires.
-    """
-
-    rank: tuple[int, float, int]
-    id: str = field(compare=False)
-    doc: Doc | None = field(default=None, compare=False)
-    size: int = field(default=0, compare=False)
-    expires: float | None = field(default=None, compare=False)
-
-    def forgotten(self) -> Waiting:
-        """The same place in the queue, with the id alone."""
-        return Waiting(self.rank, self.id, expires=self.expires)
 
 
 class Intake:
     """
     @param handle: looks at a document and does what is due (L{couchgw.gateway.handling}).
     @param reject: rejects a new message in place without reading it: C{(id, rev, why)}.
+    @param room_for: how many more messages of a route may go now (None: no bound; see
+        L{couchgw.gateway.dispatch.Dispatch.room}).
     @param bounds: each route's C{inflight} bound (None: none).
-    @param inflight: messages being dispatched, by route (kept by the dispatch).
+    @param running: whether the gateway runs.
     @param working: whether the gateway runs and CouchDB answers (no sweep otherwise).
     @param recover: called when the C{due} view is missing.
     @param gone: called when the feed finds no database.
@@ -84,8 +60,8 @@ class Intake:
         *,
         handle: Callable[[Doc, float | None], Deferred[Any]],
         reject: Callable[[str, str | None, str], Deferred[Any]],
+        room_for: Callable[[str], int | None],
         bounds: Mapping[str, int | None],
-        inflight: Counter[str],
         running: Callable[[], bool],
         working: Callable[[], bool],
         recover: Callable[[], Deferred[Any]],
@@ -100,8 +76,8 @@ class Intake:
         self.checkpoint = checkpoint
         self._handle = handle
         self._reject = reject
+        self._room_for = room_for
         self.bounds = bounds
-        self.inflight = inflight
         self._running = running
         self._working = working
         self._recover = recover
@@ -112,15 +88,10 @@ class Intake:
         self.feed: ChangesFeed | None = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
         self.active: dict[str, Deferred[None]] = {}
-        #: Routes that left messages in CouchDB because they were full; swept once they drain.
-        self._full: set[str] = set()
-        #: Messages the feed brought for routes that were full, by route: they are submitted
-        #: again as their route drains, highest priority first (the feed pauses at L{WAITING}
-        #: in all): the ids, and the documents themselves while they take less than
-        #: L{KEPT_BYTES}.  Each route's is a heap.
-        self._waiting: dict[str, list[Waiting]] = {}
-        self._kept_bytes = 0
-        self._arrivals = itertools.count()
+        #: Routes that left messages in CouchDB (no room for them here); swept once they have.
+        self._left: set[str] = set()
+        #: The messages waiting for their routes to have room (the feed pauses at L{WAITING}).
+        self.waiting_room = WaitingRoom()
         #: Of those, how many are being submitted, by route.
         self._refilling: Counter[str] = Counter()
         self._sweep_again = False
@@ -216,82 +187,76 @@ class Intake:
         """
         if self.feed is None:
             return
-        waiting = sum(len(queue) for queue in self._waiting.values())
+        waiting = len(self.waiting_room)
         if len(self.active) >= self.max_inflight or waiting >= WAITING:
             self.feed.pause()
         elif self.feed.paused and waiting < WAITING // 2:
             self.feed.resume()
 
-    def wait_for_room(
-        self, route: str, doc: Doc, plan: message.Plan, seen: float, size: int | None = None
+    def park(
+        self, route: str, doc: Doc, plan: checks.Plan, seen: float, size: int | None = None
     ) -> None:
         """
-        Keep a message whose route is full, to submit it once there is room, in the order of
-        its C{plan}: the document itself while those kept take less than L{KEPT_BYTES} (it may
-        change meanwhile: then its claim fails, and it is read again), its id beyond.  The feed
-        pauses at L{WAITING} messages, so only the few changes read before it did go beyond:
-        none is left to the sweep (whose view may take long to bring up to date).  One that
-        expires while it waits is looked at then, to end C{expired}.
+        Keep a message whose route has no room for it now (full, loading, out), to submit it
+        once it has, in the order of its C{plan}.  The feed pauses at L{WAITING} messages, so
+        only the few changes read before it did go beyond: those, and those beyond a route's
+        share, are left to the sweep once the route has room.  One that expires while it waits
+        is looked at then, to end C{expired}.
 
         @param seen: when the gateway first read it (its place, without a C{requested_at}).
         @param size: the document's size as compact JSON, if the handling measured it already.
         """
-        since = seen if plan.requested_at is None else plan.requested_at
-        rank = (-plan.priority, since, next(self._arrivals))
-        waiting = Waiting(rank, doc["_id"], expires=plan.expires_at)
-        if self._kept_bytes < KEPT_BYTES:
-            measured = message.encoded_size(doc) if size is None else size
-            waiting = Waiting(rank, doc["_id"], doc, measured, plan.expires_at)
-            self._kept_bytes += waiting.size
-        heapq.heappush(self._waiting.setdefault(route, []), waiting)
-        if plan.expires_at is not None:
+        if not self.waiting_room.add(route, doc, plan, seen, size):
+            self._left.add(route)
+        elif plan.expires_at is not None:
             self.wake_at(plan.expires_at)
         self._throttle()
 
     def _expire_waiting(self) -> None:
         """Submit the waiting messages that expired: they end C{expired} without room."""
-        now = self.clock.seconds()
         ids = []
-        for route, waiting in self._waiting.items():
-            keep = [w for w in waiting if w.expires is None or w.expires > now]
-            if len(keep) == len(waiting):
-                continue
-            expired = [w for w in waiting if w.expires is not None and w.expires <= now]
-            heapq.heapify(keep)
-            self._waiting[route] = keep
-            for entry in expired:
-                self._kept_bytes -= entry.size
-                if entry.doc is not None:
-                    self.submit(entry.doc, entry.rank[1])
-                else:
-                    ids.append(entry.id)
+        for entry in self.waiting_room.expired(self.clock.seconds()):
+            if entry.doc is not None:
+                self.submit(entry.doc, entry.seen)
+            else:
+                ids.append(entry.id)
         if ids:
             self._submit_ids(ids, always=True).addErrback(
                 log_error, "cannot read messages that expired while they waited"
             )
-        expiries = [w.expires for queue in self._waiting.values() for w in queue if w.expires]
-        if expiries:
-            self.wake_at(min(expiries))
+        expiry = self.waiting_room.next_expiry()
+        if expiry is not None:
+            self.wake_at(expiry)
         self._throttle()
 
     def drained(self, route: str) -> None:
         """
         A message of C{route} is done: once a full route is half empty, submit the messages
-        that wait for it (and sweep, if some were left to the sweep).
+        that wait for it (and sweep, if some were left in CouchDB).
         """
-        bound = self.bounds.get(route)
-        busy = self.inflight[route] + self._refilling[route]
-        if bound is None or busy > bound // 2 or not self._running():
+        bound, room = self.bounds.get(route), self._room_for(route)
+        if bound is not None and room is not None:
+            if room - self._refilling[route] < bound - bound // 2:
+                return  # not half empty yet (or out: it says when it is back)
+        self.route_changed(route)
+
+    def route_changed(self, route: str) -> None:
+        """
+        A route may take messages again (it has room, loaded, is back from an outage, or may
+        make its trial call): submit as many of those that wait for it as it has room for.
+        """
+        room = self._room_for(route)
+        if room is not None:
+            room -= self._refilling[route]
+        if not self._running() or (room is not None and room <= 0):
             return
-        waiting = self._waiting.get(route)
-        if waiting:
-            taken = [heapq.heappop(waiting) for _ in range(min(len(waiting), bound - busy))]
+        if self.waiting_room.has(route):
+            taken = self.waiting_room.take(route, room)
             self._refilling[route] += len(taken)
-            refill = self._refill(route, taken)
-            refill.addErrback(log_error, "cannot read messages that waited")
+            self._refill(route, taken).addErrback(log_error, "cannot read messages that waited")
             self._throttle()
-        elif route in self._full:
-            self._full.discard(route)
+        elif route in self._left:
+            self._left.discard(route)
             self.sweep_soon()
 
     @inlineCallbacks
@@ -300,26 +265,24 @@ class Intake:
         left: list[Waiting] = []
         unread: dict[str, Waiting] = {}
         for waiting in taken:
-            self._kept_bytes -= waiting.size
             if waiting.doc is None:
                 unread[waiting.id] = waiting
             elif waiting.id in self.active:
                 continue
             elif self._room():
-                self.submit(waiting.doc, waiting.rank[1])
+                self.submit(waiting.doc, waiting.seen)
             else:
-                left.append(waiting.forgotten())
+                left.append(waiting)
         try:
             no_room = yield self._submit_ids(list(unread))
         except BaseException:
-            self._full.add(route)  # they are in CouchDB still: the sweep finds them
+            self._left.add(route)  # they are in CouchDB still: the sweep finds them
             raise
         finally:
             self._refilling[route] -= len(taken)
         left.extend(unread[doc_id] for doc_id in no_room)
-        queue = self._waiting.setdefault(route, [])
         for waiting in left:
-            heapq.heappush(queue, waiting)
+            self.waiting_room.put_back(route, waiting)
         self._throttle()
 
     def _room(self) -> bool:
@@ -395,7 +358,7 @@ class Intake:
         page = max(self.max_inflight, 10)
         taken: Counter[str] = Counter()
         pages = 10
-        for band in range(message.TOP_PRIORITY + 1):  # 9 - priority, as the view keys it
+        for band in range(checks.TOP_PRIORITY + 1):  # 9 - priority, as the view keys it
             params: dict[str, Any] = {"startkey": [band], "endkey": [band, now_ms], "limit": page}
             while pages > 0 and self._room():
                 pages -= 1
@@ -494,14 +457,14 @@ class Intake:
 
     def _waits_for_room(self, route: str | None, taken: Counter[str]) -> bool:
         """
-        Whether a row of the C{due} view is for a route that is full, counting the rows this
-        sweep C{taken} already.
+        Whether a row of the C{due} view is for a route that has no room for it now (full,
+        loading, out), counting the rows this sweep C{taken} already.
         """
-        bound = None if route is None else self.bounds.get(route)
-        if route is None or bound is None:
+        room = None if route is None else self._room_for(route)
+        if route is None or room is None:
             return False
-        if self.inflight[route] + taken[route] >= bound:
-            self._full.add(route)
+        if taken[route] >= room:
+            self._left.add(route)
             return True
         taken[route] += 1
         return False
@@ -510,7 +473,7 @@ class Intake:
 
     def waiting(self) -> dict[str, int]:
         """How many messages wait for their route to have room, by route."""
-        return {route: len(queue) for route, queue in sorted(self._waiting.items()) if queue}
+        return self.waiting_room.by_route()
 
     def stop(self) -> Deferred[None] | None:
         """Stop the timers, the feed and a sweep's query; answers the sweep to wait for."""

@@ -1,14 +1,18 @@
 """
 The gateways that share a database, and which of them handles each message.
 
-Every gateway announces itself in a document of the database, C{couchgw-gateway:<its id>}
-(C{type: "gateway"}), written again every C{beat} seconds with the time of writing; a gateway is
-alive while that time is less than C{ttl} seconds old.  A gateway that stops says at once that
-it is leaving (it claims nothing new, the others take its messages over, its calls in flight
-end), then deletes its document; one that dies leaves it to expire.  On Apache CouchDB 2 and
-later the documents are
-C{_local/} ones: CouchDB runs no validate function for those (which would make an announcement
-wait behind every message write under load), and lists them with C{_local_docs}.
+Every gateway announces itself in a design document of the database,
+C{_design/couchgw-gateway:<its id>} (C{type: "gateway"}), written again every C{beat} seconds
+with the time of writing; a gateway is alive while that time is less than C{ttl} seconds old.
+Design documents, because CouchDB lets only the database's admins write them (couchgw is one:
+it writes its other design documents too): a member of the database, who may write any other
+document, C{_local/} ones included, cannot announce a gateway that does not exist, and so
+cannot make the others give it their messages.  Each announcement is checked all the same (its
+shape, a time no later than now and a bounded C{ttl}); one that fails is logged once and
+ignored.  Announcements found where gateways do not write them (C{_local/} or plain ids) are
+named in C{/status} as ignored.  A gateway that stops says at once that it is leaving (it
+claims nothing new, the others take its messages over, its calls in flight end), then deletes
+its document; one that dies leaves it to expire.
 
 Each message has one owner: of the live gateways that serve its route, the one whose hash of
 (gateway id, message id) is highest (rendezvous hashing).  Every gateway computes the same owner
@@ -42,17 +46,18 @@ from twisted.logger import Logger
 from couchgw.couch.client import Database, Doc, doc_path
 from couchgw.couch.errors import UNAVAILABLE, Conflict, CouchError, NotFound
 from couchgw.errors import describe_error
-from couchgw.gateway import host
+from couchgw.gateway import announcements, host
 from couchgw.message import DEFAULT_ROUTE, parse_time
 from couchgw.timing import iso
 
 log = Logger()
 
-#: The announcements' ids (after C{_local/} on Apache CouchDB), and their type.
-PREFIX = "couchgw-gateway:"
-TYPE = "gateway"
 #: What an announcement or a read of the others may meet: CouchDB's errors, or none reached.
 _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
+#: Beats between two looks for announcements where gateways do not write them (forgeries).
+FORGERIES_EVERY = 12
+#: The most announcements named as ignored.
+MAX_IGNORED = 20
 
 
 def gateway_id() -> str:
@@ -99,8 +104,7 @@ class Members:
         self.on_change = on_change
         #: The other live gateways: their routes, by id.
         self.others: dict[str, frozenset[str]] = {}
-        self._doc: Doc = {"_id": PREFIX + gateway}
-        self._local = False
+        self._doc: Doc = {"_id": announcements.doc_id(gateway)}
         self._leaving = False
         #: The gateways that are leaving: alive, finishing their calls, claiming nothing new.
         self.leaving: set[str] = set()
@@ -121,6 +125,12 @@ class Members:
         self.error: str | None = None
         #: Gateways of this host whose process ended (a predecessor that was killed).
         self.ended: set[str] = set()
+        #: Announcements not believed, by document id: why (each logged once).
+        self.ignored: dict[str, str] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._beats = 0
+        #: Errors other than CouchDB's met by a beat, each logged in full once.
+        self._unexpected: set[str] = set()
 
     # -- who owns what ---------------------------------------------------------------------------
 
@@ -179,8 +189,12 @@ class Members:
             return False
         if holder in self.ended:
             return True
+        if self._read_at is None:
+            return False
         since = parse_time(doc.get("dispatched_at"))
-        return self._read_at is not None and since is not None and self._read_at > since + self.beat
+        if since is None or since > self.clock.seconds() + announcements.MAX_SKEW:
+            return True  # no gateway wrote that claim: it writes the time of its claim
+        return self._read_at > since + self.beat
 
     def alive(self, gateway: str) -> bool:
         """Whether a gateway is known to be alive (this one always is), leaving or not."""
@@ -197,12 +211,11 @@ class Members:
             self._first_waiting.append(waiter)
         return waiter
 
-    def start(self, local: bool = False) -> None:
-        """Announce this gateway every beat (in a C{_local/} document with C{local})."""
+    def start(self) -> None:
+        """Announce this gateway every beat."""
         self._first_done = self._leaving = False
         self._read_at = self._written_at = None
-        self._local = local
-        self._doc = {"_id": ("_local/" if local else "") + PREFIX + self.id}
+        self._doc = {"_id": announcements.doc_id(self.id)}
         self._loop = LoopingCall(self._beat)
         self._loop.clock = self.clock
         self._loop.start(self.beat, now=True).addErrback(
@@ -252,6 +265,7 @@ class Members:
 
     @inlineCallbacks
     def _beat(self) -> Any:
+        """Announce this gateway and read the others; whatever fails, the next beat comes."""
         self._beating = Deferred()
         fenced = (
             self._from is not None and self._from <= self.clock.seconds() and not self.claiming()
@@ -263,29 +277,37 @@ class Members:
             if fenced and self.others:
                 # the others may have taken this gateway for gone: it joins them again
                 self._from = self.clock.seconds() + 2 * self.beat
+            if self._beats % FORGERIES_EVERY == 0:
+                yield self._look_for_forgeries()
         except _EXPECTED as e:
             self.error = describe_error(e)
             log.warn("cannot announce this gateway or read the others: {error}", error=self.error)
+        except Exception as e:
+            self.error = describe_error(e)
+            if self.error not in self._unexpected:
+                self._unexpected.add(self.error)
+                log.failure("announcing this gateway or reading the others failed")
         finally:
+            self._beats += 1
             beating, self._beating = self._beating, None
             beating.callback(None)
-        if self.claiming() and self._passed_over:
-            # what it passed over while it could not claim may be its own (a lapse between two
-            # beats, a late answer to one, counts as much as one a beat saw)
-            self._passed_over = False
-            self.on_change()
-        if not self._first_done:
-            self._first_done = True
-            waiting, self._first_waiting = self._first_waiting, []
-            for waiter in waiting:
-                waiter.callback(None)
+            if self.claiming() and self._passed_over:
+                # what it passed over while it could not claim may be its own (a lapse between
+                # two beats, a late answer to one, counts as much as one a beat saw)
+                self._passed_over = False
+                self.on_change()
+            if not self._first_done:
+                self._first_done = True
+                waiting, self._first_waiting = self._first_waiting, []
+                for waiter in waiting:
+                    waiter.callback(None)
 
     @inlineCallbacks
     def _announce(self) -> Any:
         started = self.clock.seconds()
         doc = {
             **self._doc,
-            "type": TYPE,
+            "type": announcements.TYPE,
             "gateway": self.id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -312,22 +334,34 @@ class Members:
     @inlineCallbacks
     def _read(self) -> Any:
         started = self.clock.seconds()
-        first = ("_local/" if self._local else "") + PREFIX
+        first = announcements.PREFIX
         result = yield self.db.json(
             "GET",
-            "_local_docs" if self._local else "_all_docs",
+            "_all_docs",
             params={"startkey": first, "endkey": first + "\ufff0", "include_docs": "true"},
         )
         now = self.clock.seconds()
-        docs = [doc for doc in (row.get("doc") for row in result.get("rows", [])) if _valid(doc)]
+        docs = []
+        for row in result.get("rows", []):
+            doc = row.get("doc")
+            if not isinstance(doc, Mapping) or doc.get("_deleted"):
+                continue
+            why = announcements.problem(doc, now)
+            if why is None:
+                self.ignored.pop(str(doc["_id"]), None)
+                docs.append(doc)
+            else:
+                self._ignore(str(doc.get("_id")), why)
         ended = {doc["gateway"] for doc in docs if host.ended(doc.get("home"), doc.get("pid"))}
         alive = [
             doc
             for doc in docs
-            if _alive(doc, now) and doc["gateway"] != self.id and doc["gateway"] not in ended
+            if announcements.alive(doc, now)
+            and doc["gateway"] != self.id
+            and doc["gateway"] not in ended
         ]
         others = {
-            doc["gateway"]: frozenset(doc.get("routes") or [])
+            doc["gateway"]: frozenset(doc["routes"])
             for doc in alive
             if doc.get("leaving") is not True
         }
@@ -358,6 +392,37 @@ class Members:
             else:
                 self._passed_over = True
 
+    @inlineCallbacks
+    def _look_for_forgeries(self) -> Any:
+        """Name the announcements found where gateways do not write them (never believed)."""
+        for doc_id in [i for i in self.ignored if i.startswith(announcements.FORGEABLE)]:
+            del self.ignored[doc_id]
+        for prefix in announcements.FORGEABLE:
+            path = "_local_docs" if prefix.startswith("_local/") else "_all_docs"
+            try:
+                result = yield self.db.json(
+                    "GET",
+                    path,
+                    params={"startkey": prefix, "endkey": prefix + "\ufff0", "limit": MAX_IGNORED},
+                )
+            except _EXPECTED:
+                continue  # (a server without _local_docs)
+            for row in result.get("rows", []):
+                self._ignore(
+                    str(row.get("id")),
+                    "written where database members may write: gateways announce themselves in "
+                    f"{announcements.PREFIX}<id>",
+                )
+
+    def _ignore(self, doc_id: str, why: str) -> None:
+        if (doc_id, why) not in self._logged:
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged.add((doc_id, why))
+            log.warn("ignored announcement {id}: {why}", id=doc_id, why=why)
+        if doc_id in self.ignored or len(self.ignored) < MAX_IGNORED:
+            self.ignored[doc_id] = why
+
     def describe(self) -> dict[str, Any]:
         """The members as plain JSON (for C{/status})."""
         return {
@@ -365,21 +430,5 @@ class Members:
             "claiming": self.claiming(),
             "beat": self.beat,
             "ttl": self.ttl,
+            "ignored": dict(sorted(self.ignored.items())),
         }
-
-
-def _valid(doc: Any) -> bool:
-    return (
-        isinstance(doc, Mapping)
-        and doc.get("type") == TYPE
-        and isinstance(doc.get("gateway"), str)
-        and not doc.get("_deleted")
-    )
-
-
-def _alive(doc: Mapping[str, Any], now: float) -> bool:
-    at = parse_time(doc.get("at"))
-    ttl = doc.get("ttl")
-    if at is None or not isinstance(ttl, int | float):
-        return False
-    return now < at + ttl

@@ -23,22 +23,23 @@ from twisted.logger import Logger
 
 from couchgw.couch import design
 from couchgw.couch.batch import BulkWriter
-from couchgw.couch.client import Database, supports_selector
+from couchgw.couch.client import Database
 from couchgw.couch.errors import NotFound
 from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.checkpoint import SavedCheckpoint
 from couchgw.gateway.claims import Claims, copies
-from couchgw.gateway.dispatch import Dispatch, Policy, first
+from couchgw.gateway.dispatch import Dispatch
 from couchgw.gateway.guards import Guards
 from couchgw.gateway.handling import Handling
 from couchgw.gateway.intake import Intake
 from couchgw.gateway.members import Members, gateway_id
+from couchgw.gateway.outcomes import Policy
 from couchgw.gateway.routing import Routes
 from couchgw.metrics import Gauges, Metrics, RouteGauges
 from couchgw.targets.interfaces import ITarget
-from couchgw.timing import Backoff
+from couchgw.timing import Backoff, deadline
 from couchgw.tracing import Tracing
 
 log = Logger(namespace="couchgw.gateway")
@@ -117,13 +118,11 @@ class Gateway(Service):
         )
         self.announce = announce
         self.routes = Routes(
-            db,
             clock,
             self.targets,
             running=self._running,
             loaded=lambda: self._guard(),
-            sweep_soon=lambda: self.intake.sweep_soon(),
-            max_inflight=max_inflight,
+            ready=lambda route: self.intake.route_changed(route),
         )
         #: The validate function, installed where it protects something.
         self.guards = Guards(db, self.targets, guards, loaded=self.routes.all_loaded)
@@ -147,7 +146,7 @@ class Gateway(Service):
             running=self._running,
             drained=lambda route: self.intake.drained(route),
             wake_at=lambda when: self.intake.wake_at(when),
-            route_back=self.routes.back,
+            route_changed=lambda route: self.intake.route_changed(route),
             tracing=tracing,
         )
         self.handling = Handling(
@@ -157,11 +156,11 @@ class Gateway(Service):
             self.id,
             members=self.members,
             claims=self.claims,
-            routes=self.routes,
+            targets=self.targets,
             dispatch=self.dispatch,
             metrics=self.metrics,
             callbacks=callbacks,
-            wait_for_room=lambda route, doc, plan, seen, size: self.intake.wait_for_room(
+            park=lambda route, doc, plan, seen, size: self.intake.park(
                 route, doc, plan, seen, size
             ),
             wake_at=lambda when: self.intake.wake_at(when),
@@ -175,8 +174,8 @@ class Gateway(Service):
             self.checkpoint,
             handle=self.handling.handle,
             reject=self.handling.reject_unreadable,
+            room_for=self.dispatch.room,
             bounds=self.dispatch.bounds,
-            inflight=self.dispatch.inflight,
             running=self._running,
             working=self._working,
             recover=self._recover,
@@ -235,7 +234,7 @@ class Gateway(Service):
         if first:
             # who else is there decides which messages are this gateway's: know it before the
             # feed brings any (alone, it claims them all at once)
-            self.members.start(local=supports_selector(welcome))
+            self.members.start()
             yield self.members.started()
             if not self.running:
                 return
@@ -319,7 +318,7 @@ class Gateway(Service):
                 grace=self.grace,
                 n=len(active) + len(deliveries),
             )
-            yield first(DeferredList([*active.values(), *deliveries]), self.grace, self.clock)
+            yield deadline(DeferredList([*active.values(), *deliveries]), self.grace, self.clock)
         held = list(self.claims.held.values())
         if held:
             log.warn(

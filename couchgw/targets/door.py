@@ -16,15 +16,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from couchgw.checks import PRIORITIES, TIME, TOP_PRIORITY, TRACEPARENT, TRACESTATE_LENGTH
 from couchgw.couch.client import Doc
-from couchgw.message import (
-    GATEWAY_FIELDS,
-    PRIORITIES,
-    TIME,
-    TOP_PRIORITY,
-    TRACEPARENT,
-    TRACESTATE_LENGTH,
-)
+from couchgw.message import GATEWAY_FIELDS
 from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"

@@ -37,14 +37,15 @@ from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
 from couchgw.connections import PoolCloser, agent, basic_auth, connection_pool, split_credentials
+from couchgw.errors import describe_error
 from couchgw.targets.interfaces import (
+    OUTAGE_STATUSES,
     BaseTarget,
-    Fault,
     ITarget,
     ITargetFactory,
     Outage,
-    Transient,
     Unreachable,
+    error_for_status,
     target_url,
 )
 
@@ -53,8 +54,6 @@ log = Logger()
 #: The largest answer taken (its JSON becomes the result, inside the message document).
 MAX_ANSWER = 8 * 1024 * 1024
 
-#: Answers that say the target is out, not that this call failed.
-OUTAGE_STATUSES = frozenset({502, 503, 504})
 #: The connection could not be made at all: the route is down, not just this call.
 _UNREACHABLE = (network.ConnectionRefusedError, network.DNSLookupError, network.NoRouteError)
 _TRANSIENT = (
@@ -127,7 +126,7 @@ class HttpTarget(BaseTarget):
             protocol = yield endpoint.connect(Factory.forProtocol(Protocol))
         except Exception as e:
             self.state = "unavailable"
-            self.error = f"{url.hostname}:{port} does not accept connections: {_text(e)}"
+            self.error = f"{url.hostname}:{port} does not accept connections: {describe_error(e)}"
             raise Unreachable(self.error) from None
         protocol.transport.loseConnection()
         self.state, self.error = "ready", None
@@ -135,6 +134,23 @@ class HttpTarget(BaseTarget):
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         return operation or self.default_operation, args
+
+    @inlineCallbacks
+    def probe(self) -> Any:
+        """
+        Whether the target answers at all (any HTTP answer but 502, 503 or 504), with a GET of
+        its URL: cheaper than a message's call, for a route that is out.
+        """
+        url, headers = self._target()
+        try:
+            response = yield self._agent.request(b"GET", url, headers.copy(), None)
+            yield treq.collect(response, _discard)
+        except _UNREACHABLE as e:
+            raise Unreachable(describe_error(e)) from None
+        except _TRANSIENT as e:
+            raise Outage(describe_error(e)) from None
+        if response.code in OUTAGE_STATUSES:
+            raise Outage(f"the target answered HTTP {response.code}")
 
     def call(
         self, prepared: Any, message_id: str, headers: Mapping[str, str] | None = None
@@ -173,9 +189,9 @@ class HttpTarget(BaseTarget):
         except _TooLarge:
             raise RuntimeError(f"the answer is larger than {MAX_ANSWER} bytes") from None
         except _UNREACHABLE as e:
-            raise Unreachable(_text(e)) from None
+            raise Unreachable(describe_error(e)) from None
         except _TRANSIENT as e:
-            raise Outage(_text(e)) from None
+            raise Outage(describe_error(e)) from None
         raw = b"".join(chunks)
         code = response.code
         if 200 <= code < 300:
@@ -187,12 +203,7 @@ class HttpTarget(BaseTarget):
                 raise RuntimeError(
                     f"the target answered HTTP {code} with something that is not JSON: {raw[:80]!r}"
                 ) from None
-        text = f"the target answered HTTP {code}" + _detail(raw)
-        if code in OUTAGE_STATUSES:
-            raise Outage(text)
-        if code >= 500 or code in (408, 429):
-            raise Transient(text)
-        raise Fault(text)
+        raise error_for_status(code, f"the target answered HTTP {code}" + _detail(raw))
 
 
 @implementer(IBodyProducer)
@@ -217,6 +228,10 @@ class _Body:
         pass
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
 def _detail(raw: bytes) -> str:
     """What an error answer says, in a few words: its C{error} or C{message}, or its text."""
     try:
@@ -230,15 +245,6 @@ def _detail(raw: bytes) -> str:
             text = found if isinstance(found, str) else ""
     text = " ".join(text.split())
     return f": {text[:200]}" if text else ""
-
-
-def _text(error: BaseException) -> str:
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        error = reasons[0].value
-    if isinstance(error, TimeoutError | CancelledError):
-        return "no answer in time"
-    return str(error) or type(error).__name__
 
 
 @implementer(ITargetFactory)

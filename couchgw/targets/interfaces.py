@@ -35,8 +35,34 @@ class Unreachable(Outage):
     """
 
 
+#: HTTP answers that say the target is out, not that this call failed.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
+#: Seconds a target's probe (C{ITarget}'s optional C{probe()}) may take.
+PROBE_TIMEOUT = 10.0
+
+
+def error_for_status(status: int, text: str, final: type[Exception] = Fault) -> Exception:
+    """
+    What an HTTP error answer of a target means: an L{Outage} (502, 503, 504), L{Transient}
+    (another 5xx, 408, 429), or C{final} (any other status: the call itself is refused).
+    """
+    if status in OUTAGE_STATUSES:
+        return Outage(text)
+    if status >= 500 or status in (408, 429):
+        return Transient(text)
+    return final(text)
+
+
 class ITarget(Interface):
-    """A system messages are forwarded to (a route's dispatcher)."""
+    """
+    A system messages are forwarded to (a route's dispatcher).
+
+    A kind may also give its targets a C{probe()}: a Deferred that fires when the target
+    answers at all, cheaper than a message's call (an HTTP request to where its calls go), and
+    fails with L{Outage} when it does not.  A route that is out is then probed so until it
+    answers, and one message's call proves it before the others go; without one, a message's
+    call is the probe.
+    """
 
     name = Attribute("The route name.")
     kind = Attribute('The kind of target, e.g. "soap".')
@@ -49,14 +75,11 @@ class ITarget(Interface):
     def load() -> Any:
         """Get ready (e.g. fetch the WSDL); a Deferred that fails if the target is unavailable."""
 
-    def unavailable(reason: str) -> None:
-        """The target was found unreachable: not ready until it loads again."""
-
     def prepare(operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         """
         Check a call against what the target offers and answer an opaque prepared call.
 
-        @raise couchgw.message.Rejected: the operation or the arguments do not fit.
+        @raise couchgw.checks.Rejected: the operation or the arguments do not fit.
         """
 
     def call(prepared: Any, message_id: str, headers: Mapping[str, str] | None = None) -> Any:
@@ -64,7 +87,7 @@ class ITarget(Interface):
         Make the call, passing C{headers} (the W3C trace context of the call: C{traceparent},
         C{tracestate}; not given while tracing is off) on where the target's protocol can carry
         them; a Deferred firing with the answer as plain JSON, or failing with
-        L{Fault}, L{Transient} (L{Outage}, L{Unreachable}), L{couchgw.message.Rejected}, or
+        L{Fault}, L{Transient} (L{Outage}, L{Unreachable}), L{couchgw.checks.Rejected}, or
         another error (final).  It fires only once the call has really ended (its thread is
         free again).
         """
@@ -142,9 +165,6 @@ class BaseTarget:
         except RuntimeError:
             return None
 
-    def unavailable(self, reason: str) -> None:
-        self.state, self.error = "unavailable", reason
-
     def operations_described(self) -> Any:
         """The operations the target offers as plain JSON, or None if it does not say."""
         return None
@@ -206,5 +226,6 @@ def target_url(
         parts = urlsplit(url)
         if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
             names = " or ".join(f"{scheme}://" for scheme in schemes)
-            raise ValueError(f"url must be {what}: an {names} URL, not {url!r}")
+            shown = split_credentials(url, {})[0]
+            raise ValueError(f"url must be {what}: an {names} URL, not {shown!r}")
     return url

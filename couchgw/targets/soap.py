@@ -31,19 +31,21 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from couchgw.checks import Rejected, short
 from couchgw.connections import split_credentials
-from couchgw.message import Rejected, short
+from couchgw.errors import describe_error
 from couchgw.targets.described import arguments_schema
-from couchgw.targets.http import OUTAGE_STATUSES
 from couchgw.targets.interfaces import (
+    OUTAGE_STATUSES,
+    PROBE_TIMEOUT,
     BaseTarget,
     Fault,
     IRunner,
     ITarget,
     ITargetFactory,
     Outage,
-    Transient,
     Unreachable,
+    error_for_status,
     target_url,
 )
 from couchgw.targets.soapoptions import SoapOptions, header_elements, tls_context
@@ -175,6 +177,7 @@ class SoapTarget(BaseTarget):
     @param default_operation: the operation of a message that names none.
     @param ca: a PEM file of the CAs that verify HTTPS (None: the system's).
     @param options: the route's own keys (headers, WS-Security, client certificate).
+    @param prober: runs the probes of the route while it is out (by default, C{runner}).
     """
 
     kind = "soap"
@@ -188,9 +191,11 @@ class SoapTarget(BaseTarget):
         default_operation: str | None = None,
         ca: str | None = None,
         options: SoapOptions | None = None,
+        prober: IRunner | None = None,
     ) -> None:
         super().__init__(name, url, timeout, default_operation)
         self._runner = runner
+        self._prober = prober or runner
         self._settings = options or SoapOptions()
         self._context = tls_context(ca, self._settings.client_cert, self._settings.client_key)
         self.operations: dict[str, Operation] = {}
@@ -252,7 +257,7 @@ class SoapTarget(BaseTarget):
         except OSError as e:
             raise Unreachable(
                 f"the service at {location.hostname}:{number} does not accept connections: "
-                f"{_oserror_text(e)}"
+                f"{describe_error(e)}"
             ) from None
         # what suds writes into every message comes from the options the clients share
         # (those of the WSDL's client): the headers, and a token made anew for each message
@@ -261,7 +266,7 @@ class SoapTarget(BaseTarget):
             client.set_options(wsse=self._settings.wsse.security())
         operations = operations_of(client, port)
         schemas = {name: arguments_schema(op) for name, op in sorted(operations.items())}
-        return _Loaded(client, port.name, operations, schemas)
+        return _Loaded(client, port.name, port.location, operations, schemas)
 
     def prepare(self, operation: str | None, args: list[Any] | dict[str, Any]) -> Any:
         operation = operation or self.default_operation
@@ -281,6 +286,45 @@ class SoapTarget(BaseTarget):
         operation, kwargs = prepared
         return self._runner.run(self._call, operation, kwargs, dict(headers or {}))
 
+    def probe(self) -> Deferred[None]:
+        """
+        Whether the service answers at all (any HTTP answer but 502, 503 or 504), with a GET
+        of where its calls go, in a thread of the route's prober (its call threads may all be
+        waiting on a target that does not answer).
+        """
+        return self._prober.run(self._probe)
+
+    def _probe(self) -> None:
+        loaded = self._loaded
+        if loaded is None:
+            raise Outage("the WSDL is not loaded")
+        url = urlsplit(loaded.location)
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        timeout = min(PROBE_TIMEOUT, self.timeout)
+        connection: http.client.HTTPConnection
+        if url.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                url.hostname or "", url.port, timeout=timeout, context=self._context
+            )
+        else:
+            connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
+        headers = {}
+        if self._auth is not None:
+            token = f"{self._auth[0]}:{self._auth[1]}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read(64 * 1024)
+        except (OSError, http.client.HTTPException) as e:
+            if _unreachable(e):
+                raise Unreachable(describe_error(e)) from None
+            raise Outage(describe_error(e)) from None
+        finally:
+            connection.close()
+        if response.status in OUTAGE_STATUSES:
+            raise Outage(f"the service answered HTTP {response.status}")
+
     def _thread_client(self) -> Client:
         local = self._local
         if getattr(local, "generation", None) != self._generation:
@@ -298,25 +342,20 @@ class SoapTarget(BaseTarget):
         except WebFault as e:
             raise Fault(_fault_text(e)) from None
         except TransportError as e:
-            if e.httpcode is None or e.httpcode in OUTAGE_STATUSES:
-                raise Outage(f"HTTP {e.httpcode}: {e}") from None
-            if e.httpcode >= 500:
-                raise Transient(f"HTTP {e.httpcode}: {e}") from None
-            raise RuntimeError(f"the target answered HTTP {e.httpcode}: {e}") from None
+            if e.httpcode is None:
+                raise Outage(f"no HTTP answer: {e}") from None
+            text = f"the target answered HTTP {e.httpcode}: {e}"
+            raise error_for_status(e.httpcode, text, RuntimeError) from None
         except (OSError, http.client.HTTPException) as e:
             if _unreachable(e):
-                raise Unreachable(_oserror_text(e)) from None
-            raise Outage(_oserror_text(e)) from None
+                raise Unreachable(describe_error(e)) from None
+            raise Outage(describe_error(e)) from None
         except Exception as e:
             status = _http_status(e)
             if status is None:
                 raise
             text = f"the target answered HTTP {status[0]} ({status[1]})"
-            if status[0] in OUTAGE_STATUSES:
-                raise Outage(text) from None
-            if status[0] >= 500 or status[0] in (408, 429):
-                raise Transient(text) from None
-            raise RuntimeError(text) from None
+            raise error_for_status(status[0], text, RuntimeError) from None
         return answer_json(operation, answer)
 
     def operations_described(self) -> dict[str, Any]:
@@ -335,6 +374,8 @@ class _Loaded:
 
     client: Client
     port: str
+    #: Where the calls go.
+    location: str
     operations: dict[str, Operation]
     schemas: dict[str, Any]
 
@@ -350,6 +391,8 @@ class SoapKind:
         url = target_url(replace(config, options={}), "the WSDL's URL", ("http", "https", "file"))
         threads = ThreadPoolService(reactor, config.concurrency, name=f"couchgw-{config.name}")
         threads.setServiceParent(parent)
+        prober = ThreadPoolService(reactor, 1, name=f"couchgw-{config.name}-probe")
+        prober.setServiceParent(parent)
         return SoapTarget(
             config.name,
             url,
@@ -358,6 +401,7 @@ class SoapKind:
             default_operation=config.operation,
             ca=config.ca,
             options=settings,
+            prober=prober,
         )
 
 
@@ -377,13 +421,3 @@ def _unreachable(error: Exception) -> bool:
         isinstance(reason, OSError)
         and reason.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
     )
-
-
-def _oserror_text(error: Exception) -> str:
-    reason = getattr(error, "reason", None)  # urllib's URLError wraps the socket error
-    if isinstance(reason, Exception):
-        error = reason
-    text = str(error) or type(error).__name__
-    if isinstance(error, TimeoutError):
-        return f"timed out: {text}"
-    return text

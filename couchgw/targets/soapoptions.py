@@ -31,7 +31,7 @@ from suds.sax.date import DateTime
 from suds.sax.element import Element
 from suds.wsse import Security, Token, UsernameToken
 
-from couchgw.message import Rejected
+from couchgw.checks import Rejected
 from couchgw.targets.wsdl import field_value
 from couchgw.targets.xsd import Reader
 

@@ -19,8 +19,8 @@ from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from couchgw.message import json_kind, short
-from couchgw.targets.xsd import Simple
+from couchgw.checks import json_kind, short
+from couchgw.targets.xsd import Simple, matches
 
 #: The XSD integer types and their ranges (None: unbounded).
 INTEGER_RANGES: dict[str, tuple[int | None, int | None]] = {
@@ -192,7 +192,7 @@ def lexical(simple: Simple, value: Any) -> str:
     if which == "string":
         _check_length(simple, len(value), value)
         for pattern in simple.patterns:
-            if not re.fullmatch(pattern, value):
+            if not matches(pattern, value):
                 raise Mismatch(f"{expected(simple)}, not {short(value)}")
     if which in ("integer", "float", "decimal") and text not in _SPECIAL_FLOATS:
         _check_number(simple, which, Decimal(text), value)

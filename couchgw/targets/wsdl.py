@@ -23,7 +23,7 @@ from suds.client import Client
 from suds.sudsobject import Factory, Property
 from suds.sudsobject import Object as SudsObject
 
-from couchgw.message import Rejected, json_kind, short
+from couchgw.checks import Rejected, json_kind, short
 from couchgw.targets import values
 from couchgw.targets.values import Mismatch
 from couchgw.targets.xsd import Complex, Field, Reader, Simple
@@ -101,15 +101,6 @@ def operations_of(client: Client, port: Any) -> dict[str, Operation]:
         returns = [reader.field(rt) for rt in method.binding.output.returned_types(method)]
         operations[str(name)] = Operation(str(name), params, returns)
     return operations
-
-
-def headers_of(port: Any) -> dict[str, Any]:
-    """The SOAP headers the port's operations declare, by name: the suds element of each."""
-    found: dict[str, Any] = {}
-    for method in port.methods.values():
-        for name, element in method.binding.input.headpart_types(method):
-            found.setdefault(str(name), element)
-    return found
 
 
 def check_arguments(operation: Operation, args: list[Any] | dict[str, Any]) -> dict[str, Any]:

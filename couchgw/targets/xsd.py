@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from typing import Any
 
+import re2
 from suds.bindings.binding import PartElement
 from suds.xsd import qualify, sxbasic
 from suds.xsd.query import TypeQuery
@@ -126,7 +128,7 @@ _FACETS: dict[str, tuple[str, Any]] = {
 
 def portable(pattern: str) -> bool:
     """
-    Whether an XML Schema pattern means the same to Python and to JSON Schema: not when it uses
+    Whether an XML Schema pattern means the same to RE2 and to JSON Schema: not when it uses
     character classes they lack (C{\\p{...}}, C{\\i}, C{\\c}) or class subtraction.
     """
     inside, i = 0, 0
@@ -145,6 +147,29 @@ def portable(pattern: str) -> bool:
             inside -= 1
         i += 1
     return True
+
+
+_RE2 = re2.Options()
+_RE2.log_errors = False
+
+
+@cache
+def compiled(pattern: str) -> Any | None:
+    """
+    A pattern compiled by RE2, which matches in time linear in the text: no string a client
+    sends can make it backtrack and hold the reactor.  None if RE2 cannot take it (that
+    pattern is then left to the service to check).
+    """
+    try:
+        return re2.compile(pattern, _RE2)
+    except re2.error:
+        return None
+
+
+def matches(pattern: str, text: str) -> bool:
+    """Whether the whole of C{text} matches a pattern L{compiled} takes."""
+    found = compiled(pattern)
+    return found is None or found.fullmatch(text) is not None
 
 
 def _occurs(text: str | None, default: int | None) -> int | None:
@@ -274,7 +299,7 @@ class Reader:
             if value is None:
                 continue
             if facet.name == "pattern":
-                if portable(value):
+                if portable(value) and compiled(value) is not None:
                     patterns.append(value)
             elif facet.name in _FACETS:
                 try:
@@ -285,7 +310,8 @@ class Reader:
         if patterns:
             # patterns of one restriction are alternatives; those of a base must hold too
             either = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)
-            simple.patterns = (*simple.patterns, either)
+            if compiled(either) is not None:
+                simple.patterns = (*simple.patterns, either)
 
     def _content(
         self, sx: Any, complex_: Complex, optional: bool, many: bool, choice: int | None

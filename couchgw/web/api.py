@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -18,7 +19,7 @@ from couchgw.couch.errors import NotFound
 from couchgw.errors import describe_error
 from couchgw.gateway import Gateway
 from couchgw.message import TERMINAL
-from couchgw.web.events import Event, Events, Stream, event_of
+from couchgw.web.events import CATCH_UP_MAX, Event, Events, Stream, event_of
 
 
 def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -162,10 +163,12 @@ class API:
                 stream.close()
 
         def heard(event: Event) -> None:
-            if pending is not None:
-                pending.append(event)
-            else:
+            if pending is None:
                 deliver(event)
+            elif len(pending) < CATCH_UP_MAX:
+                pending.append(event)
+            elif stream is not None:
+                stream.close()  # too much heard while catching up: the client comes back
 
         try:
             stop = yield hub.listen(heard, doc_id)
@@ -178,15 +181,23 @@ class API:
                     backlog = [event_of((yield self.gateway.db.get(doc_id)))]
                 except NotFound:
                     pass
-            elif last_id:
-                kept = hub.since(last_id)
-                backlog = kept if kept is not None else (yield hub.catch_up(last_id))
+                except Exception as e:
+                    return _json(
+                        request, {"error": "unavailable", "reason": describe_error(e)}, 503
+                    )
             stream = Stream(request, hub)
             for event in backlog:
                 deliver(event)
-                seen.add((event.id, event.rev))
             if doc_id is not None and not backlog:
                 stream.comment(b"no such message yet: waiting for it")
+            if last_id:
+                kept = hub.since(last_id)
+                if kept is not None:
+                    for event in kept:
+                        deliver(event)
+                        seen.add((event.id, event.rev))
+                else:
+                    yield self._catch_up(stream, last_id, deliver, seen)
             waiting, pending = pending or [], None
             for event in waiting:
                 deliver(event)
@@ -201,6 +212,46 @@ class API:
                     self._snapshots.stop()
             stop()
         return None
+
+    @inlineCallbacks
+    def _catch_up(
+        self,
+        stream: Stream,
+        since: str,
+        deliver: Callable[[Event], None],
+        seen: set[tuple[str, str]],
+    ) -> Any:
+        """
+        The events since C{since} from CouchDB, a page at a time as the client reads them, and
+        L{CATCH_UP_MAX} at most (then a C{gap} event: the client reads the documents again).
+        """
+        replayed = 0
+        at: Any = since
+        while not stream.done.called:
+            try:
+                events, at, more = yield self.events.page(at)
+            except Exception as e:
+                log.warn("cannot catch up with the events: {error}", error=describe_error(e))
+                stream.close()
+                return
+            for event in events:
+                deliver(event)
+                seen.add((event.id, event.rev))
+            replayed += len(events)
+            if not more:
+                return
+            if replayed >= CATCH_UP_MAX:
+                stream.event(
+                    "gap",
+                    {
+                        "since": since,
+                        "replayed": replayed,
+                        "reason": f"more than {CATCH_UP_MAX} changes since then: read the "
+                        "documents again",
+                    },
+                )
+                return
+            yield stream.room()
 
 
 #: The live page's files (in C{couchgw/web/}).

@@ -4,8 +4,10 @@ Status events for subscribers (Server-Sent Events), all served from one changes 
 The feed of every message's changes is opened when the first subscriber comes, and closed a
 while after the last one left; subscribers themselves cost a small object and a connection each.
 Each event carries the change's sequence as its SSE id, so a client that reconnects with
-C{Last-Event-ID} gets what it missed: from the recent events kept in memory, or else from one
-read of the C{_changes} feed since that sequence.
+C{Last-Event-ID} gets what it missed: from the recent events kept in memory, or else from the
+C{_changes} feed since that sequence, read a page of L{PAGE} changes at a time as the client
+reads them (so that no request decodes much on the reactor), and L{CATCH_UP_MAX} changes at
+most: beyond, a C{gap} event tells the client to read the documents again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -26,9 +29,17 @@ from zope.interface import implementer
 
 from couchgw.couch import design
 from couchgw.couch.client import Database, supports_selector
+from couchgw.couch.errors import error_for
 from couchgw.couch.feed import Change, ChangesFeed
 
 log = Logger()
+
+#: Changes a catch-up reads at once (their documents are decoded at once, on the reactor).
+PAGE = 100
+#: The bytes of a page read at most: a larger answer is read again in a page half as long.
+PAGE_BYTES = 4 * 1024 * 1024
+#: Changes a catch-up replays at most (beyond, a C{gap} event).
+CATCH_UP_MAX = 10000
 
 #: The fields of a message an event carries (the rest: read the document).
 EVENT_FIELDS = (
@@ -233,29 +244,46 @@ class Events(Service):
         return list(self.recent)[found + 1 :]
 
     @inlineCallbacks
-    def catch_up(self, last_id: str, pages: int = 10, page: int = 1000) -> Any:
-        """The events since C{last_id}, read from the C{_changes} feed (not kept any more)."""
+    def page(self, since: Any, limit: int = PAGE) -> Any:
+        """
+        The events of the changes after C{since}, a page of at most C{limit} read from the
+        C{_changes} feed (shorter when the documents are large): answers C{(events, the
+        sequence to read on from, whether there may be more)}.
+        """
         yield self._open()
         assert self._params is not None
         params, body = self._params
-        events: list[Event] = []
-        since: Any = last_id
-        for _ in range(pages):
-            query = {**params, "include_docs": "true", "since": since, "limit": page}
-            if body is None:
-                result = yield self.db.json("GET", "_changes", params=query)
-            else:
-                result = yield self.db.json("POST", "_changes", body, params=query)
-            rows = result.get("results", [])
-            events.extend(
+        while True:
+            query = {**params, "include_docs": "true", "since": since, "limit": limit}
+            method = "GET" if body is None else "POST"
+            response = yield self.db.request(method, "_changes", body, query)
+            chunks: list[bytes] = []
+            read = {"bytes": 0}
+
+            def collect(data: bytes, chunks: list[bytes] = chunks, read: Any = read) -> None:
+                chunks.append(data)
+                read["bytes"] += len(data)
+                if read["bytes"] > PAGE_BYTES:
+                    raise _TooLarge()
+
+            try:
+                yield treq.collect(response, collect)
+            except _TooLarge:
+                if limit > 1:
+                    limit = max(1, limit // 2)
+                    continue
+                return [], since, False  # one change larger than a page: no more to say
+            raw = b"".join(chunks)
+            decoded = json.loads(raw) if raw else {}
+            if response.code >= 400:
+                raise error_for(response.code, decoded, f"{method} _changes")
+            rows = decoded.get("results", [])
+            events = [
                 event_of(row["doc"], row.get("seq"))
                 for row in rows
                 if isinstance(row.get("doc"), dict) and "_id" in row["doc"]
-            )
-            since = result.get("last_seq")
-            if len(rows) < page:
-                break
-        return events
+            ]
+            return events, decoded.get("last_seq", since), len(rows) >= limit
 
     def _ping(self) -> None:
         for stream in list(self.streams):
@@ -278,6 +306,10 @@ class Events(Service):
         return None
 
 
+class _TooLarge(Exception):
+    pass
+
+
 @implementer(IPushProducer)
 class Stream:
     """
@@ -293,6 +325,7 @@ class Stream:
         self.done: Deferred[None] = Deferred()
         self._paused = False
         self._queue: deque[bytes] = deque()
+        self._room: list[Deferred[None]] = []
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
@@ -320,17 +353,32 @@ class Stream:
             return
         self.request.write(data)
 
+    def room(self) -> Deferred[None]:
+        """A Deferred that fires once the client has read most of what waits for it."""
+        if self.done.called or len(self._queue) < self.limit // 4:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._room.append(waiter)
+        return waiter
+
     def close(self) -> None:
         """End the stream (the handler's Deferred fires; Klein finishes the request)."""
         if not self.done.called:
             self.hub.streams.discard(self)
             self.request.unregisterProducer()
             self.done.callback(None)
+            self._free()
+
+    def _free(self) -> None:
+        waiting, self._room = self._room, []
+        for waiter in waiting:
+            waiter.callback(None)
 
     def lost(self) -> None:
         """The client went away."""
         self.hub.streams.discard(self)
         self._queue.clear()
+        self._free()
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -339,6 +387,8 @@ class Stream:
         self._paused = False
         while self._queue and not self._paused and not self.done.called:
             self.request.write(self._queue.popleft())
+        if len(self._queue) < self.limit // 4:
+            self._free()
 
     def stopProducing(self) -> None:
         self.lost()

@@ -32,9 +32,6 @@ class EchoTarget:
         self.state = "ready"
         return succeed(None)
 
-    def unavailable(self, reason: str) -> None:
-        self.state, self.error = "unavailable", reason
-
     def prepare(self, operation: str | None, args: Any) -> Any:
         return operation, args
 
