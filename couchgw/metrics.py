@@ -9,7 +9,7 @@ them over as L{Gauges}).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -29,6 +29,9 @@ class RouteGauges:
     ready: bool
     #: Times its target was found out (its circuit breaker opened).
     outages: int = 0
+    #: Probes of its target while it was out, by how (a request, a message's call) and what
+    #: they found (answered, failed, lost).
+    probes: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,15 +113,28 @@ class _GatewayState(Collector):
             "its calls stopped, and its messages waited without using attempts.",
             labels=["route"],
         )
+        probes = CounterMetricFamily(
+            "couchgw_route_probes",
+            "Probes of a route's target while it was out: a request to the target (how=request) "
+            "or a message's call (how=call), by what they found (answered, failed, lost: a call "
+            "that did not end within its deadline).",
+            labels=["route", "how", "result"],
+        )
         for route in gauges.routes:
             in_flight.add_metric([route.name], route.in_flight)
             busy.add_metric([route.name], route.busy)
             ready.add_metric([route.name], 1 if route.ready else 0)
             outages.add_metric([route.name], route.outages)
+            for how in ("request", "call"):
+                for result in ("answered", "failed", "lost"):
+                    if how == "request" and result == "lost":
+                        continue
+                    probes.add_metric([route.name, how, result], route.probes.get((how, result), 0))
         yield in_flight
         yield busy
         yield ready
         yield outages
+        yield probes
         yield GaugeMetricFamily(
             "couchgw_active", "Documents being handled now (all routes).", value=gauges.active
         )

@@ -45,6 +45,15 @@ def test_allowed_hosts() -> None:
     assert callbacks.refusal("http://hooks.example.com.evil/") is not None
     nobody = Callbacks(Clock(), None, "".split(","))  # type: ignore[arg-type]
     assert nobody.refusal("https://hooks.example.com/") is not None
+    for other in ("file://hooks.example.com/etc/passwd", "ftp://hooks.example.com/", "gopher://x"):
+        assert callbacks.refusal(other) == "only http:// and https:// URLs are called back"
+    # a URL changed after the callback began is refused at its delivery too, unsent
+    refused = callbacks.deliver({"_id": "m", "callback_url": "file://hooks.example.com/x"})
+    assert refused.result == {  # type: ignore[attr-defined]
+        "status": "refused",
+        "attempts": 0,
+        "error": "only http:// and https:// URLs are called back",
+    }
 
 
 class _Receiver(Resource):

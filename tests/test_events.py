@@ -16,6 +16,8 @@ from twisted.internet.protocol import Protocol
 from twisted.web.server import Site
 
 from couchgw.gateway import Gateway
+from couchgw.web import api as api_module
+from couchgw.web import events as events_module
 from couchgw.web.api import API
 from couchgw.web.events import Events
 from tests.test_gateway import GatewayTestCase
@@ -34,6 +36,8 @@ class Subscription(Protocol):
         self.headers = headers
         self.events: list[dict[str, Any]] = []
         self.comments: list[str] = []
+        #: Events of other kinds than a message's status: (name, data).
+        self.others: list[tuple[str | None, Any]] = []
         self.ended: Deferred[None] = Deferred()
         self.code: int | None = None
         self._buffer = b""
@@ -60,7 +64,11 @@ class Subscription(Protocol):
                     name, _, value = line.partition(": ")
                     fields[name] = value
             if "data" in fields:
-                self.events.append({**json.loads(fields["data"]), "event_id": fields.get("id")})
+                data = json.loads(fields["data"])
+                if fields.get("event") == "status":
+                    self.events.append({**data, "event_id": fields.get("id")})
+                else:
+                    self.others.append((fields.get("event"), data))
 
     def connectionLost(self, reason: Any = None) -> None:
         self.ended.callback(None)
@@ -89,7 +97,7 @@ class EventsTestCase(GatewayTestCase):
     def subscribe(self, url: str, headers: dict[str, str] | None = None) -> Subscription:
         """Open a stream on a connection of its own (closed when the test ends)."""
         parts = urlsplit(url)
-        sub = Subscription(parts.path, headers or {})
+        sub = Subscription(parts.path + (f"?{parts.query}" if parts.query else ""), headers or {})
         connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", parts.port), sub)
 
         @inlineCallbacks
@@ -192,3 +200,42 @@ class EventsTestCase(GatewayTestCase):
         yield self.wait_for(lambda: hub.listeners == 0, what="the subscribers to go")
         yield self.wait_for(lambda: hub.feed is None, what="the feed to close")
         self.assertEqual(feed.state, "stopped")
+
+
+class CatchUp(EventsTestCase):
+    @inlineCallbacks
+    def test_a_long_catch_up_is_paged_and_capped(self) -> Any:
+        """
+        A client far behind gets what it missed a page at a time, and a bounded number of
+        changes: then a gap event, and the live events.
+        """
+        self.patch(events_module, "PAGE", 4)
+        self.patch(api_module, "CATCH_UP_MAX", 10)
+        gateway = self.gateway()
+        api, hub = self.serve(gateway)
+        yield self.ready(gateway)
+        docs = [{"_id": f"c{i:02d}", "type": "message", "operation": "ping"} for i in range(30)]
+        yield self.db.bulk_docs(docs)
+        for doc in docs:
+            yield self.terminal(doc["_id"])
+        pages: list[Any] = []
+        real = hub.page
+
+        def page(since: Any, limit: int | None = None) -> Any:
+            pages.append(since)
+            return real(since, limit)
+
+        self.patch(hub, "page", page)
+        sub = self.subscribe(f"{api}/events?since=0")
+        yield self.wait_for(lambda: sub.others, what="the gap event")
+        name, gap = sub.others[0]
+        self.assertEqual((name, gap["since"]), ("gap", "0"))
+        self.assertEqual(len(sub.events), 12)  # three pages of four, the cap of ten passed
+        self.assertEqual(len(pages), 3)
+        ids = [event["id"] for event in sub.events]
+        self.assertEqual(len(ids), len(set(ids)))
+        yield self.db.put({"_id": "live", "type": "message", "operation": "ping"})
+        yield self.wait_for(
+            lambda: any(e["id"] == "live" and e["status"] == "forwarded" for e in sub.events),
+            what="the live events after the gap",
+        )

@@ -235,3 +235,27 @@ def test_stop_aborts_and_does_not_reconnect() -> None:
     assert len(db.requests) == 1
     assert feed.state == "stopped"
     assert clock.getDelayedCalls() == []
+
+
+def test_a_sequence_couchdb_refuses_is_dropped_and_the_feed_starts_over() -> None:
+    """A checkpoint a member forged (or of another database): the feed follows from the start."""
+    feed, db, clock, _ = make_feed(since="garbage")
+    feed.start()
+    refusal = {
+        "error": "bad_request",
+        "reason": "Malformed sequence supplied in 'since' parameter.",
+    }
+    db.requests[-1][2].callback(Response(400, json.dumps(refusal).encode()))
+    assert feed.state == "waiting" and feed.since is None
+    assert_reconnects(db, clock)
+    assert "since" not in db.requests[1][0]
+    connect(db).send({"seq": "1-a", "id": "a"})
+    assert feed.since == "1-a"
+
+
+def test_another_bad_request_keeps_the_sequence() -> None:
+    feed, db, _clock, _ = make_feed(since="5-x")
+    feed.start()
+    refusal = {"error": "bad_request", "reason": "invalid selector"}
+    db.requests[-1][2].callback(Response(400, json.dumps(refusal).encode()))
+    assert feed.state == "waiting" and feed.since == "5-x"

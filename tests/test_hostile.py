@@ -150,8 +150,9 @@ def test_no_member_can_stop_the_gateway(tmp_path: Path, secured: tuple[str, str]
         assert sorted(calls) == [d["_id"] for d in docs] and set(calls.values()) == {1}
         assert http("GET", f"{gateway.api}/ready")[0] == 200
         state = wait_until(
-            lambda: (found := http("GET", f"{gateway.api}/status")[1])["members"]["ignored"]
-            and found,
+            lambda: (
+                (found := http("GET", f"{gateway.api}/status")[1])["members"]["ignored"] and found
+            ),
             60,
             "the forgeries named (a look every 12 beats)",
         )

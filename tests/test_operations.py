@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from couchgw.timing import iso
-from tests.servers import http, new_db_url, start_demo, stop, wait_until
+from tests.servers import free_port, http, new_db_url, start_demo, stop, wait_until
 from tests.test_e2e import Twistd, wait_terminal
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,15 +73,17 @@ def test_metrics_move_as_messages_flow(running: Any) -> None:
     assert after[("couchgw_gateways", ())] == 1
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
 )
-def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
+
+
+def chromium(tmp_path: Path) -> Any:
+    """Headless Chromium, as the machine allows it (its closed network, no sandbox as root)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    gateway, db = running
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -98,19 +100,29 @@ def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
         "--window-size=1200,900",
     ):
         options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def reader(browser: Any) -> Any:
+    def text(selector: str, attribute: str = "") -> str | None:
+        """An element's text (or attribute), read in one step: the page redraws rows."""
+        script = (
+            "var e = document.querySelector(arguments[0]);"
+            "return e && (arguments[1] ? e.getAttribute(arguments[1]) : e.textContent);"
+        )
+        return browser.execute_script(script, selector, attribute)  # type: ignore[no-any-return]
+
+    return text
+
+
+@needs_chromium
+def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
+    gateway, db = running
+    browser = chromium(tmp_path)
     try:
         browser.get(f"{gateway.api}/")
         assert browser.title == "couchgw"
-
-        def text(selector: str, attribute: str = "") -> str | None:
-            """An element's text (or attribute), read in one step: the page redraws rows."""
-            script = (
-                "var e = document.querySelector(arguments[0]);"
-                "return e && (arguments[1] ? e.getAttribute(arguments[1]) : e.textContent);"
-            )
-            return browser.execute_script(script, selector, attribute)  # type: ignore[no-any-return]
-
+        text = reader(browser)
         wait_until(lambda: text("#ready") == "ready", 30, "the page to connect")
         doc = {"_id": "page-1", "type": "message", "operation": "activate", "args": ["north", 5]}
         assert http("PUT", f"{db}/page-1", doc)[0] == 201
@@ -149,6 +161,67 @@ def test_live_page_in_chromium(running: Any, tmp_path: Path) -> None:
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+@needs_chromium
+def test_a_route_out_and_back(tmp_path: Path) -> None:
+    """
+    The target goes away: the route is out, /status and the page say since when, the last probe
+    and the next, /metrics counts the probes; the target comes back: the route closes, and the
+    message that waited is forwarded.
+    """
+    port = free_port()
+    wsdl, demo = start_demo(tmp_path / "demo.log", port=port)
+    db = new_db_url("out")
+    gateway = Twistd(tmp_path, "--couch", db, "--target", wsdl, "--timeout", "5")
+    browser = chromium(tmp_path)
+    try:
+        gateway.wait_ready()
+        assert http("PUT", f"{db}/before", {"type": "message", "operation": "ping"})[0] == 201
+        wait_terminal(db, ["before"], 30)
+        stop(demo)  # connections refused from now on
+        assert http("PUT", f"{db}/during", {"type": "message", "operation": "ping"})[0] == 201
+
+        def route() -> dict[str, Any]:
+            return http("GET", f"{gateway.api}/status")[1]["routes"]["default"]
+
+        out = wait_until(
+            lambda: (r := route())["breaker"]["last_probe"] and r, 60, "a probe of the route out"
+        )
+        assert out["state"] == "out"
+        assert out["breaker"]["out_since"] and out["breaker"]["opened"] == 1
+        assert out["breaker"]["last_probe"]["result"].startswith("failed")
+        found = metrics(gateway.api)
+        key = (
+            "couchgw_route_probes_total",
+            (("how", "request"), ("result", "failed"), ("route", "default")),
+        )
+        assert found[key] >= 1
+        assert found[("couchgw_route_ready", (("route", "default"),))] == 0
+        browser.get(f"{gateway.api}/")
+        text = reader(browser)
+        wait_until(
+            lambda: "out since" in (text('tr[data-route="default"] td.outage') or ""),
+            30,
+            "the page to show the outage",
+        )
+        cell = text('tr[data-route="default"] td.outage') or ""
+        assert "last probe" in cell and ("next probe" in cell or "now" in cell), cell
+        browser.save_screenshot(str(tmp_path / "out.png"))
+        _, demo = start_demo(tmp_path / "demo.log", port=port)  # back, where it was
+        done = wait_terminal(db, ["during"], 120)
+        assert done["during"]["status"] == "forwarded"
+        assert done["during"]["attempts"] == 1  # the outage cost it no attempt
+        wait_until(lambda: route()["breaker"]["state"] == "closed", 30, "the route to close")
+        wait_until(
+            lambda: text('tr[data-route="default"] td.outage') == "outages since start: 1",
+            30,
+            "the page to show the route back",
+        )
+    finally:
+        browser.quit()
+        stop(gateway.process)
+        stop(demo)
 
 
 COMMAND = str(Path(sys.executable).parent / "couchgw")

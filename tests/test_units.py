@@ -368,3 +368,57 @@ def test_priority_slots_go_highest_first_then_in_order() -> None:
     assert order == ["high", "mid", "low-1", "low-2"]
     slots.release()
     assert slots.tokens == 1
+
+
+def test_the_waiting_room_keeps_each_route_its_share_in_order() -> None:
+    from couchgw.gateway.waiting import WaitingRoom
+
+    room = WaitingRoom(share=3)
+    low, high = checks.Plan(priority=2), checks.Plan(priority=8)
+    assert room.add("erp", {"_id": "a"}, low, seen=1.0)
+    assert room.add("erp", {"_id": "b"}, high, seen=2.0)
+    assert room.add("erp", {"_id": "c"}, low, seen=0.5)
+    assert not room.add("erp", {"_id": "d"}, high, seen=3.0)  # its share is taken
+    assert room.add("crm", {"_id": "e"}, low, seen=1.0)  # another route's is not
+    assert (len(room), room.by_route()) == (4, {"crm": 1, "erp": 3})
+    taken = room.take("erp", 2)
+    assert [w.id for w in taken] == ["b", "c"]  # higher first, then older
+    room.put_back("erp", taken[1])
+    assert [w.id for w in room.take("erp")] == ["c", "a"]
+    assert room.take("erp") == [] and len(room) == 1
+    expiring = checks.Plan(expires_at=10.0)
+    room.add("erp", {"_id": "x"}, expiring, seen=0.0)
+    assert room.next_expiry() == 10.0
+    assert [w.id for w in room.expired(9.0)] == []
+    assert [w.id for w in room.expired(10.0)] == ["x"] and room.next_expiry() is None
+
+
+def test_a_checkpoint_that_holds_no_sequence_is_not_believed() -> None:
+    from couchgw.gateway.checkpoint import believable
+
+    assert believable("12-g1AAAAB") and believable(42) and believable(0)
+    for forged in ("", "x" * 100_000, -1, True, None, {"seq": 1}, [1], 1.5):
+        assert not believable(forged), forged
+
+
+def test_no_credentials_in_an_error_line() -> None:
+    from couchgw.errors import describe_error
+
+    text = describe_error(
+        ValueError("cannot reach http://gw:s3cret@couch:5984/db and https://a@b/")
+    )
+    assert "s3cret" not in text and "gw:" not in text and "a@" not in text
+    assert "http://couch:5984/db" in text and "https://b/" in text
+    assert describe_error(ConnectionRefusedError(111, "Connection refused")) == (
+        "[Errno 111] Connection refused"
+    )
+
+
+def test_a_pattern_built_to_backtrack_matches_in_linear_time() -> None:
+    from couchgw.targets.xsd import compiled, matches
+
+    assert matches(r"[A-Z]{2}\d{4}", "AB1234") and not matches(r"[A-Z]{2}\d{4}", "AB12345")
+    # catastrophic for a backtracking engine; RE2 answers at once
+    assert not matches(r"(a+)+b", "a" * 100_000 + "c")
+    assert compiled(r"a{2000}") is None  # beyond RE2: left to the service
+    assert matches(r"a{2000}", "anything")

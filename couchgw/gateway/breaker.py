@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from couchgw.errors import describe_error
-from couchgw.targets.interfaces import PROBE_TIMEOUT
+from couchgw.targets.interfaces import PROBE_TIMEOUT, Outage
 from couchgw.timing import iso
 
 log = Logger(namespace="couchgw.gateway")
@@ -244,7 +244,9 @@ class Breaker:
             return  # cancelled: closed or stopped meanwhile
         self._probing = None
         if self.state == "probing":
-            self._probed("request", f"failed: {describe_error(failure.value)}")
+            error = failure.value
+            why = str(error) if isinstance(error, Outage) else describe_error(error)
+            self._probed("request", f"failed: {why}")
             self.state = "open"
             self._arm(self._delay(), self._probe)
 

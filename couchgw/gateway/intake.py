@@ -49,6 +49,7 @@ class Intake:
     @param working: whether the gateway runs and CouchDB answers (no sweep otherwise).
     @param recover: called when the C{due} view is missing.
     @param gone: called when the feed finds no database.
+    @param routes: how many routes share the waiting room.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class Intake:
         max_inflight: int,
         max_bytes: int,
         heartbeat: float,
+        routes: int = 1,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -90,8 +92,9 @@ class Intake:
         self.active: dict[str, Deferred[None]] = {}
         #: Routes that left messages in CouchDB (no room for them here); swept once they have.
         self._left: set[str] = set()
-        #: The messages waiting for their routes to have room (the feed pauses at L{WAITING}).
-        self.waiting_room = WaitingRoom()
+        #: The messages waiting for their routes to have room (the feed pauses at L{WAITING};
+        #: a route keeps its share of them, so that one out for long holds up no other).
+        self.waiting_room = WaitingRoom(share=max(1, WAITING // max(1, routes)))
         #: Of those, how many are being submitted, by route.
         self._refilling: Counter[str] = Counter()
         self._sweep_again = False

@@ -183,6 +183,7 @@ class Gateway(Service):
             max_inflight=max_inflight,
             max_bytes=max_bytes,
             heartbeat=heartbeat,
+            routes=len(self.targets),
         )
         self._loops: list[LoopingCall] = []
         self._starting: Deferred[None] | None = None
@@ -406,6 +407,7 @@ class Gateway(Service):
                     t.busy,
                     t.state == "ready" and self.dispatch.breakers[name].closed,
                     self.dispatch.breakers[name].opened,
+                    dict(self.dispatch.breakers[name].probes),
                 )
                 for name, t in sorted(self.targets.items())
             ],

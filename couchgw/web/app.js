@@ -51,8 +51,29 @@
       tr.appendChild(el("td", {}, String(r.in_flight)));
       tr.appendChild(el("td", {}, String(r.busy)));
       tr.appendChild(el("td", {}, String(r.concurrency)));
+      tr.appendChild(el("td", {"class": "outage"}, outage(r.breaker || {})));
       body.appendChild(tr);
     });
+  }
+
+  function clock(iso) {
+    return iso ? new Date(iso).toLocaleTimeString() : "";
+  }
+
+  // When a route went out, its last probe (when, how, what it found) and the next one.
+  function outage(b) {
+    if (!b.state || b.state === "closed") {
+      return b.opened ? "outages since start: " + b.opened : "";
+    }
+    var parts = ["out since " + clock(b.out_since)];
+    if (b.last_probe) {
+      parts.push("last probe " + clock(b.last_probe.at) + " (" + b.last_probe.how + ", " +
+        b.last_probe.result + ")");
+    }
+    if (b.state === "trial") parts.push("a call may go now");
+    else if (b.state === "probing") parts.push("probing now");
+    else if (b.next_probe) parts.push("next probe " + clock(b.next_probe));
+    return parts.join(" · ");
   }
 
   function message(data) {

@@ -244,7 +244,7 @@ class Events(Service):
         return list(self.recent)[found + 1 :]
 
     @inlineCallbacks
-    def page(self, since: Any, limit: int = PAGE) -> Any:
+    def page(self, since: Any, limit: int | None = None) -> Any:
         """
         The events of the changes after C{since}, a page of at most C{limit} read from the
         C{_changes} feed (shorter when the documents are large): answers C{(events, the
@@ -253,6 +253,7 @@ class Events(Service):
         yield self._open()
         assert self._params is not None
         params, body = self._params
+        limit = limit or PAGE
         while True:
             query = {**params, "include_docs": "true", "since": since, "limit": limit}
             method = "GET" if body is None else "POST"
