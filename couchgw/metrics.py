@@ -51,6 +51,8 @@ class Gauges:
     gateways: int
     #: Whether CouchDB answers.
     up: bool
+    #: Where many databases are served: how many, by state (found, served, feeds, not_served).
+    databases: Mapping[str, int] | None = None
 
 
 class Metrics:
@@ -174,6 +176,16 @@ class _GatewayState(Collector):
             "Gateways sharing the database that this one sees alive (itself included).",
             value=gauges.gateways,
         )
+        if gauges.databases is not None:
+            databases = GaugeMetricFamily(
+                "couchgw_databases",
+                "Databases of the server matching --databases, by state: found, served by this "
+                "gateway, feeds open, not served (couchgw may not use them, or they failed).",
+                labels=["state"],
+            )
+            for state, count in sorted(gauges.databases.items()):
+                databases.add_metric([state], count)
+            yield databases
         yield GaugeMetricFamily(
             "couchgw_up",
             "1 while CouchDB answers and the gateway works.",

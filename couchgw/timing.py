@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -84,35 +83,56 @@ class RateLimit:
 
 class PrioritySlots:
     """
-    A semaphore whose waiters get the tokens highest priority first, and in the order they asked
-    within one priority.  Cancelling a waiter's Deferred takes it out of the queue.
+    A semaphore whose waiters get the tokens highest priority first and, within a priority, the
+    callers of each key (a database) in turn, each in the order it asked.  Cancelling a
+    waiter's Deferred takes it out of the queue.
     """
 
     def __init__(self, tokens: int) -> None:
         self.limit = tokens
         self.tokens = tokens
-        self._waiting: list[tuple[int, int, Deferred[None]]] = []
-        self._order = itertools.count()
+        #: priority -> key -> waiters, the keys in the order they get their turn
+        self._waiting: dict[int, OrderedDict[str, deque[Deferred[None]]]] = {}
 
-    def acquire(self, priority: int = 0) -> Deferred[None]:
+    def acquire(self, priority: int = 0, key: str = "") -> Deferred[None]:
         """A Deferred that fires once a token is the caller's."""
         if self.tokens > 0:
             self.tokens -= 1
             return succeed(None)
         waiter: Deferred[None] = Deferred(canceller=self._cancel)
-        heapq.heappush(self._waiting, (-priority, next(self._order), waiter))
+        self._waiting.setdefault(priority, OrderedDict()).setdefault(key, deque()).append(waiter)
         return waiter
 
+    def waiting(self) -> int:
+        return sum(len(q) for queues in self._waiting.values() for q in queues.values())
+
     def _cancel(self, waiter: Deferred[None]) -> None:
-        self._waiting = [entry for entry in self._waiting if entry[2] is not waiter]
-        heapq.heapify(self._waiting)
+        for priority, queues in list(self._waiting.items()):
+            for key, queue in list(queues.items()):
+                if waiter in queue:
+                    queue.remove(waiter)
+                    if not queue:
+                        del queues[key]
+                    if not queues:
+                        del self._waiting[priority]
+                    return
 
     def release(self) -> None:
         """Give a token back: to the first waiter, if there is one."""
-        if self._waiting:
-            heapq.heappop(self._waiting)[2].callback(None)
-        else:
+        if not self._waiting:
             self.tokens += 1
+            return
+        priority = max(self._waiting)
+        queues = self._waiting[priority]
+        key, queue = next(iter(queues.items()))
+        waiter = queue.popleft()
+        if queue:
+            queues.move_to_end(key)
+        else:
+            del queues[key]
+        if not queues:
+            del self._waiting[priority]
+        waiter.callback(None)
 
 
 def deadline(

@@ -486,7 +486,7 @@ class Backpressure(GatewayTestCase):
         gateway = self.gateway(max_inflight=3)
         yield self.ready(gateway)
         peak, paused = [0], [False]
-        track = gateway.intake._track
+        track = gateway.intake.track
 
         def tracked(doc_id: str, work: Any) -> Any:
             d = track(doc_id, work)
@@ -494,7 +494,7 @@ class Backpressure(GatewayTestCase):
             paused[0] = paused[0] or bool(gateway.intake.feed and gateway.intake.feed.paused)
             return d
 
-        gateway.intake._track = tracked  # type: ignore[method-assign]
+        gateway.intake.track = tracked  # type: ignore[method-assign]
         yield self.db.bulk_docs([activate(f"b{i:02d}", 2) for i in range(20)])
         for i in range(20):
             doc = yield self.terminal(f"b{i:02d}")

@@ -59,7 +59,7 @@ class FakeDatabase:
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, Any], Any, Deferred[Any]]] = []
 
-    def changes(self, params: dict[str, Any], body: Any = None) -> Deferred[Any]:
+    def changes(self, params: dict[str, Any], body: Any = None, path: str = "") -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self.requests.append((params, body, d))
         return d

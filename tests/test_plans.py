@@ -145,7 +145,7 @@ class Plans(GatewayTestCase):
             ]
         )
         yield self.wait_for(
-            lambda: gateway.intake.waiting().get("default") == len(backlog) + 3,
+            lambda: gateway.backlog.waiting().get("default") == len(backlog) + 3,
             timeout=150,
             what="every message to wait for the route",
         )

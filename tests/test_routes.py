@@ -305,8 +305,7 @@ class SideBySide(GatewayTestCase):
         yield self.db.bulk_docs(docs)
 
         def kept() -> list[str]:
-            queues = gateway.intake.waiting_room._queues.values()
-            return [w.id for queue in queues for w in queue if w.doc is not None]
+            return [w.id for w in gateway.backlog.room._all() if w.doc is not None]
 
         # one message is called; the other two wait for the route, kept whole (in the order
         # the feed brought them)

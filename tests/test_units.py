@@ -359,8 +359,7 @@ def test_priority_slots_go_highest_first_then_in_order() -> None:
     assert first.called  # a free token at once
     for name, priority in [("low-1", 2), ("high", 8), ("low-2", 2), ("gone", 9), ("mid", 5)]:
         slots.acquire(priority).addCallback(lambda _, name=name: order.append(name))
-    waiting = slots._waiting
-    gone = next(entry[2] for entry in waiting if entry[0] == -9)
+    gone = slots._waiting[9][""][0]
     gone.cancel()  # a waiter that stopped waiting gets no token
     gone.addErrback(lambda _: None)
     for _ in range(4):
@@ -370,27 +369,63 @@ def test_priority_slots_go_highest_first_then_in_order() -> None:
     assert slots.tokens == 1
 
 
+def test_priority_slots_take_the_databases_in_turn_within_a_priority() -> None:
+    slots = PrioritySlots(1)
+    slots.acquire(5, "a")
+    order: list[str] = []
+    for name, key in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("c1", "c")]:
+        slots.acquire(5, key).addCallback(lambda _, name=name: order.append(name))
+    slots.acquire(8, "a").addCallback(lambda _: order.append("a-high"))
+    for _ in range(6):
+        slots.release()
+    assert order == ["a-high", "a1", "b1", "c1", "a2", "a3"]
+    assert slots.waiting() == 0
+
+
+class _Home:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 def test_the_waiting_room_keeps_each_route_its_share_in_order() -> None:
     from couchgw.gateway.waiting import WaitingRoom
 
     room = WaitingRoom(share=3)
     low, high = checks.Plan(priority=2), checks.Plan(priority=8)
-    assert room.add("erp", {"_id": "a"}, low, seen=1.0)
-    assert room.add("erp", {"_id": "b"}, high, seen=2.0)
-    assert room.add("erp", {"_id": "c"}, low, seen=0.5)
-    assert not room.add("erp", {"_id": "d"}, high, seen=3.0)  # its share is taken
-    assert room.add("crm", {"_id": "e"}, low, seen=1.0)  # another route's is not
-    assert (len(room), room.by_route()) == (4, {"crm": 1, "erp": 3})
+    db = _Home("db")
+    assert room.add(db, "erp", {"_id": "a"}, low, 1.0, None)  # type: ignore[arg-type]
+    assert room.add(db, "erp", {"_id": "b"}, high, 2.0, None)  # type: ignore[arg-type]
+    assert room.add(db, "erp", {"_id": "c"}, low, 0.5, None)  # type: ignore[arg-type]
+    assert not room.add(db, "erp", {"_id": "d"}, high, 3.0, None)  # type: ignore[arg-type]
+    assert room.add(db, "crm", {"_id": "e"}, low, 1.0, None)  # type: ignore[arg-type]
+    assert (len(room), room.by_route(), room.of("db")) == (4, {"crm": 1, "erp": 3}, 4)
     taken = room.take("erp", 2)
     assert [w.id for w in taken] == ["b", "c"]  # higher first, then older
     room.put_back("erp", taken[1])
     assert [w.id for w in room.take("erp")] == ["c", "a"]
     assert room.take("erp") == [] and len(room) == 1
     expiring = checks.Plan(expires_at=10.0)
-    room.add("erp", {"_id": "x"}, expiring, seen=0.0)
+    room.add(db, "erp", {"_id": "x"}, expiring, 0.0, None)  # type: ignore[arg-type]
     assert room.next_expiry() == 10.0
     assert [w.id for w in room.expired(9.0)] == []
     assert [w.id for w in room.expired(10.0)] == ["x"] and room.next_expiry() is None
+
+
+def test_the_waiting_room_takes_the_databases_in_turn() -> None:
+    """A database with a backlog holds back no other: each priority takes them in turn."""
+    from couchgw.gateway.waiting import WaitingRoom
+
+    room = WaitingRoom()
+    busy, quiet, other = _Home("busy"), _Home("quiet"), _Home("other")
+    plan = checks.Plan()
+    for i in range(50):
+        room.add(busy, "r", {"_id": f"busy-{i}"}, plan, float(i), None)  # type: ignore[arg-type]
+    room.add(quiet, "r", {"_id": "quiet-0"}, plan, 100.0, None)  # type: ignore[arg-type]
+    room.add(other, "r", {"_id": "other-0"}, checks.Plan(priority=2), 0.0, None)  # type: ignore[arg-type]
+    first = [w.id for w in room.take("r", 3)]
+    assert first == ["busy-0", "quiet-0", "busy-1"]  # written last, but next in turn
+    assert [w.id for w in room.take("r")][-1] == "other-0"  # lower priority: last
+    assert room.drop(busy) == [] and len(room) == 0
 
 
 def test_a_checkpoint_that_holds_no_sequence_is_not_believed() -> None:

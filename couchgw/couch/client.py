@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any, cast
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -136,7 +136,7 @@ class Database:
         clean, from_url = split_credentials(url)
         clean = clean.rstrip("/")
         self.url = clean
-        self.name = clean.rsplit("/", 1)[-1]
+        self.name = unquote(clean.rsplit("/", 1)[-1])
         self.server_url = clean.rsplit("/", 1)[0]
         self._auth = credentials or from_url
         self._agent = agent
@@ -147,6 +147,22 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<Database {self.url}>"
+
+    def sibling(self, name: str) -> Database:
+        """Another database of the same server, asked as this one is."""
+        return Database(
+            f"{self.server_url}/{quote(name, safe='')}",
+            self._agent,
+            self._auth,
+            self._timeout,
+            client=self._http,
+        )
+
+    @inlineCallbacks
+    def all_dbs(self) -> Any:
+        """The names of the server's databases (C{GET /_all_dbs})."""
+        names = yield self.json("GET", "/_all_dbs", timeout=max(self._timeout, 120.0))
+        return [str(name) for name in names or []]
 
     def as_user(self, user: str, password: str) -> Database:
         """The same database, asked with other credentials (over the same connections)."""
@@ -300,9 +316,12 @@ class Database:
             timeout=timeout,
         )
 
-    def changes(self, params: Mapping[str, Any], body: Any = None) -> Deferred[IResponse]:
+    def changes(
+        self, params: Mapping[str, Any], body: Any = None, path: str = "_changes"
+    ) -> Deferred[IResponse]:
         """
-        Open the changes feed; answers the unread response (C{deliverBody} reads it).
+        Open the changes feed (or another continuous feed: C{/_db_updates}); answers the
+        unread response (C{deliverBody} reads it).
 
         With a C{body}, the request is a POST (C{filter=_selector} takes its selector there).
         It goes straight through the agent, without asking for compression: a gzipped
@@ -312,5 +331,5 @@ class Database:
         if self._auth is not None:
             headers.addRawHeader(b"Authorization", basic_auth(*self._auth).encode("ascii"))
         producer = None if data is None else FileBodyProducer(BytesIO(data))
-        url = self._url("_changes", params).encode("utf-8")
+        url = self._url(path, params).encode("utf-8")
         return self._agent.request(b"GET" if body is None else b"POST", url, headers, producer)

@@ -62,6 +62,7 @@ class ChangesFeed:
     @param heartbeat: seconds between the server's heartbeats.
     @param on_missing: called when the feed answers 404 (the database is gone); the feed
         keeps trying to reconnect.
+    @param path: what to follow: the database's C{_changes}, or the server's C{/_db_updates}.
     @param max_line: the longest change (in bytes) decoded.  A longer one, or one nested too
         deeply to decode, is passed on without its document, as C{{"seq", "id", "changes",
         "unreadable": "too large" or "too deep"}}.
@@ -79,6 +80,7 @@ class ChangesFeed:
         backoff: Backoff | None = None,
         max_line: int = 16 * 1024 * 1024,
         on_missing: Callable[[], object] | None = None,
+        path: str = "_changes",
     ) -> None:
         self._db = db
         self._on_change = on_change
@@ -95,6 +97,7 @@ class ChangesFeed:
         self.last_data_at: float | None = None
         self.max_line = max_line
         self._on_missing = on_missing
+        self._path = path
         self._framer = LineFramer(max_line)
         self._queue: deque[bytes | Oversize] = deque()
         self._paused = False
@@ -180,7 +183,7 @@ class ChangesFeed:
         self._queue.clear()
         self.last_data_at = self._clock.seconds()
         self._watch()
-        request = self._request = self._db.changes(self._params(), self._filter_body)
+        request = self._request = self._db.changes(self._params(), self._filter_body, self._path)
         request.addCallbacks(self._connected, self._failed)
 
     def _connected(self, response: IResponse) -> Any:

@@ -64,6 +64,8 @@ def problem(doc: Any, now: float) -> str | None:
             return f"{key} must be a number of seconds from 0 to {high:g}"
     if not isinstance(doc.get("leaving", False), bool):
         return "leaving must be true or false"
+    if not isinstance(doc.get("scope", ""), str):
+        return "scope must be a text"
     if not isinstance(doc.get("pid", 0), int) or not isinstance(doc.get("home", ""), str | None):
         return "pid must be a number and home a text"
     return None

@@ -76,6 +76,9 @@ class SavedCheckpoint:
         self._saved_seq: Any = None
         self._saved_at: float | None = None
         self._doc: Doc = {"_id": CHECKPOINT_ID}
+        #: Whether the current checkpoint was resumed from a saved one (or begun) since the
+        #: database was last opened.
+        self.resumed = False
 
     @inlineCallbacks
     def read(self) -> Any:
@@ -97,6 +100,7 @@ class SavedCheckpoint:
             )
             seq = None
         self.current = Checkpoint(seq)
+        self.resumed = True
         self._saved_seq = self.current.seq
         self._saved_at = self.clock.seconds()
         self._doc = {"_id": CHECKPOINT_ID, **({"_rev": saved["_rev"]} if "_rev" in saved else {})}

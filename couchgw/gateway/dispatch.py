@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -39,10 +39,18 @@ TRIAL_MARGIN = 60.0
 Turn = Literal["call"] | Trial | None
 
 
+class Place(Protocol):
+    """The database of a message (L{couchgw.gateway.tenant.Tenant}): its claims, its sweep."""
+
+    name: str
+    claims: Claims
+
+    def wake_at(self, when: float) -> None: ...
+
+
 class Dispatch:
     """
-    @param drained: called when a message of a route is done (L{Intake.drained}).
-    @param wake_at: sweeps at a time, for a retry (L{Intake.wake_at}).
+    @param drained: called when a message of a route is done (L{Backlog.drained}).
     @param route_changed: called when a route's breaker changed: it went out, a trial may go,
         it is back (the messages waiting for it look again).
     @param tracing: the spans of each attempt (L{couchgw.tracing}).
@@ -53,20 +61,17 @@ class Dispatch:
         clock: IReactorTime,
         targets: Mapping[str, ITarget],
         policies: Mapping[str, Policy],
-        claims: Claims,
         metrics: Metrics,
         *,
         retries: int,
         retry_backoff: Backoff,
         running: Callable[[], bool],
         drained: Callable[[str], None],
-        wake_at: Callable[[float], None],
         route_changed: Callable[[str], None],
         tracing: Tracing | None = None,
     ) -> None:
         self.clock = clock
         self.targets = targets
-        self.claims = claims
         self.metrics = metrics
         self.policies = {name: policies.get(name, Policy()) for name in targets}
         self.outcomes = Outcomes(
@@ -74,7 +79,6 @@ class Dispatch:
         )
         self._running = running
         self._drained = drained
-        self._wake_at = wake_at
         self.tracing = tracing or Tracing()
         self.slots = {name: PrioritySlots(max(1, t.concurrency)) for name, t in targets.items()}
         #: Each route's circuit breaker: an outage of its target costs no attempts.
@@ -170,6 +174,7 @@ class Dispatch:
     @inlineCallbacks
     def dispatch(
         self,
+        place: Place,
         doc: Doc,
         target: ITarget,
         prepared: Any,
@@ -197,17 +202,17 @@ class Dispatch:
                 return doc  # stopping, or the route went down: leave it for later
             if spans is not None:
                 spans.claiming(self.clock.seconds())
-            claimed = yield self.claims.take(doc, spans.claim_fields if spans else {})
+            claimed = yield place.claims.take(doc, spans.claim_fields if spans else {})
             if spans is not None:
                 spans.claimed(self.clock.seconds(), claimed is not None)
             if claimed is None:
                 return None
-            claim = self.claims.hold(claimed)
+            claim = place.claims.hold(claimed)
             try:
-                yield self._call(doc, claim, target, prepared, plan, trial, spans)
+                yield self._call(place, doc, claim, target, prepared, plan, trial, spans)
                 return claimed
             finally:
-                self.claims.let_go(claim)
+                place.claims.let_go(claim)
         finally:
             if trial is not None:
                 trial.give_back()  # (nothing happens when its call reported its end)
@@ -219,6 +224,7 @@ class Dispatch:
     @inlineCallbacks
     def _call(
         self,
+        place: Place,
         doc: Doc,
         claim: Claim,
         target: ITarget,
@@ -235,7 +241,7 @@ class Dispatch:
         claimed = claim.claimed
         breaker = self.breakers[name]
         slots = self.slots[name]
-        queued = slots.acquire(plan.priority)
+        queued = slots.acquire(plan.priority, place.name)
         self._queued.add(queued)
         try:
             yield queued
@@ -307,7 +313,7 @@ class Dispatch:
             final = yield self._write(claim, fields, spans)
             if final is not None and final.get("status") == "retrying":
                 at = message.parse_time(final.get("next_attempt_at"))
-                self._wake_at(at if at is not None else self.clock.seconds())
+                place.wake_at(at if at is not None else self.clock.seconds())
         finally:
             if slot_held:
                 slots.release()

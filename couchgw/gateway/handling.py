@@ -29,8 +29,8 @@ from couchgw.errors import log_error
 from couchgw.gateway.breaker import Trial
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.claims import Claims
-from couchgw.gateway.dispatch import Dispatch
-from couchgw.gateway.members import Members
+from couchgw.gateway.dispatch import Dispatch, Place
+from couchgw.gateway.intake import Owner
 from couchgw.metrics import Metrics
 from couchgw.targets.interfaces import ITarget
 
@@ -52,10 +52,11 @@ class Handling:
         clock: IReactorTime,
         gateway: str,
         *,
-        members: Members,
+        owner: Owner,
         claims: Claims,
         targets: Mapping[str, ITarget],
         dispatch: Dispatch,
+        place: Place,
         metrics: Metrics,
         callbacks: Callbacks | None,
         park: Callable[[str, Doc, checks.Plan, float, int | None], None],
@@ -67,7 +68,8 @@ class Handling:
         self.writer = writer
         self.clock = clock
         self.id = gateway
-        self.members = members
+        self.owner = owner
+        self.place = place
         self.claims = claims
         self.targets = targets
         self.dispatch = dispatch
@@ -92,14 +94,14 @@ class Handling:
         seen = self.clock.seconds() if seen is None else seen
         targets = self.targets
         for _ in range(20):  # looks at the document as it changes
-            if not self._running() or not self.members.mine(doc):
+            if not self._running() or not self.owner.mine(doc):
                 return
             if doc.get("_conflicts"):
                 resolved = yield self.claims.resolve(doc)
                 doc = resolved or (yield self.db.get(doc["_id"], conflicts="true"))
                 continue
             now = self.clock.seconds()
-            due = message.due(doc, now, self.members.holder_gone)
+            due = message.due(doc, now, self.owner.holder_gone)
             if due is None:
                 return
             if due == "takeover":
@@ -155,7 +157,7 @@ class Handling:
                             return  # its route is full or out: it waits for room
                         trial = turn if isinstance(turn, Trial) else None
                         written = yield self.dispatch.dispatch(
-                            doc, target, prepared, plan, trial=trial, seen=seen
+                            self.place, doc, target, prepared, plan, trial=trial, seen=seen
                         )
             if written is not None:
                 return

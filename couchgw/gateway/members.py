@@ -82,6 +82,8 @@ class Members:
 
     @param on_change: called when gateways left or this one may claim again: messages it
         passed over may be its own now (the gateway sweeps for them).
+    @param scope: what the gateways that share the work serve, where several kinds of gateway
+        announce themselves in one database (the patterns of the databases they serve).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Members:
         beat: float = 5.0,
         ttl: float = 15.0,
         on_change: Callable[[], None] = lambda: None,
+        scope: str | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -102,6 +105,9 @@ class Members:
         self.beat = beat
         self.ttl = max(ttl, 2 * beat)
         self.on_change = on_change
+        #: What the gateways that share the work serve (the patterns of the databases, where
+        #: many are served): announcements of another scope are not counted.
+        self.scope = scope
         #: The other live gateways: their routes, by id.
         self.others: dict[str, frozenset[str]] = {}
         self._doc: Doc = {"_id": announcements.doc_id(gateway)}
@@ -317,6 +323,7 @@ class Members:
             "ttl": self.ttl,
             "at": iso(started),
             "leaving": self._leaving,
+            **({"scope": self.scope} if self.scope is not None else {}),
         }
         try:
             result = yield self.db.put(doc)
@@ -359,6 +366,7 @@ class Members:
             if announcements.alive(doc, now)
             and doc["gateway"] != self.id
             and doc["gateway"] not in ended
+            and doc.get("scope") == self.scope
         ]
         others = {
             doc["gateway"]: frozenset(doc["routes"])

@@ -1,0 +1,266 @@
+"""
+One database couchgw serves, as its own world: its design documents, its guard (following its
+own security object), its checkpoint, its feed and sweep (L{couchgw.gateway.intake}), the claims
+on its messages and their outcomes (L{couchgw.gateway.claims}, L{couchgw.gateway.handling}).
+What the databases share lives in the gateway (L{Shared}): the routes, the dispatch with its
+breakers and slots, the messages waiting for their routes, the callbacks and the metrics.  A
+gateway serves one database (C{--couch} names it) or many (C{--databases}, through
+L{couchgw.gateway.fleet}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from couchgw.couch import design
+from couchgw.couch.batch import BulkWriter
+from couchgw.couch.client import Database, Doc
+from couchgw.couch.errors import NotFound
+from couchgw.errors import describe_error
+from couchgw.gateway.callbacks import Callbacks
+from couchgw.gateway.checkpoint import SavedCheckpoint
+from couchgw.gateway.claims import Claims, copies
+from couchgw.gateway.dispatch import Dispatch
+from couchgw.gateway.guards import Guards
+from couchgw.gateway.handling import Handling
+from couchgw.gateway.intake import Intake, Owner
+from couchgw.gateway.routing import Routes
+from couchgw.gateway.waiting import Backlog
+from couchgw.metrics import Metrics
+from couchgw.targets.interfaces import ITarget
+
+log = Logger(namespace="couchgw.gateway")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the databases a gateway serves share."""
+
+    targets: Mapping[str, ITarget]
+    routes: Routes
+    dispatch: Dispatch
+    backlog: Backlog
+    metrics: Metrics
+    callbacks: Callbacks | None
+    running: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each database is served (the gateway's options)."""
+
+    gateway: str
+    lease: float = 600.0
+    settle: float = 0.5
+    max_inflight: int = 100
+    max_bytes: int = 1024 * 1024
+    heartbeat: float = 10.0
+    guards: str = "auto"
+
+
+class Tenant:
+    """
+    @param owner: which of its messages are this gateway's.
+    @param gone: called when the database is found gone (by its feed, or by a sweep).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        shared: Shared,
+        settings: Settings,
+        owner: Owner,
+        *,
+        gone: Callable[[Tenant], None],
+    ) -> None:
+        self.db = db
+        self.name = db.name
+        self.clock = clock
+        self.shared = shared
+        self._gone = gone
+        #: Why the database cannot be worked now (None: it can).
+        self.error: str | None = "not looked at yet"
+        #: The server's welcome and the checkpoint read when the database was last opened.
+        self._welcome: Doc | None = None
+        self._saved: Doc | None = None
+        #: The database's sequence when it was last opened.
+        self.update_seq: Any = None
+        #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
+        self.writer = BulkWriter(db)
+        self.checkpoint = SavedCheckpoint(db, clock, settings.gateway)
+        self.guards = Guards(db, shared.targets, settings.guards, loaded=shared.routes.all_loaded)
+        self.claims = Claims(
+            db,
+            clock,
+            settings.gateway,
+            lambda doc, fields: self.handling.transition(doc, fields),
+            lease=settings.lease,
+            settle=settings.settle,
+        )
+        self.handling = Handling(
+            db,
+            self.writer,
+            clock,
+            settings.gateway,
+            owner=owner,
+            claims=self.claims,
+            targets=shared.targets,
+            dispatch=shared.dispatch,
+            place=self,
+            metrics=shared.metrics,
+            callbacks=shared.callbacks,
+            park=lambda route, doc, plan, seen, size: self.intake.park(
+                route, doc, plan, seen, size
+            ),
+            wake_at=lambda when: self.intake.wake_at(when),
+            running=shared.running,
+            max_bytes=settings.max_bytes,
+        )
+        self.intake = Intake(
+            db,
+            clock,
+            owner,
+            self.checkpoint,
+            shared.backlog,
+            name=self.name,
+            handle=self.handling.handle,
+            reject=self.handling.reject_unreadable,
+            room_for=shared.dispatch.room,
+            running=shared.running,
+            working=self.working,
+            recover=self._recover,
+            gone=lambda: self._gone(self),
+            max_inflight=settings.max_inflight,
+            max_bytes=settings.max_bytes,
+            heartbeat=settings.heartbeat,
+        )
+
+    def working(self) -> bool:
+        return self.shared.running() and self.error is None
+
+    def wake_at(self, when: float) -> None:
+        """Sweep the database at C{when} (for a retry, or a scheduled message)."""
+        self.intake.wake_at(when)
+
+    @inlineCallbacks
+    def prepare(self, create: bool) -> Any:
+        """
+        Get the database ready to be followed: created (with C{create}), its guard as its
+        security object says, its design documents pushed, its checkpoint read.
+        """
+        self._welcome = yield self.db.welcome()
+        if create:
+            created = yield self.db.create()
+            if created:
+                log.info("created database {db}", db=self.db.url)
+        # the guard first: the design document may lose a validate function of before
+        yield self.guards.refresh()
+        yield design.push(self.db)
+        info = yield self.db.info()
+        self.claims.copies = copies(info)
+        self.update_seq = info.get("update_seq")
+        self._saved = yield self.checkpoint.read()
+        self.checkpoint.resumed = False
+        self.error = None
+
+    @inlineCallbacks
+    def begin_checkpoint(self) -> Any:
+        """
+        A database never followed begins its checkpoint at the sequence read when it was
+        opened: its sweep, which comes after, finds whatever was written before.
+        """
+        if self.checkpoint.resumed or (self._saved or {}).get("seq") is not None:
+            return
+        self.checkpoint.resume({**(self._saved or {}), "seq": self.update_seq})
+        yield self.checkpoint.save()
+
+    def follow(self) -> None:
+        """Follow the database's changes from its checkpoint; wake for the work that is due."""
+        assert self._welcome is not None and self._saved is not None
+        self.claims.closed = False
+        if not self.checkpoint.resumed:  # (else: on from where it was when its feed closed)
+            self.checkpoint.resume(self._saved)
+        self.intake.follow(self._welcome)
+        # when the first retry or scheduled message written before comes due (at once if one
+        # is due already)
+        self.intake.plan_wake().addErrback(
+            lambda f: log.warn(
+                "{db}: cannot read when work comes due: {error}",
+                db=self.name,
+                error=describe_error(f.value),
+            )
+        )
+
+    @inlineCallbacks
+    def _recover(self) -> Any:
+        """The C{due} view is missing: the database was deleted, or our design document."""
+        try:
+            yield self.db.info()
+        except NotFound:
+            self._gone(self)
+            return
+        log.warn("design documents missing in {db}; writing them again", db=self.db.url)
+        yield design.push(self.db)
+
+    @inlineCallbacks
+    def stop(self, grace: float, deadline: Callable[..., Deferred[Any]]) -> Any:
+        """
+        Stop following; let the calls in flight end within C{grace} seconds; give the messages
+        of calls still running back; save the checkpoint.
+        """
+        sweeping = self.intake.stop()
+        if sweeping is not None:
+            yield sweeping
+        active, deliveries = self.intake.active, self.handling.deliveries
+        if active or deliveries:
+            log.info(
+                "stopping: waiting up to {grace:g}s for {n} message(s) of {db} in flight",
+                grace=grace,
+                n=len(active) + len(deliveries),
+                db=self.name,
+            )
+            yield deadline(DeferredList([*active.values(), *deliveries]), grace, self.clock)
+        held = list(self.claims.held.values())
+        if held:
+            log.warn(
+                "stopping: giving back {n} message(s) of {db} whose calls are still running",
+                n=len(held),
+                db=self.name,
+            )
+            yield DeferredList([claim.give_back() for claim in held])
+        self.claims.stop()
+        self.shared.backlog.drop(self.intake)
+        if self.error is None:
+            try:
+                yield self.checkpoint.save()
+            except Exception as e:
+                log.warn(
+                    "cannot save the checkpoint of {db}: {error}",
+                    db=self.name,
+                    error=describe_error(e),
+                )
+
+    def busy(self) -> bool:
+        """Whether anything of the database is under way here."""
+        return self.intake.busy() or bool(self.claims.held) or bool(self.handling.deliveries)
+
+    def describe(self) -> dict[str, Any]:
+        """The database's state as plain JSON."""
+        return {
+            "in_flight": len(self.intake.active),
+            "waiting": self.intake.waiting(),
+            "calls": len(self.claims.held),
+            "checkpoint": {
+                "seq": self.checkpoint.current.seq,
+                "pending": len(self.checkpoint.current),
+            },
+            "guards": self.guards.describe(),
+            "error": self.error,
+        }
