@@ -6,9 +6,6 @@ with one line that says what is wrong.
 from __future__ import annotations
 
 import os
-import re
-import socket
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,52 +13,18 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from couchgw.coercers import choice, first_line, loopback, number, taken
 from couchgw.connections import split_credentials, tls_policy
 from couchgw.couch.client import check_access
 from couchgw.couch.errors import CouchError
 from couchgw.embedded import NotInstalled, find_executable
+from couchgw.gateway.discovery import parse_patterns
 from couchgw.message import DEFAULT_ROUTE
 from couchgw.targets.routes import RouteConfig, RoutesError, kinds, load
 from couchgw.tracing import exporter_kind
 
 DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
 SECRET_ENV = "COUCHGW_CALLBACK_SECRET"
-
-
-def _number(
-    option: str, kind: Callable[[str], Any], low: float, high: float | None = None
-) -> Callable[[str], Any]:
-    """A coercer for a numeric option, with an error that names the option and its range."""
-
-    def show(value: float) -> str:
-        return str(int(value)) if kind is int else f"{value:g}"
-
-    bound = f"from {show(low)} to {show(high)}" if high is not None else f"at least {show(low)}"
-    noun = "a whole number" if kind is int else "a number"
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise ValueError(f"--{option} must be {noun} {bound}, not {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _choice(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
-    """A coercer for an option that takes one of a few words."""
-
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"--{option} must be one of {', '.join(choices)}, not {text!r}")
-        return text
-
-    parse.__name__ = "str"
-    return parse
 
 
 class Options(usage.Options):
@@ -83,10 +46,27 @@ class Options(usage.Options):
             "couch",
             None,
             None,
-            "The message database URL, e.g. http://127.0.0.1:5984/messages. Credentials from "
+            "The message database URL, e.g. http://127.0.0.1:5984/messages; or, with "
+            "--databases, the server's, e.g. http://127.0.0.1:5984. Credentials from "
             "COUCHGW_COUCH_USER / COUCHGW_COUCH_PASSWORD, --couch-password-file, or the URL's user "
             "info (a password there shows in the process list: a warning). Omitted: the embedded "
             "CouchDB, database 'messages'.",
+        ],
+        [
+            "databases",
+            None,
+            None,
+            "Serve every database of the --couch server whose name matches: shell globs, "
+            "comma-separated, e.g. 'userdb-*' (couch_peruser's) or 'tenant-*'. Each is its own "
+            "world; the gateways serving the same patterns split the databases between them.",
+        ],
+        [
+            "max-feeds",
+            None,
+            100,
+            "With --databases: changes feeds open at once, at most (the databases that change; "
+            "an idle one's feed is closed, and opened again at its next update).",
+            number("max-feeds", int, 1, 100000),
         ],
         [
             "couch-password-file",
@@ -114,7 +94,7 @@ class Options(usage.Options):
             10,
             "Threads of the default route's blocking SOAP calls (calls at once); also the "
             "concurrency of SOAP routes that set none.",
-            _number("threads", int, 1, 1000),
+            number("threads", int, 1, 1000),
         ],
         [
             "max-inflight",
@@ -122,7 +102,7 @@ class Options(usage.Options):
             None,
             "Messages handled at once; when full, the feed is not read. Default: 100, or the "
             "routes' inflight bounds together if that is more.",
-            _number("max-inflight", int, 1, 100000),
+            number("max-inflight", int, 1, 100000),
         ],
         [
             "routes",
@@ -137,7 +117,7 @@ class Options(usage.Options):
             None,
             300.0,
             "Seconds a call may wait on the target (routes that set no timeout too).",
-            _number("timeout", float, 0.1),
+            number("timeout", float, 0.1),
         ],
         [
             "lease",
@@ -145,7 +125,7 @@ class Options(usage.Options):
             600.0,
             "Seconds a claim is valid; a running call renews it every third of that. A claim "
             "left by a gateway that died may be taken over once it expired.",
-            _number("lease", float, 1),
+            number("lease", float, 1),
         ],
         [
             "retries",
@@ -153,7 +133,7 @@ class Options(usage.Options):
             5,
             "Calls made for one message before a transient error is final (routes that set no "
             "retries too).",
-            _number("retries", int, 1, 1000),
+            number("retries", int, 1, 1000),
         ],
         [
             "sweep",
@@ -161,14 +141,14 @@ class Options(usage.Options):
             30.0,
             "Seconds between sweeps for work the feed did not bring (passed over while the "
             "gateway is full).",
-            _number("sweep", float, 0.1),
+            number("sweep", float, 0.1),
         ],
         [
             "heartbeat",
             None,
             10.0,
             "Seconds between the changes feed's heartbeats.",
-            _number("heartbeat", float, 0.1, 3600),
+            number("heartbeat", float, 0.1, 3600),
         ],
         [
             "grace",
@@ -176,14 +156,14 @@ class Options(usage.Options):
             30.0,
             "Seconds a stop waits for calls in flight; then their messages are given back "
             "(retrying, due at once).",
-            _number("grace", float, 0),
+            number("grace", float, 0),
         ],
         [
             "max-message-bytes",
             None,
             1024 * 1024,
             "The largest message accepted (as JSON); larger ones are rejected unread.",
-            _number("max-message-bytes", int, 1024, 64 * 1024 * 1024),
+            number("max-message-bytes", int, 1024, 64 * 1024 * 1024),
         ],
         [
             "callback-allow",
@@ -220,7 +200,7 @@ class Options(usage.Options):
             "Seconds between this gateway's announcements to the others sharing the database "
             "(they split the messages between them); it counts as gone 3 times that after the "
             "last.",
-            _number("announce", float, 0.1, 3600),
+            number("announce", float, 0.1, 3600),
         ],
         [
             "guards",
@@ -230,7 +210,7 @@ class Options(usage.Options):
             "writes couchgw's fields; a new message must fit its route): auto (while users who "
             "are not admins may write to the database), on, or off. It binds no admin, and "
             "costs every write a trip to CouchDB's JavaScript process.",
-            _choice("guards", ("auto", "on", "off")),
+            choice("guards", ("auto", "on", "off")),
         ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],
         ["data", None, "couchgw-data", "Folder of the embedded CouchDB's data."],
@@ -239,21 +219,21 @@ class Options(usage.Options):
             None,
             5984,
             "TCP port of the embedded CouchDB on 127.0.0.1.",
-            _number("embedded-port", int, 1, 65535),
+            number("embedded-port", int, 1, 65535),
         ],
         [
             "demo-port",
             None,
             8471,
             "TCP port of the demo SOAP service on 127.0.0.1 (0: any free port).",
-            _number("demo-port", int, 0, 65535),
+            number("demo-port", int, 0, 65535),
         ],
         [
             "demo-delay",
             None,
             0.1,
             "Seconds the demo's activate takes per device.",
-            _number("demo-delay", float, 0),
+            number("demo-delay", float, 0),
         ],
     ]
     optFlags: list[list[str | None]] = [
@@ -281,13 +261,25 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--ca {ca!r} cannot be used: {e}") from None
         self._secrets()
         couch = self["couch"]
+        self["patterns"] = None
+        if self["databases"] is not None:
+            try:
+                self["patterns"] = parse_patterns(self["databases"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         if couch is not None:
             parts = urlsplit(couch)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise usage.UsageError("--couch must be an http:// or https:// URL")
-            if not parts.path.strip("/"):
+            if not parts.path.strip("/") and self["patterns"] is None:
                 raise usage.UsageError(
-                    "--couch must name the database, e.g. http://127.0.0.1:5984/messages"
+                    "--couch names a server: name the database too, e.g. "
+                    "http://127.0.0.1:5984/messages, or the databases to serve with --databases"
+                )
+            if parts.path.strip("/") and self["patterns"] is not None:
+                raise usage.UsageError(
+                    "--databases needs --couch to name the server, e.g. http://127.0.0.1:5984, "
+                    f"not the database {parts.path.strip('/')!r}"
                 )
             try:
                 check_access(couch, ca=ca, credentials=self["couch-credentials"])
@@ -321,14 +313,14 @@ class Options(usage.Options):
             except NotInstalled as e:
                 raise usage.UsageError(str(e)) from None
             port = self["embedded-port"]
-            if _taken(port):
+            if taken(port):
                 raise usage.UsageError(
                     f"--embedded-port {port} is taken on 127.0.0.1 (another CouchDB?): to use "
                     f"that server, pass --couch=http://127.0.0.1:{port}/messages; for the "
                     "embedded one, --embedded-port with a free port"
                 )
         demo = self["demo-port"]
-        if any(c.url == "demo" for c in self["route-configs"]) and demo and _taken(demo):
+        if any(c.url == "demo" for c in self["route-configs"]) and demo and taken(demo):
             raise usage.UsageError(
                 f"--demo-port {demo} is taken on 127.0.0.1: pass --demo-port with a free port "
                 "(0: any)"
@@ -341,7 +333,7 @@ class Options(usage.Options):
         if secret_file is not None:
             if self["callback-secret"] is not None:
                 raise usage.UsageError("give --callback-secret-file or --callback-secret, not both")
-            self["callback-secret"] = _first_line(secret_file, "--callback-secret-file")
+            self["callback-secret"] = first_line(secret_file, "--callback-secret-file")
         elif self["callback-secret"] is not None:
             self["warnings"].append(
                 f"--callback-secret shows in the process list: prefer --callback-secret-file or "
@@ -362,7 +354,7 @@ class Options(usage.Options):
                     "--couch-password-file: name the user in the --couch URL (http://USER@host/db) "
                     "or in COUCHGW_COUCH_USER"
                 )
-            self["couch-credentials"] = (user, _first_line(password_file, "--couch-password-file"))
+            self["couch-credentials"] = (user, first_line(password_file, "--couch-password-file"))
         elif couch is not None and urlsplit(couch).password:
             self["warnings"].append(
                 "the CouchDB password in --couch shows in the process list: prefer "
@@ -405,35 +397,3 @@ class Options(usage.Options):
         except usage.UsageError as e:
             text = str(e).removeprefix("Parameter type enforcement failed: ")
             raise SystemExit(f"twistd couchgw: {text} (see twistd couchgw --help)") from None
-
-
-def _first_line(path: str, option: str) -> str:
-    """The first line of a secret's file (a bad file: one line saying so)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            line = f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise usage.UsageError(f"{option} {path!r} cannot be read: {e}") from None
-    if not line:
-        raise usage.UsageError(f"{option} {path!r} is empty")
-    return line
-
-
-def loopback(endpoint: str) -> bool:
-    """Whether a strports endpoint listens on the loopback interface only (or a UNIX socket)."""
-    if endpoint.startswith("unix:"):
-        return True
-    parts = re.split(r"(?<!\\):", endpoint)
-    fields = dict(part.replace("\\:", ":").split("=", 1) for part in parts if "=" in part)
-    return fields.get("interface", "") in ("127.0.0.1", "::1", "localhost")
-
-
-def _taken(port: int) -> bool:
-    """Whether a server listens on 127.0.0.1:C{port} (so that no child of ours could)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False

@@ -7,6 +7,7 @@ the whole service.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,18 +19,20 @@ from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
+from couchgw.coercers import loopback
 from couchgw.connections import PoolCloser, agent, connection_pool
 from couchgw.couch.client import Database
 from couchgw.demo import DemoService
 from couchgw.embedded import EmbeddedCouch
 from couchgw.gateway import Gateway, Policy
 from couchgw.gateway.callbacks import Callbacks
-from couchgw.options import Options, loopback
+from couchgw.gateway.fleet import COORDINATION, FleetSettings
+from couchgw.options import Options
 from couchgw.targets.routes import RouteConfig, RoutesError, build
 from couchgw.tracing import Tracing, TracingService
 from couchgw.web.api import API
 from couchgw.web.auth import CouchUsers, Guarded
-from couchgw.web.events import Events
+from couchgw.web.events import Hubs
 
 log = Logger()
 
@@ -51,6 +54,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     top = Stack()
 
     couch = options["couch"]
+    patterns = options.get("patterns")
     embedded: EmbeddedCouch | None = None
     if couch is None:
         embedded = EmbeddedCouch(
@@ -61,14 +65,21 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             in_memory=options["in-memory"],
         )
         embedded.setServiceParent(top)
-        couch = f"{embedded.url}/messages"
+        couch = embedded.url if patterns else f"{embedded.url}/messages"
 
     pool = connection_pool(reactor)
     PoolCloser(pool).setServiceParent(top)
     to_couch: IAgent = agent(reactor, pool, options.get("ca"))
     if embedded is not None:  # only once the server on its port is the child it started
         to_couch = embedded.agent(to_couch)
-    db = Database(couch, to_couch, options.get("couch-credentials"))
+    credentials = options.get("couch-credentials")
+    fleet: FleetSettings | None = None
+    if patterns:  # the databases of a server: the gateways coordinate in a database of their own
+        server = couch.rstrip("/")
+        db = Database(f"{server}/{COORDINATION}", to_couch, credentials)
+        fleet = FleetSettings(db, tuple(patterns), max_feeds=options["max-feeds"])
+    else:
+        db = Database(couch, to_couch, credentials)
 
     configs: list[RouteConfig] = options["route-configs"]
     if any(config.url == "demo" for config in configs):
@@ -99,9 +110,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     tracing = Tracing.from_environment()
     TracingService(tracing, reactor).setServiceParent(top)  # stops after the gateway
     gateway = Gateway(
-        db,
+        None if fleet is not None else db,
         targets,
         reactor,
+        fleet=fleet,
         callbacks=callbacks,
         tracing=tracing,
         policies={
@@ -127,12 +139,19 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         max_bytes=options["max-message-bytes"],
     )
     gateway.setServiceParent(top)
-    events = Events(db, reactor, heartbeat=options["heartbeat"], max_line=gateway.max_bytes + 65536)
-    events.setServiceParent(top)
+    hubs = Hubs(
+        _served(gateway, db),
+        reactor,
+        heartbeat=options["heartbeat"],
+        max_line=gateway.max_bytes + 65536,
+    )
+    hubs.setServiceParent(top)
 
-    resource: Any = API(gateway, events, reactor).app.resource()
+    names = not options.get("http-auth") and loopback(options["http"])
+    resource: Any = API(gateway, hubs, reactor, names=names).app.resource()
     if options.get("http-auth"):
-        resource = Guarded(resource, CouchUsers(db, reactor))
+        one = None if fleet is not None else db
+        resource = Guarded(resource, CouchUsers(db, reactor, database=lambda: one))
     elif not loopback(options["http"]):
         log.warn(
             "the HTTP API listens beyond this machine ({endpoint}) without --http-auth "
@@ -145,3 +164,16 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     site.displayTracebacks = False
     strports.service(options["http"], site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _served(gateway: Gateway, db: Database) -> Callable[[str | None], Database | None]:
+    """The database of a name, if it is one the gateway serves (None: its one database)."""
+
+    def database(name: str | None) -> Database | None:
+        if gateway.fleet is None:
+            return db if name is None else None
+        if name is None or name not in gateway.fleet.discovery.names:
+            return None
+        return db.sibling(name)
+
+    return database

@@ -7,9 +7,11 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from couchgw.web.api import API
+from couchgw.web.events import Hubs
 
 
 class FakeGateway:
@@ -19,13 +21,14 @@ class FakeGateway:
     def problems(self) -> list[str]:
         return list(self._problems)
 
-    def status(self) -> Any:
-        return succeed({"counts": {"forwarded": 3}, "in_flight": 1})
+    def status(self, names: bool = True) -> Any:
+        return succeed({"counts": {"forwarded": 3}, "in_flight": 1, "names": names})
 
 
 class APITests(SynchronousTestCase):
-    def get(self, gateway: FakeGateway, path: str) -> tuple[int, str, Any]:
-        stub = StubTreq(API(gateway, None).app.resource())  # type: ignore[arg-type]
+    def get(self, gateway: FakeGateway, path: str, names: bool = True) -> tuple[int, str, Any]:
+        hubs = Hubs(lambda name: None, Clock())
+        stub = StubTreq(API(gateway, hubs, names=names).app.resource())  # type: ignore[arg-type]
         response = self.successResultOf(stub.get(f"http://localhost{path}"))
         body = self.successResultOf(response.content())
         content_type = response.headers.getRawHeaders(b"content-type")[0].decode()
@@ -47,4 +50,14 @@ class APITests(SynchronousTestCase):
     def test_status(self) -> None:
         code, content_type, body = self.get(FakeGateway([]), "/status")
         self.assertEqual((code, content_type), (200, "application/json"))
-        self.assertEqual(body, {"counts": {"forwarded": 3}, "in_flight": 1})
+        self.assertEqual(body, {"counts": {"forwarded": 3}, "in_flight": 1, "names": True})
+        # databases named only where the API may: on this machine alone, or to server admins
+        self.assertFalse(self.get(FakeGateway([]), "/status", names=False)[2]["names"])
+
+    def test_a_database_not_served(self) -> None:
+        code, _, body = self.get(FakeGateway([]), "/db/other/messages/m1/events")
+        self.assertEqual(code, 404)
+        self.assertEqual(body["reason"], "no database 'other' is served here")
+        code, _, body = self.get(FakeGateway([]), "/messages/m1/events")
+        self.assertEqual(code, 404)
+        self.assertIn("name one, /db/<db>/", body["reason"])

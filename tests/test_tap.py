@@ -53,7 +53,15 @@ def test_defaults() -> None:
             "--max-message-bytes must be a whole number from 1024 to 67108864, not '10'",
         ),
         (["--couch", "ftp://x/db"], "--couch must be an http:// or https:// URL"),
-        (["--couch", "http://127.0.0.1:5984"], "--couch must name the database"),
+        (["--couch", "http://127.0.0.1:5984"], "--couch names a server: name the database too"),
+        (
+            ["--databases", "userdb-*"],
+            "--databases needs --couch to name the server, e.g. http://127.0.0.1:5984, not the "
+            "database 'messages'",
+        ),
+        (["--databases", " , "], "--databases needs at least one pattern"),
+        (["--databases", "_users"], "CouchDB's own databases (_users, _replicator, ...)"),
+        (["--max-feeds", "0"], "--max-feeds must be a whole number from 1 to 100000"),
         (["--target", "nonsense"], "--target must be a WSDL URL or 'demo', not 'nonsense'"),
         (["--http", "tcp:notaport"], "--http 'tcp:notaport' is not a valid endpoint"),
         (["--bogus"], "option --bogus not recognized"),
@@ -79,6 +87,21 @@ def test_bad_option_is_one_line(args: list[str], error: str) -> None:
     assert text.startswith("twistd couchgw: ")
     assert error in text
     assert "\n" not in text
+
+
+def test_a_server_and_its_databases() -> None:
+    options = parse("--couch", "http://127.0.0.1:5984/", "--databases", "userdb-*, tenant-*")
+    assert options["patterns"] == ("userdb-*", "tenant-*")
+    assert options["max-feeds"] == 100
+    top = makeService(options, reactor=MemoryReactorClock())
+    gateway = next(s for s in services(top) if isinstance(s, Gateway))
+    assert gateway.fleet is not None and gateway.one is None
+    assert gateway.fleet.coordination.url == "http://127.0.0.1:5984/couchgw-gateways"
+    assert gateway.fleet.discovery.matches("userdb-616c696365")
+    assert not gateway.fleet.discovery.matches("couchgw-gateways")
+    assert not gateway.fleet.discovery.matches("_users") and not gateway.fleet.discovery.matches("x")
+    # every route bounded, so that the databases share it
+    assert gateway.dispatch.bounds["default"] == 20
 
 
 def test_beyond_loopback_with_auth_or_said_so() -> None:

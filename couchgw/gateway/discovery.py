@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from couchgw.couch.client import Database, supports_selector
+from couchgw.couch.errors import CouchError
 from couchgw.couch.feed import Change, ChangesFeed
 from couchgw.errors import describe_error
 
@@ -94,8 +95,20 @@ class Discovery:
     def start(self, welcome: dict[str, Any]) -> Any:
         """List the databases there are; then follow what changes (or look again and again)."""
         yield self.look()
-        if supports_selector(welcome):  # Apache CouchDB 2 and later
-            self.says_updates = True
+        if supports_selector(welcome):  # Apache CouchDB 2 and later: if it lets this user
+            try:
+                yield self.server.json(
+                    "GET", "/_db_updates", params={"feed": "normal", "limit": 0, "timeout": 1}
+                )
+                self.says_updates = True
+            except CouchError as e:
+                log.warn(
+                    "cannot follow the server's /_db_updates ({error}): looking at its "
+                    "/_all_dbs every {poll:g}s instead",
+                    error=describe_error(e),
+                    poll=POLL,
+                )
+        if self.says_updates:
             self.feed = ChangesFeed(
                 self.server,
                 self._update,

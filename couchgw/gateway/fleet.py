@@ -41,6 +41,8 @@ from couchgw.timing import Backoff, deadline
 
 log = Logger(namespace="couchgw.gateway")
 
+#: The gateways' own database (on the server whose databases they serve).
+COORDINATION = "couchgw-gateways"
 #: Who may use the gateways' own database: the server's admins alone.
 SECURITY = {
     "admins": {"names": [], "roles": ["_admin"]},

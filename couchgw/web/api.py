@@ -1,4 +1,10 @@
-"""The HTTP API (Klein): health, readiness, status, metrics, routes, status events (SSE)."""
+"""
+The HTTP API (Klein): health, readiness, status, metrics, routes, status events (SSE).
+
+Where the gateway serves many databases, a message's events are under C{/db/<db>/}; C{/status}
+names the databases only to those who may know them (a server admin, with C{--http-auth}; the
+operator, on an API that listens on this machine alone).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from couchgw.couch.errors import NotFound
 from couchgw.errors import describe_error
 from couchgw.gateway import Gateway
 from couchgw.message import TERMINAL
-from couchgw.web.events import CATCH_UP_MAX, Event, Events, Stream, event_of
+from couchgw.web.events import CATCH_UP_MAX, Event, Events, Hubs, Stream, event_of
 
 
 def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -35,11 +41,21 @@ log = Logger()
 class API:
     app = Klein()
 
-    def __init__(self, gateway: Gateway, events: Events, clock: Any = None) -> None:
+    def __init__(
+        self, gateway: Gateway, events: Events | Hubs, clock: Any = None, names: bool = True
+    ) -> None:
         self.gateway = gateway
-        self.events = events
-        #: Streams that asked for the gateway's state (C{/events?gateway=1}), every few seconds.
-        self.watchers: set[Stream] = set()
+        if isinstance(events, Events):
+            single = events
+            events = Hubs(lambda name: single.db if name is None else None, single.clock)
+            events.hubs[None] = single
+        self.hubs = events
+        #: Whether databases are named to whoever asks (without --http-auth: the API is the
+        #: operator's, on this machine); with --http-auth, to server admins alone.
+        self.names = names
+        #: Streams that asked for the gateway's state (C{/events?gateway=1}), every few seconds,
+        #: and whether they may be told the databases' names.
+        self.watchers: dict[Stream, bool] = {}
         self._snapshots = LoopingCall(self._snapshot)
         if clock is not None:
             self._snapshots.clock = clock
@@ -62,12 +78,14 @@ class API:
             if self._snapshots.running:
                 self._snapshots.stop()
             return
-        state = yield self.gateway.status()
-        for stream in list(self.watchers):
-            stream.event("gateway", state)
+        states: dict[bool, Any] = {}
+        for stream, names in list(self.watchers.items()):
+            if names not in states:
+                states[names] = yield self.gateway.status(names=names)
+            stream.event("gateway", states[names])
 
-    def _watch(self, stream: Stream) -> None:
-        self.watchers.add(stream)
+    def _watch(self, stream: Stream, names: bool) -> None:
+        self.watchers[stream] = names
         if not self._snapshots.running:
             self._snapshots.start(SNAPSHOT_INTERVAL).addErrback(
                 lambda f: log.warn("snapshots stopped: {e}", e=f.getErrorMessage())
@@ -116,7 +134,7 @@ class API:
     @app.route("/status", methods=["GET"])
     @inlineCallbacks
     def status(self, request: IRequest) -> Any:
-        status = yield self.gateway.status()
+        status = yield self.gateway.status(names=_may_name(request, self.names))
         return _json(request, status)
 
     @app.route("/events", methods=["GET"])
@@ -131,19 +149,44 @@ class API:
             last = (args.get(b"since") or [None])[0]
         watch = (args.get(b"gateway") or [b""])[0] in (b"1", b"true")
         return self._subscribe(
-            request, None, last.decode("utf-8", "replace") if last else None, watch
+            request, None, None, last.decode("utf-8", "replace") if last else None, watch
         )
 
     @app.route("/messages/<doc_id>/events", methods=["GET"])
     def message_events(self, request: IRequest, doc_id: str) -> Any:
         """One message's status now, then each change, closed after a terminal status."""
-        return self._subscribe(request, doc_id, None)
+        return self._subscribe(request, None, doc_id, None)
+
+    @app.route("/db/<db>/events", methods=["GET"])
+    def database_events(self, request: IRequest, db: str) -> Any:
+        """Every message's status changes in one database of those served."""
+        last = request.getHeader(b"last-event-id")
+        if last is None:
+            last = (request.args.get(b"since") or [None])[0]  # type: ignore[attr-defined]
+        return self._subscribe(request, db, None, last.decode("utf-8", "replace") if last else None)
+
+    @app.route("/db/<db>/messages/<doc_id>/events", methods=["GET"])
+    def database_message_events(self, request: IRequest, db: str, doc_id: str) -> Any:
+        """One message's status now, then each change, in one database of those served."""
+        return self._subscribe(request, db, doc_id, None)
 
     @inlineCallbacks
     def _subscribe(
-        self, request: IRequest, doc_id: str | None, last_id: str | None, watch: bool = False
+        self,
+        request: IRequest,
+        db: str | None,
+        doc_id: str | None,
+        last_id: str | None,
+        watch: bool = False,
     ) -> Any:
-        hub = self.events
+        hub = self.hubs.hub(db)
+        if hub is None:
+            reason = (
+                f"no database {db!r} is served here"
+                if db is not None
+                else "this gateway serves many databases: name one, /db/<db>/..."
+            )
+            return _json(request, {"error": "not_found", "reason": reason}, 404)
         pending: list[Event] | None = []
         stream: Stream | None = None
         seen: set[tuple[str, str]] = set()
@@ -178,7 +221,7 @@ class API:
             backlog: list[Event] = []
             if doc_id is not None:
                 try:
-                    backlog = [event_of((yield self.gateway.db.get(doc_id)))]
+                    backlog = [event_of((yield hub.db.get(doc_id)))]
                 except NotFound:
                     pass
                 except Exception as e:
@@ -197,17 +240,17 @@ class API:
                         deliver(event)
                         seen.add((event.id, event.rev))
                 else:
-                    yield self._catch_up(stream, last_id, deliver, seen)
+                    yield self._catch_up(hub, stream, last_id, deliver, seen)
             waiting, pending = pending or [], None
             for event in waiting:
                 deliver(event)
             if watch:
-                self._watch(stream)
+                self._watch(stream, _may_name(request, self.names))
             yield stream.done
         finally:
             if stream is not None:
                 stream.lost()
-                self.watchers.discard(stream)
+                self.watchers.pop(stream, None)
                 if not self.watchers and self._snapshots.running:
                     self._snapshots.stop()
             stop()
@@ -216,6 +259,7 @@ class API:
     @inlineCallbacks
     def _catch_up(
         self,
+        hub: Events,
         stream: Stream,
         since: str,
         deliver: Callable[[Event], None],
@@ -229,7 +273,7 @@ class API:
         at: Any = since
         while not stream.done.called:
             try:
-                events, at, more = yield self.events.page(at)
+                events, at, more = yield hub.page(at)
             except Exception as e:
                 log.warn("cannot catch up with the events: {error}", error=describe_error(e))
                 stream.close()
@@ -252,6 +296,12 @@ class API:
                 )
                 return
             yield stream.room()
+
+
+def _may_name(request: IRequest, names: bool) -> bool:
+    """Whether this request may be told the names of the databases served."""
+    admin = getattr(request, "couchgw_admin", None)  # (set where --http-auth checked it)
+    return names if admin is None else bool(admin)
 
 
 #: The live page's files (in C{couchgw/web/}).

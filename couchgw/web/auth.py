@@ -1,10 +1,13 @@
 """
 HTTP basic auth for the HTTP API, checked against CouchDB (C{--http-auth}): the same users.
 
-A request's credentials must be a CouchDB user's (C{GET /_session} names them) who may read the
-message database (C{GET /db} answers 200): 401 otherwise, 403 for a user the database refuses.
-Answers are kept for a short while, by user and a hash of the password.  C{/health} and
-C{/ready} stay open (for probes).
+A request's credentials must be a CouchDB user's (C{GET /_session} names them): 401 otherwise.
+What is about one database (C{/db/<db>/...}, and every route where the gateway serves one
+database) needs a user who may read that database (C{GET /<db>} answers 200): 403 otherwise.
+Where the gateway serves many databases, its own routes (C{/status}, C{/metrics}, the live page)
+answer any user, naming the databases to the server's admins alone.  Answers are kept for a
+short while, by user, password hash and database.  C{/health} and C{/ready} stay open (for
+probes).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import hashlib
 import json
 from base64 import b64decode
 from binascii import Error as Base64Error
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from couchgw.couch.client import Database
-from couchgw.couch.errors import Forbidden, Unauthorized
+from couchgw.couch.errors import Forbidden, NotFound, Unauthorized
 
 log = Logger()
 
@@ -40,41 +45,66 @@ def credentials(header: bytes | None) -> tuple[str, str] | None:
     return (user, password) if sep and user else None
 
 
+def database_of(path: bytes) -> str | None:
+    """The database a request is about, from its path C{/db/<db>/...} (None: none named)."""
+    parts = path.split(b"/")
+    if len(parts) > 2 and parts[1] == b"db" and parts[2]:
+        return unquote(parts[2].decode("utf-8", "replace"))
+    return None
+
+
 class CouchUsers:
     """
     Checks credentials against CouchDB.
 
+    @param db: a database of the server (the one served, or the gateways' own).
+    @param database: the database a request is about when its path names none (the one
+        served), or None where many are served.
     @param ttl: seconds an answer is kept.
     """
 
-    def __init__(self, db: Database, clock: IReactorTime, ttl: float = 30.0, size: int = 1000):
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        ttl: float = 30.0,
+        size: int = 1000,
+        database: Callable[[], Database | None] | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.ttl = ttl
         self.size = size
-        self._known: dict[tuple[str, bytes], tuple[float, int]] = {}
+        self._database = database or (lambda: db)
+        self._known: dict[tuple[str, bytes, str | None], tuple[float, int, bool]] = {}
 
     @inlineCallbacks
-    def check(self, creds: tuple[str, str] | None) -> Any:
-        """200, 401 or 403 for these credentials."""
+    def check(self, creds: tuple[str, str] | None, name: str | None = None) -> Any:
+        """
+        C{(code, admin)} for these credentials: 200, 401 or 403, and whether the user is a
+        server admin.  C{name}: the database the request is about (None: the one served, if
+        one is).
+        """
         if creds is None:
-            return 401
+            return 401, False
         user, password = creds
-        key = (user, hashlib.sha256(password.encode()).digest())
+        key = (user, hashlib.sha256(password.encode()).digest(), name)
         now = self.clock.seconds()
         known = self._known.get(key)
         if known is not None and known[0] > now:
-            return known[1]
+            return known[1], known[2]
         as_user = self.db.as_user(user, password)
+        admin = False
         try:
             session = yield as_user.json("GET", "/_session")
-            if not (session.get("userCtx") or {}).get("name"):
-                code = 401
-            else:
-                code = 200
+            ctx = session.get("userCtx") or {}
+            admin = "_admin" in (ctx.get("roles") or [])
+            code = 200 if ctx.get("name") else 401
+            target = self.db.sibling(name) if name is not None else self._database()
+            if code == 200 and target is not None:
                 try:
-                    yield as_user.info()
-                except (Unauthorized, Forbidden):  # a user, but not one of the database's
+                    yield target.as_user(user, password).info()
+                except (Unauthorized, Forbidden, NotFound):  # not one of the database's
                     code = 403
         except Unauthorized:
             code = 401
@@ -82,8 +112,8 @@ class CouchUsers:
             self._known = {k: v for k, v in self._known.items() if v[0] > now}
             if len(self._known) >= self.size:
                 self._known.clear()
-        self._known[key] = (now + self.ttl, code)
-        return code
+        self._known[key] = (now + self.ttl, code, admin)
+        return code, admin
 
 
 class Guarded(Resource):
@@ -101,12 +131,15 @@ class Guarded(Resource):
             return self.inner.render(request)
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d: Deferred[int] = self.users.check(credentials(request.getHeader(b"authorization")))
+        creds = credentials(request.getHeader(b"authorization"))
+        d: Deferred[tuple[int, bool]] = self.users.check(creds, database_of(request.path))
 
-        def checked(code: int) -> None:
+        def checked(answer: tuple[int, bool]) -> None:
+            code, admin = answer
             if gone:
                 return
             if code == 200:
+                request.couchgw_admin = admin  # the API names databases to admins alone
                 result = self.inner.render(request)
                 if result is not NOT_DONE_YET:
                     request.write(result)

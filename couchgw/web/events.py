@@ -311,6 +311,66 @@ class _TooLarge(Exception):
     pass
 
 
+class Hubs(Service):
+    """
+    The hubs of the databases served: the one of a gateway that serves one database; in a
+    fleet, one for each database that has subscribers, made when the first comes (each closes
+    its feed a while after its last subscriber left).
+
+    @param database: the database of a name (None: the one database served), or None when it
+        is not one served.
+    """
+
+    def __init__(
+        self,
+        database: Callable[[str | None], Database | None],
+        clock: IReactorTime,
+        heartbeat: float = 10.0,
+        max_line: int = 2 * 1024 * 1024,
+        most: int = 1000,
+    ) -> None:
+        self._database = database
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.max_line = max_line
+        self.most = most
+        self.hubs: dict[str | None, Events] = {}
+
+    def hub(self, name: str | None = None) -> Events | None:
+        """The hub of a database served (None: it is not one)."""
+        found = self.hubs.get(name)
+        if found is not None:
+            return found
+        db = self._database(name)
+        if db is None:
+            return None
+        if len(self.hubs) >= self.most:  # forget those nobody listens to
+            for key, hub in list(self.hubs.items()):
+                if not hub.listeners and hub.feed is None:
+                    hub.stopService()
+                    del self.hubs[key]
+        hub = Events(db, self.clock, heartbeat=self.heartbeat, max_line=self.max_line)
+        if self.running:
+            hub.startService()
+        self.hubs[name] = hub
+        return hub
+
+    def startService(self) -> None:
+        super().startService()
+        for hub in self.hubs.values():
+            hub.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for hub in self.hubs.values():
+            hub.stopService()
+        return None
+
+    @property
+    def streams(self) -> int:
+        return sum(len(hub.streams) for hub in self.hubs.values())
+
+
 @implementer(IPushProducer)
 class Stream:
     """
