@@ -99,7 +99,9 @@ def test_a_server_and_its_databases() -> None:
     assert gateway.fleet.coordination.url == "http://127.0.0.1:5984/couchgw-gateways"
     assert gateway.fleet.discovery.matches("userdb-616c696365")
     assert not gateway.fleet.discovery.matches("couchgw-gateways")
-    assert not gateway.fleet.discovery.matches("_users") and not gateway.fleet.discovery.matches("x")
+    assert not gateway.fleet.discovery.matches("_users") and not gateway.fleet.discovery.matches(
+        "x"
+    )
     # every route bounded, so that the databases share it
     assert gateway.dispatch.bounds["default"] == 20
 

@@ -106,10 +106,10 @@ class SavedCheckpoint:
         self._doc = {"_id": CHECKPOINT_ID, **({"_rev": saved["_rev"]} if "_rev" in saved else {})}
 
     @inlineCallbacks
-    def save(self) -> Any:
-        """Write the checkpoint if it moved since it was last written."""
+    def save(self, force: bool = False) -> Any:
+        """Write the checkpoint if it moved since it was last written (or C{force})."""
         seq = self.current.seq
-        if seq is None or seq == self._saved_seq:
+        if seq is None or (seq == self._saved_seq and not force):
             return
         doc = {**self._doc, "seq": seq, "gateway": self.gateway}
         try:

@@ -103,8 +103,10 @@ class Fleet:
         tenant_settings: Settings,
         *,
         announce: float,
+        sweep_interval: float = 30.0,
     ) -> None:
         self.settings = settings
+        self.sweep_interval = sweep_interval
         self.clock = clock
         self.shared = shared
         self.tenant_settings = tenant_settings
@@ -220,8 +222,11 @@ class Fleet:
     # -- which databases, and when ---------------------------------------------------------------
 
     def owns(self, name: str) -> bool:
-        """Whether a database is this gateway's to serve now."""
-        return self.members.claiming() and self.members.owns(name, None)
+        """
+        Whether a database is this gateway's to serve now (while it may not claim, none is;
+        the members then say when it may again).
+        """
+        return self.members.owns(name, None)
 
     def _found(self, name: str) -> None:
         if self.owns(name):
@@ -320,6 +325,8 @@ class Fleet:
             yield tenant.intake.sweep()
         except Exception as e:
             log.warn("cannot sweep {db}: {error}", db=tenant.name, error=describe_error(e))
+        if self.tenants.get(tenant.name) is not tenant:
+            return  # let go of meanwhile
         if not self.discovery.says_updates or tenant.busy():
             self.wake(tenant)
 
@@ -338,6 +345,8 @@ class Fleet:
     def wake(self, tenant: Tenant) -> None:
         """Open a database's feed (or, when all feeds are taken, wait for one)."""
         name = tenant.name
+        if self.tenants.get(name) is not tenant:
+            return  # no longer served here
         if name in self.awake:
             self.awake.move_to_end(name)
             return
@@ -346,6 +355,7 @@ class Fleet:
             return
         tenant.follow()
         tenant.intake.last_seen = self.clock.seconds()
+        tenant.intake.sweeper.claims_soon()  # (the feed brings no claim: gateways gone, forged)
         self.awake[name] = tenant
 
     def _evict(self) -> bool:
@@ -361,12 +371,16 @@ class Fleet:
     def _sleep(self, tenant: Tenant) -> None:
         self.awake.pop(tenant.name, None)
         tenant.intake.unfollow()
+        tenant.intake.sweeper.claims_soon()  # (claims written while it was awake: no feed says)
         tenant.checkpoint.save().addErrback(
             log_error, f"cannot save the checkpoint of {tenant.name}"
         )
 
     def _housekeeping(self) -> None:
-        """Every second: idle feeds closed, waiting ones opened, checkpoints saved, guards read."""
+        """
+        Every second: idle feeds closed, waiting ones opened; the databases awake have their
+        checkpoints saved, their guards read and their sweeps, as one database has.
+        """
         self._beats += 1
         now = self.clock.seconds()
         if self.discovery.says_updates:
@@ -384,6 +398,11 @@ class Fleet:
         if self._beats % max(1, round(self.announce)) == 0:
             for tenant in self.awake.values():
                 tenant.guards.refresh().addErrback(log_error, "cannot read a security object")
+        if self._beats % max(1, round(self.sweep_interval)) == 0:
+            for tenant in self.awake.values():
+                swept = tenant.intake.sweep_every()
+                if swept is not None:
+                    swept.addErrback(log_error, f"sweep of {tenant.name} failed")
 
     def routes_loaded(self) -> None:
         """Every route loaded once more: the guards of the databases awake describe them."""
@@ -415,11 +434,8 @@ class Fleet:
             key=lambda t: len(t.intake.active) + t.intake.waiting() + len(t.claims.held),
             reverse=True,
         )[:BUSIEST]
-        finished: dict[str, int] = {}
         claims: dict[str, int] = {}
         for tenant in tenants:
-            for status, n in tenant.handling.counts.items():
-                finished[status] = finished.get(status, 0) + n
             for answer, n in tenant.claims.answers.items():
                 claims[answer] = claims.get(answer, 0) + n
         return succeed(
@@ -441,7 +457,7 @@ class Fleet:
                     if t.busy()
                 ],
                 "counts": None,
-                "finished_here": finished,
+                "finished_here": dict(self.shared.finished),
                 "in_flight": sum(len(t.intake.active) for t in tenants),
                 "calls": sum(len(t.claims.held) for t in tenants),
                 "feed": describe_feed(self.discovery.feed),

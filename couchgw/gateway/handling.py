@@ -11,6 +11,7 @@ conflict means the document changed, and it is read and looked at again.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ class Handling:
         the order of its plan and when it was first read, with its size if measured
         (L{Intake.park}).
     @param wake_at: sweeps at a time (L{Intake.wake_at}).
+    @param finished: where to count the messages brought to a final status, by status.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Handling:
         wake_at: Callable[[float], None],
         running: Callable[[], bool],
         max_bytes: int,
+        finished: Counter[str] | None = None,
     ) -> None:
         self.db = db
         self.writer = writer
@@ -80,7 +83,7 @@ class Handling:
         self._running = running
         self.max_bytes = max_bytes
         #: Messages this gateway brought to a final status, by status.
-        self.counts: dict[str, int] = {}
+        self.counts: Counter[str] = Counter() if finished is None else finished
         #: Callbacks being delivered (the stop waits for them within its grace).
         self.deliveries: set[Deferred[None]] = set()
 
@@ -259,7 +262,7 @@ class Handling:
 
     def _count(self, doc: Mapping[str, Any], route: str | None = None) -> None:
         status = doc["status"]
-        self.counts[status] = self.counts.get(status, 0) + 1
+        self.counts[status] += 1
         if route is None:
             target = doc.get("target", message.DEFAULT_ROUTE)
             known = isinstance(target, str) and target in self.targets

@@ -80,8 +80,9 @@ class Members:
     """
     This gateway's announcement, and the live gateways it reads every C{beat} seconds.
 
-    @param on_change: called when gateways left or this one may claim again: messages it
-        passed over may be its own now (the gateway sweeps for them).
+    @param on_change: called when gateways came or left, or this one may claim again: messages
+        it passed over may be its own now (the gateway sweeps for them), and what was its own
+        may be another's.
     @param scope: what the gateways that share the work serve, where several kinds of gateway
         announce themselves in one database (the patterns of the databases they serve).
     """
@@ -301,12 +302,19 @@ class Members:
                 # what it passed over while it could not claim may be its own (a lapse between
                 # two beats, a late answer to one, counts as much as one a beat saw)
                 self._passed_over = False
-                self.on_change()
+                self._changed()
             if not self._first_done:
                 self._first_done = True
                 waiting, self._first_waiting = self._first_waiting, []
                 for waiter in waiting:
                     waiter.callback(None)
+
+    def _changed(self) -> None:
+        """Tell the gateway that the members changed (whatever it does then, the beat goes on)."""
+        try:
+            self.on_change()
+        except Exception:
+            log.failure("acting on a change of the gateways failed")
 
     @inlineCallbacks
     def _announce(self) -> Any:
@@ -387,6 +395,7 @@ class Members:
             log.info("gateways ended on this host: {ended}", ended=", ".join(sorted(ended)))
         joining = self._read_at is None
         gone = bool(left or ended - self.ended)
+        changed = bool(joined) and not joining
         self.others = others
         self.ended = ended
         self._read_at = started
@@ -396,9 +405,11 @@ class Members:
         if gone:
             # their claims are due now: sweep for them (once this gateway may claim)
             if self.claiming():
-                self.on_change()
+                self._changed()
             else:
                 self._passed_over = True
+        elif changed:
+            self._changed()  # what was this gateway's may be a newcomer's now
 
     @inlineCallbacks
     def _look_for_forgeries(self) -> Any:

@@ -150,7 +150,14 @@ class Gateway(Service):
         self.one: OneDatabase | None = None
         self.fleet: Fleet | None = None
         if fleet is not None:
-            self.fleet = Fleet(fleet, clock, self.shared, settings, announce=announce)
+            self.fleet = Fleet(
+                fleet,
+                clock,
+                self.shared,
+                settings,
+                announce=announce,
+                sweep_interval=sweep_interval,
+            )
         else:
             assert db is not None
             self.one = OneDatabase(

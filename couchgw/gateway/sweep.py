@@ -68,6 +68,24 @@ class Sweep:
         del self._timers["sweep"]
         self.sweep().addErrback(log_error, f"sweep of {self.intake.name} failed")
 
+    def claims_soon(self) -> None:
+        """Look at the database's claims soon: those of gateways gone are taken over."""
+        if self.intake._running() and "claims" not in self._timers:
+            self._timers["claims"] = self.clock.callLater(0, self._claims_now)
+
+    def _claims_now(self) -> None:
+        del self._timers["claims"]
+        if self._working():
+            self._claims().addErrback(log_error, f"cannot look at the claims of {self.intake.name}")
+
+    @inlineCallbacks
+    def _claims(self) -> Any:
+        try:
+            yield self._take_over()
+        except NotFound:  # the database is gone, or our design document (then written again)
+            yield self._recover()
+            yield self._take_over()
+
     def wake_at(self, when: float) -> None:
         """Sweep at C{when} (one timer, for the earliest retry that is due)."""
         timer = self._timers.get("wake")

@@ -10,8 +10,9 @@ L{couchgw.gateway.fleet}).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -49,6 +50,8 @@ class Shared:
     metrics: Metrics
     callbacks: Callbacks | None
     running: Callable[[], bool]
+    #: Messages brought to a final status here, by status (all databases).
+    finished: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Tenant:
             wake_at=lambda when: self.intake.wake_at(when),
             running=shared.running,
             max_bytes=settings.max_bytes,
+            finished=shared.finished,
         )
         self.intake = Intake(
             db,
@@ -179,7 +183,7 @@ class Tenant:
         if self.checkpoint.resumed or (self._saved or {}).get("seq") is not None:
             return
         self.checkpoint.resume({**(self._saved or {}), "seq": self.update_seq})
-        yield self.checkpoint.save()
+        yield self.checkpoint.save(force=True)
 
     def follow(self) -> None:
         """Follow the database's changes from its checkpoint; wake for the work that is due."""

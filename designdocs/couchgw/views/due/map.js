@@ -7,10 +7,10 @@ function (doc) {
   // when it names none, false when it is not a string), so that the gateway can pass over the
   // messages of a route that is full. A message with conflicting revisions (written through
   // different cluster nodes, or replicated) is due at once: the gateway merges them. A retry,
-  // a scheduled message and a callback are also keyed ["at", time], so that the gateway knows
-  // when to look next; a
-  // claimed message is also keyed ["claim", the gateway holding it] (arrays whose first item
-  // is text sort after those whose first item is a number).
+  // a scheduled message, a callback and a claim's lease are also keyed ["at", time], so that
+  // the gateway knows when to look next; a claimed message is also keyed ["claim", the gateway
+  // holding it] (arrays whose first item is text sort after those whose first item is a
+  // number).
   if (doc.type !== "message") return;
   var statuses = ["scheduled", "dispatching", "retrying", "forwarded", "failed", "rejected",
     "cancelled", "expired"];
@@ -30,6 +30,7 @@ function (doc) {
   }
   else if (doc.status === "dispatching") {
     at = Date.parse(doc.claim && doc.claim.until) || 0;
+    if (at > 0) emit(["at", at], null);
     // and under the gateway that holds it, so that the others can take over a gone one's claims
     if (doc.claim && typeof doc.claim.by === "string") emit(["claim", doc.claim.by], route);
   }
