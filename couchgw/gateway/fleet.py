@@ -284,7 +284,7 @@ class Fleet:
         self.awake.pop(tenant.name, None)
         self._to_wake.pop(tenant.name, None)
         self._to_visit.pop(tenant.name, None)
-        tenant.stop(0.0, deadline).addErrback(log_error, f"cannot let go of {tenant.name}")
+        tenant.let_go().addErrback(log_error, f"cannot let go of {tenant.name}")
 
     # -- looking at a database ---------------------------------------------------------------------
 

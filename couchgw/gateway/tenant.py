@@ -251,6 +251,30 @@ class Tenant:
                     error=describe_error(e),
                 )
 
+    @inlineCallbacks
+    def let_go(self) -> Any:
+        """
+        Stop following and sweeping the database (another gateway serves it now, or it is
+        gone): the calls in flight end as they may and write their outcomes, the messages
+        waiting here are left to its new owner.
+        """
+        sweeping = self.intake.stop()
+        self.shared.backlog.drop(self.intake)
+        if sweeping is not None:
+            yield sweeping
+        active = list(self.intake.active.values())
+        if active:
+            yield DeferredList(active)
+        if self.error is None:
+            try:
+                yield self.checkpoint.save()
+            except Exception as e:
+                log.warn(
+                    "cannot save the checkpoint of {db}: {error}",
+                    db=self.name,
+                    error=describe_error(e),
+                )
+
     def busy(self) -> bool:
         """Whether anything of the database is under way here."""
         return self.intake.busy() or bool(self.claims.held) or bool(self.handling.deliveries)
