@@ -348,3 +348,77 @@ def test_three_gateways_one_per_node(tmp_path: Path) -> None:
         for gateway in started:
             stop(gateway.process)
         stop(demo)
+
+
+def test_three_gateways_share_two_hundred_databases(tmp_path: Path) -> None:
+    """
+    Three C{twistd couchgw --databases}, one per node, 200 databases of 10 messages each: every
+    message forwarded, called once, no conflict left; the gateways split the databases, none
+    followed by two once they settled.
+    """
+    urls = cluster_urls()
+    prefix = f"many{uuid.uuid4().hex[:8]}-"
+    names = [f"{prefix}{i:03d}" for i in range(200)]
+    log = tmp_path / "target.log"
+    wsdl, demo = start_demo(log, 0.0)
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        f'[routes.null]\nkind = "http"\nurl = "{wsdl.replace("/?wsdl", "/json")}"\n'
+        "concurrency = 50\n"
+    )
+    started: list[Twistd] = []
+    try:
+        for name in names:
+            status, body = http("PUT", f"{urls[0]}/{name}?n=3&q=1")
+            assert status in (201, 202), body
+        for i, url in enumerate(urls[:3]):
+            own = tmp_path / f"gateway{i + 1}"
+            own.mkdir()
+            started.append(
+                Twistd(
+                    own,
+                    "--couch",
+                    url,
+                    "--databases",
+                    f"{prefix}*",
+                    "--target",
+                    wsdl,
+                    "--routes",
+                    str(routes),
+                )
+            )
+        for gateway in started:
+            gateway.wait_ready(180)
+        for i, name in enumerate(names):
+            docs = [
+                {"_id": f"{name}-{j}", "type": "message", "target": "null", "operation": "ping"}
+                for j in range(10)
+            ]
+            write_all(f"{urls[i % 3]}/{name}", docs)
+        for name in names:
+            ids = [f"{name}-{j}" for j in range(10)]
+            docs = wait_terminal(f"{urls[0]}/{name}", ids, 600)
+            assert Counter(doc["status"] for doc in docs.values()) == {"forwarded": 10}, name
+        calls = Counter(re.findall(r"call json ping id=(\S+)\n", log.read_text()))
+        twice = {doc_id: n for doc_id, n in calls.items() if n > 1}
+        assert twice == {}, f"{len(twice)} message(s) called more than once: {twice}"
+        assert len(calls) == 2000
+        served = [http("GET", f"{g.api}/status")[1]["databases"]["served"] for g in started]
+        assert all(served), f"a gateway serves no database: {served}"
+        wait_until(
+            lambda: (
+                sum(http("GET", f"{g.api}/status")[1]["databases"]["served"] for g in started)
+                == len(names)
+            ),
+            60,
+            "each database served by one gateway",
+        )
+        left = {name: found for name in names if (found := conflicted(urls, name))}
+        assert left == {}, left
+    finally:
+        for gateway in started:
+            stop(gateway.process)
+        stop(demo)
+        for name in names:
+            http("DELETE", f"{urls[0]}/{name}")
+        http("DELETE", f"{urls[0]}/couchgw-gateways")

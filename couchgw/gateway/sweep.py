@@ -153,7 +153,17 @@ class Sweep:
         page = max(self.intake.max_inflight, 10)
         taken: Counter[str] = Counter()
         pages = 10
-        for band in range(checks.TOP_PRIORITY + 1):  # 9 - priority, as the view keys it
+        self._query = self.db.view(
+            design.DDOC,
+            "due",
+            timeout=SWEEP_TIMEOUT,
+            startkey=[0],
+            endkey=[checks.TOP_PRIORITY, {}],
+            limit=1,
+        )
+        anything = yield self._query
+        bands = range(checks.TOP_PRIORITY + 1) if anything.get("rows") else range(0)
+        for band in bands:  # 9 - priority, as the view keys it
             params: dict[str, Any] = {"startkey": [band], "endkey": [band, now_ms], "limit": page}
             while pages > 0 and self.intake.has_room():
                 pages -= 1
