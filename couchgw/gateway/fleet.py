@@ -146,6 +146,10 @@ class Fleet:
         #: Why the fleet cannot work (None: it can).
         self.error: str | None = "not connected yet"
         self._starting: Deferred[None] | None = None
+        self._welcome: Doc | None = None
+        #: When each database's guard was last refreshed (it is, every --announce seconds,
+        #: while its feed is open).
+        self._guarded: dict[str, float] = {}
         self._loop: LoopingCall | None = None
         self._beats = 0
 
@@ -162,6 +166,7 @@ class Fleet:
         while running():
             try:
                 welcome = yield self.coordination.welcome()
+                self._welcome = welcome
                 yield self._coordination()
                 break
             except Exception as e:
@@ -281,6 +286,7 @@ class Fleet:
     def _release(self, tenant: Tenant) -> None:
         """Stop serving a database: its calls in flight end, its waiting messages stay there."""
         self.tenants.pop(tenant.name, None)
+        self._guarded.pop(tenant.name, None)
         self.awake.pop(tenant.name, None)
         self._to_wake.pop(tenant.name, None)
         self._to_visit.pop(tenant.name, None)
@@ -309,7 +315,7 @@ class Fleet:
     def _look(self, tenant: Tenant) -> Any:
         """Get a database ready, and sweep it for what is due (its feed opens when it changes)."""
         try:
-            yield tenant.prepare(create=False)
+            yield tenant.prepare(create=False, welcome=self._welcome)
         except (Unauthorized, Forbidden) as e:
             self._hold_off(tenant, REFUSED_AGAIN, f"couchgw may not use it ({describe_error(e)})")
             return
@@ -320,11 +326,19 @@ class Fleet:
             self._hold_off(tenant, FAILED_AGAIN, describe_error(e))
             return
         self.held_off.pop(tenant.name, None)
+        self._guarded[tenant.name] = self.clock.seconds()  # (prepare read its security object)
         try:
-            yield tenant.begin_checkpoint()
-            yield tenant.intake.sweep()
+            if tenant.followed_before():
+                yield tenant.intake.sweep()
+            elif tenant.holds_documents():
+                # never followed: its feed from its start brings its messages (no view to
+                # build, no sweep)
+                self.wake(tenant)
+                return
+            else:
+                yield tenant.begin_checkpoint()
         except Exception as e:
-            log.warn("cannot sweep {db}: {error}", db=tenant.name, error=describe_error(e))
+            log.warn("cannot look at {db}: {error}", db=tenant.name, error=describe_error(e))
         if self.tenants.get(tenant.name) is not tenant:
             return  # let go of meanwhile
         if not self.discovery.says_updates or tenant.busy():
@@ -353,9 +367,8 @@ class Fleet:
         if len(self.awake) >= self.settings.max_feeds and not self._evict():
             self._to_wake[name] = None
             return
-        tenant.follow()
+        tenant.follow(plan=False)  # (its timer for what comes due is kept while it sleeps)
         tenant.intake.last_seen = self.clock.seconds()
-        tenant.intake.sweeper.claims_soon()  # (the feed brings no claim: gateways gone, forged)
         self.awake[name] = tenant
 
     def _evict(self) -> bool:
@@ -371,7 +384,6 @@ class Fleet:
     def _sleep(self, tenant: Tenant) -> None:
         self.awake.pop(tenant.name, None)
         tenant.intake.unfollow()
-        tenant.intake.sweeper.claims_soon()  # (claims written while it was awake: no feed says)
         tenant.checkpoint.save().addErrback(
             log_error, f"cannot save the checkpoint of {tenant.name}"
         )
@@ -395,9 +407,9 @@ class Fleet:
         if self._beats % max(1, round(self.settings.checkpoint_interval)) == 0:
             for tenant in self.awake.values():
                 tenant.checkpoint.save().addErrback(log_error, "cannot save a checkpoint")
-        if self._beats % max(1, round(self.announce)) == 0:
-            for tenant in self.awake.values():
-                tenant.guards.refresh().addErrback(log_error, "cannot read a security object")
+        for tenant in self.awake.values():
+            if now - self._guarded.get(tenant.name, now) >= self.announce:
+                self._guard(tenant)
         if self._beats % max(1, round(self.sweep_interval)) == 0:
             for tenant in self.awake.values():
                 swept = tenant.intake.sweep_every()
@@ -405,9 +417,15 @@ class Fleet:
                     swept.addErrback(log_error, f"sweep of {tenant.name} failed")
 
     def routes_loaded(self) -> None:
-        """Every route loaded once more: the guards of the databases awake describe them."""
-        for tenant in self.awake.values():
-            tenant.guards.refresh().addErrback(log_error, "cannot write a guard")
+        """Every route loaded once more: the guards of the databases served describe them."""
+        for tenant in self.tenants.values():
+            if tenant.error is None and tenant.guards.installed:
+                self._guard(tenant)
+
+    def _guard(self, tenant: Tenant) -> None:
+        """Read a database's security object again, and install or remove its guard."""
+        self._guarded[tenant.name] = self.clock.seconds()
+        tenant.guards.refresh().addErrback(log_error, f"cannot guard {tenant.name}")
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ class Gateway(Service):
             max_bytes=max_bytes,
             heartbeat=heartbeat,
             guards=guards,
+            writes=1 if fleet is not None else 2,
         )
         self.one: OneDatabase | None = None
         self.fleet: Fleet | None = None

@@ -68,24 +68,6 @@ class Sweep:
         del self._timers["sweep"]
         self.sweep().addErrback(log_error, f"sweep of {self.intake.name} failed")
 
-    def claims_soon(self) -> None:
-        """Look at the database's claims soon: those of gateways gone are taken over."""
-        if self.intake._running() and "claims" not in self._timers:
-            self._timers["claims"] = self.clock.callLater(0, self._claims_now)
-
-    def _claims_now(self) -> None:
-        del self._timers["claims"]
-        if self._working():
-            self._claims().addErrback(log_error, f"cannot look at the claims of {self.intake.name}")
-
-    @inlineCallbacks
-    def _claims(self) -> Any:
-        try:
-            yield self._take_over()
-        except NotFound:  # the database is gone, or our design document (then written again)
-            yield self._recover()
-            yield self._take_over()
-
     def wake_at(self, when: float) -> None:
         """Sweep at C{when} (one timer, for the earliest retry that is due)."""
         timer = self._timers.get("wake")
@@ -163,18 +145,28 @@ class Sweep:
         )
         anything = yield self._query
         bands = range(checks.TOP_PRIORITY + 1) if anything.get("rows") else range(0)
+        parked: set[str] = set()
+        unread = False
         for band in bands:  # 9 - priority, as the view keys it
             params: dict[str, Any] = {"startkey": [band], "endkey": [band, now_ms], "limit": page}
-            while pages > 0 and self.intake.has_room():
+            while True:
+                if pages == 0 or not self.intake.has_room():
+                    unread = True
+                    break
                 pages -= 1
                 self._query = self.db.view(design.DDOC, "due", timeout=SWEEP_TIMEOUT, **params)
                 result = yield self._query
                 rows = result.get("rows", [])
-                yield self.intake.resubmit(self._worth_reading(rows, taken))
+                yield self.intake.resubmit(self._worth_reading(rows, taken, parked))
                 if len(rows) < page:
                     break
                 last = rows[-1]
                 params.update(startkey=last["key"], startkey_docid=last["id"], skip=1)
+            if unread:
+                break
+        if unread:  # more is due than this sweep read: once what it kept waiting drains
+            for route in parked:
+                self.intake.backlog.left(self.intake, route)
         yield self.plan_wake(now_ms)
 
     @inlineCallbacks
@@ -219,13 +211,17 @@ class Sweep:
         # are freed at once
         yield self.intake.resubmit(ids, always=True)
 
-    def _worth_reading(self, rows: list[Mapping[str, Any]], taken: Counter[str]) -> list[str]:
+    def _worth_reading(
+        self, rows: list[Mapping[str, Any]], taken: Counter[str], parked: set[str]
+    ) -> list[str]:
         """
         The ids of the rows of the C{due} view that are this gateway's to read now; those too
-        large or too deep to read are rejected in place.
+        large or too deep to read are rejected in place, and those whose route has no room for
+        them now wait for it here, by their ids (L{couchgw.gateway.waiting}).
         """
         intake, owner = self.intake, self.intake.owner
         readable = []
+        now = self.clock.seconds()
         for row in rows:
             if row["id"] in intake.active:
                 continue
@@ -239,6 +235,11 @@ class Sweep:
                 continue
             if not self._waits_for_room(route, taken):
                 readable.append(row["id"])
+            elif route is not None:
+                band = row["key"][0] if isinstance(row.get("key"), list) else None
+                priority = checks.TOP_PRIORITY - band if isinstance(band, int) else None
+                intake.backlog.park_id(intake, route, row["id"], priority, now)
+                parked.add(route)
         return readable
 
     def _waits_for_room(self, route: str | None, taken: Counter[str]) -> bool:
@@ -250,7 +251,6 @@ class Sweep:
         if route is None or room is None:
             return False
         if taken[route] >= room:
-            self.intake.backlog.left(self.intake, route)
             return True
         taken[route] += 1
         return False

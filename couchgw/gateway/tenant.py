@@ -65,6 +65,9 @@ class Settings:
     max_bytes: int = 1024 * 1024
     heartbeat: float = 10.0
     guards: str = "auto"
+    #: Requests of gathered writes in flight at once, per database (many databases served: one
+    #: each, so that a database's writes go together).
+    writes: int = 2
 
 
 class Tenant:
@@ -93,10 +96,12 @@ class Tenant:
         #: The server's welcome and the checkpoint read when the database was last opened.
         self._welcome: Doc | None = None
         self._saved: Doc | None = None
-        #: The database's sequence when it was last opened.
+        #: The database's sequence when it was last opened, and how many documents it held
+        #: besides couchgw's own.
         self.update_seq: Any = None
+        self._documents = 0
         #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
-        self.writer = BulkWriter(db)
+        self.writer = BulkWriter(db, concurrency=settings.writes)
         self.checkpoint = SavedCheckpoint(db, clock, settings.gateway)
         self.guards = Guards(db, shared.targets, settings.guards, loaded=shared.routes.all_loaded)
         self.claims = Claims(
@@ -154,12 +159,14 @@ class Tenant:
         self.intake.wake_at(when)
 
     @inlineCallbacks
-    def prepare(self, create: bool) -> Any:
+    def prepare(self, create: bool, welcome: Doc | None = None) -> Any:
         """
         Get the database ready to be followed: created (with C{create}), its guard as its
         security object says, its design documents pushed, its checkpoint read.
+
+        @param welcome: the server's welcome, if it was read already.
         """
-        self._welcome = yield self.db.welcome()
+        self._welcome = welcome if welcome is not None else (yield self.db.welcome())
         if create:
             created = yield self.db.create()
             if created:
@@ -170,9 +177,19 @@ class Tenant:
         info = yield self.db.info()
         self.claims.copies = copies(info)
         self.update_seq = info.get("update_seq")
+        ours = len(design.DOCS) + (1 if self.guards.installed else 0)
+        self._documents = int(info.get("doc_count") or 0) - ours
         self._saved = yield self.checkpoint.read()
         self.checkpoint.resumed = False
         self.error = None
+
+    def followed_before(self) -> bool:
+        """Whether a gateway followed the database before (its checkpoint was saved)."""
+        return (self._saved or {}).get("seq") is not None
+
+    def holds_documents(self) -> bool:
+        """Whether the database held documents besides couchgw's when it was opened."""
+        return self._documents > 0
 
     @inlineCallbacks
     def begin_checkpoint(self) -> Any:
@@ -185,13 +202,18 @@ class Tenant:
         self.checkpoint.resume({**(self._saved or {}), "seq": self.update_seq})
         yield self.checkpoint.save(force=True)
 
-    def follow(self) -> None:
-        """Follow the database's changes from its checkpoint; wake for the work that is due."""
+    def follow(self, plan: bool = True) -> None:
+        """
+        Follow the database's changes from its checkpoint; with C{plan}, wake for the work that
+        is due (where it was not planned already).
+        """
         assert self._welcome is not None and self._saved is not None
         self.claims.closed = False
         if not self.checkpoint.resumed:  # (else: on from where it was when its feed closed)
             self.checkpoint.resume(self._saved)
         self.intake.follow(self._welcome)
+        if not plan:
+            return
         # when the first retry or scheduled message written before comes due (at once if one
         # is due already)
         self.intake.plan_wake().addErrback(

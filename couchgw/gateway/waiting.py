@@ -98,6 +98,8 @@ class WaitingRoom:
         self._queues: dict[str, dict[int, OrderedDict[str, list[Waiting]]]] = {}
         self._by_route: Counter[str] = Counter()
         self._by_home: Counter[str] = Counter()
+        #: The ids that wait, by database.
+        self._ids: dict[str, set[str]] = {}
         self._count = 0
         self._kept_bytes = 0
         self._arrivals = itertools.count()
@@ -123,6 +125,8 @@ class WaitingRoom:
         @param seen: when the gateway first read it (its place, without a C{requested_at}).
         @param size: the document's size as compact JSON, if measured already.
         """
+        if self.waits(home, doc["_id"]):
+            return True  # (kept already)
         if self._by_route[route] >= self.share or self._by_home[home.name] >= self.home_share():
             return False
         since = seen if plan.requested_at is None else plan.requested_at
@@ -133,6 +137,22 @@ class WaitingRoom:
             waiting = Waiting(rank, doc["_id"], home, doc, measured, plan.expires_at)
         self._push(route, waiting)
         return True
+
+    def add_id(
+        self, home: Home, route: str, doc_id: str, priority: int | None, seen: float
+    ) -> bool:
+        """Keep a message by its id alone (the sweep found it due); as L{add} answers."""
+        if self.waits(home, doc_id):
+            return True  # (kept already)
+        if self._by_route[route] >= self.share or self._by_home[home.name] >= self.home_share():
+            return False
+        priority = checks.DEFAULT_PRIORITY if priority is None else priority
+        self._push(route, Waiting((-priority, seen, next(self._arrivals)), doc_id, home))
+        return True
+
+    def waits(self, home: Home, doc_id: str) -> bool:
+        """Whether a message of a database waits here already."""
+        return doc_id in self._ids.get(home.name, ())
 
     def take(self, route: str, most: int | None = None) -> list[Waiting]:
         """
@@ -214,6 +234,7 @@ class WaitingRoom:
         bands = self._queues.setdefault(route, {})
         queues = bands.setdefault(waiting.priority, OrderedDict())
         heapq.heappush(queues.setdefault(waiting.home.name, []), waiting)
+        self._ids.setdefault(waiting.home.name, set()).add(waiting.id)
         self._by_route[route] += 1
         self._by_home[waiting.home.name] += 1
         self._kept_bytes += waiting.size
@@ -221,10 +242,13 @@ class WaitingRoom:
 
     def _forget(self, route: str, taken: list[Waiting]) -> None:
         for waiting in taken:
+            name = waiting.home.name
             self._by_route[route] -= 1
-            self._by_home[waiting.home.name] -= 1
-            if not self._by_home[waiting.home.name]:
-                del self._by_home[waiting.home.name]
+            self._by_home[name] -= 1
+            self._ids[name].discard(waiting.id)
+            if not self._by_home[name]:
+                del self._by_home[name]
+                del self._ids[name]
             self._kept_bytes -= waiting.size
         self._count -= len(taken)
 
@@ -263,6 +287,13 @@ class Backlog:
     ) -> None:
         """Keep a message whose route has no room for it now (or leave it in CouchDB)."""
         if not self.room.add(home, route, doc, plan, seen, size):
+            self.left(home, route)
+
+    def park_id(
+        self, home: Home, route: str, doc_id: str, priority: int | None, seen: float
+    ) -> None:
+        """Keep a message the sweep found due, by its id, whose route has no room for it now."""
+        if not self.room.add_id(home, route, doc_id, priority, seen):
             self.left(home, route)
 
     def left(self, home: Home, route: str) -> None:
