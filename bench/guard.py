@@ -3,7 +3,7 @@ What couchgw's guard costs each write, on one CouchDB server: documents per seco
 C{_bulk_docs} of 500, without a validate function, with an empty one, and with the guard.
 
     .venv/bin/python bench/guard.py --couch http://admin:admin@127.0.0.1:15984
-    .venv/bin/python bench/guard.py --couch URL --docs 10000 --variants none,javascript,erlang-empty,erlang
+    .venv/bin/python bench/guard.py --couch URL --variants none,javascript,erlang-empty,erlang
 
 Three writes each message sees, each by the user who makes it: a client's new message (the
 guard's every check), the gateway's claim of it (a user with the couchgw role: passed at once),
@@ -77,7 +77,9 @@ def bulk(url: str, docs: list[Doc]) -> list[Doc]:
     assert status == 201, (status, answer)
     refused = [row for row in answer if "error" in row]
     assert not refused, refused[:3]
-    return [{**doc, "_id": row["id"], "_rev": row["rev"]} for doc, row in zip(docs, answer, strict=True)]
+    return [
+        {**doc, "_id": row["id"], "_rev": row["rev"]} for doc, row in zip(docs, answer, strict=True)
+    ]
 
 
 def timed(url: str, docs: list[Doc], batch: int) -> tuple[float, list[Doc]]:
@@ -89,9 +91,7 @@ def timed(url: str, docs: list[Doc], batch: int) -> tuple[float, list[Doc]]:
     return len(docs) / (time.monotonic() - started), written
 
 
-def measure(
-    made: Leftovers, couch: str, variant: str, docs: int, batch: int
-) -> dict[str, float]:
+def measure(made: Leftovers, couch: str, variant: str, docs: int, batch: int) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:6]
     db = made.database(f"{couch}/guardbench-{variant}-{suffix}")
     security = {
@@ -165,9 +165,9 @@ def main() -> int:
                 for what, rate in rates.items():
                     results.setdefault(variant, {}).setdefault(what, []).append(rate)
     print(f"documents/s, median of {options.repeat} (lowest-highest), {options.docs} each:")
-    for variant, rates in results.items():
+    for variant, measured in results.items():
         print(f"  {variant}")
-        for what, each in rates.items():
+        for what, each in measured.items():
             low, high = min(each), max(each)
             print(f"    {what:<42} {statistics.median(each):>7.0f} ({low:.0f}-{high:.0f})")
     return 0

@@ -1,8 +1,8 @@
 """
-What a benchmark makes on a CouchDB server (databases, users), removed when it ends: when it
+What a benchmark makes on a CouchDB server (databases, users), deleted when it ends: when it
 finishes, fails, or is interrupted (Ctrl-C, SIGTERM).
 
-    with Leftovers() as made:
+    with Leftovers() as made:         # within it, SIGTERM ends the run as Ctrl-C does
         db = made.database(f"{couch}/drain-{suffix}")   # created, and deleted at the end
         made.user(couch, "bench-client-1234", "pw", ["client"])
 """
@@ -29,12 +29,13 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 class Leftovers:
     """
-    Databases and users to delete, newest first, on leaving the C{with} block (however it is
-    left); within it, SIGTERM ends the run as Ctrl-C does, through every C{finally}.
+    Databases and users to delete, newest first (L{remove}); as a context manager, deleted on
+    leaving the block however it is left, and SIGTERM within it ends the run through every
+    C{finally}, as Ctrl-C does.
     """
 
     def __init__(self) -> None:
-        #: URLs (with credentials) to DELETE, in the order they were made.
+        #: URLs (with credentials) to delete, in the order they were made.
         self._made: list[str] = []
         self._previous: Any = None
 
@@ -48,13 +49,9 @@ class Leftovers:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        # a second Ctrl-C or SIGTERM while deleting would leave the rest behind
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             self.remove()
         finally:
-            signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, self._previous)
 
     def database(self, url: str) -> str:
@@ -64,10 +61,6 @@ class Leftovers:
         assert status in (201, 202), (split_credentials(url)[0], status, answer)
         return url
 
-    def forget(self, url: str) -> None:
-        """A database that is gone already (deleted by the benchmark itself)."""
-        self._made = [made for made in self._made if made != url]
-
     def user(self, server: str, name: str, password: str, roles: list[str]) -> None:
         """A user in C{server}'s C{_users} database."""
         url = f"{server}/_users/{quote('org.couchdb.user:' + name, safe=':')}"
@@ -76,20 +69,35 @@ class Leftovers:
         status, answer = http("PUT", url, body)
         assert status in (201, 202), (name, status, answer)
 
+    def forget(self, url: str) -> None:
+        """A database that is gone already (deleted by the benchmark itself)."""
+        self._made = [made for made in self._made if made != url]
+
     def remove(self) -> None:
-        """Delete what was made, newest first; what cannot be deleted is named."""
-        while self._made:
-            url = self._made.pop()
-            clean = split_credentials(url)[0]
-            try:
-                if "/_users/" in url:
-                    status, doc = http("GET", url, timeout=10)
-                    if status == 200:
-                        status, _ = http("DELETE", f"{url}?rev={doc['_rev']}", timeout=10)
-                else:
-                    status, _ = http("DELETE", url, timeout=30)
-            except OSError as e:
-                print(f"left behind: {clean} ({e})", file=sys.stderr, flush=True)
-                continue
-            if status not in (200, 202, 404):
-                print(f"left behind: {clean} (DELETE answered {status})", file=sys.stderr)
+        """
+        Delete what was made, newest first; a second Ctrl-C or SIGTERM meanwhile is held off
+        (it would leave the rest behind).  What cannot be deleted is named.
+        """
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        terminate = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            while self._made:
+                self._delete(self._made.pop())
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, terminate)
+
+    def _delete(self, url: str) -> None:
+        clean = split_credentials(url)[0]
+        try:
+            if "/_users/" in url:
+                status, doc = http("GET", url, timeout=10)
+                if status == 200:
+                    status, _ = http("DELETE", f"{url}?rev={doc['_rev']}", timeout=10)
+            else:
+                status, _ = http("DELETE", url, timeout=30)
+        except OSError as e:
+            print(f"left behind: {clean} ({e})", file=sys.stderr, flush=True)
+            return
+        if status not in (200, 202, 404):
+            print(f"left behind: {clean} (DELETE answered {status})", file=sys.stderr, flush=True)

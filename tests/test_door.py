@@ -20,8 +20,6 @@ import pytest
 
 from couchgw import message
 from couchgw.connections import agent, connection_pool
-from couchgw.couch import engines
-from couchgw.couch.client import supports_selector
 from couchgw.message import Rejected
 from couchgw.targets import door
 from couchgw.targets.http import HttpTarget
@@ -30,7 +28,15 @@ from couchgw.targets.soap import SoapTarget
 from tests.doorcases import CASES as FIELD_CASES
 from tests.doorcases import HAS, STRICTER, Case
 from tests.doorroutes import ROUTE_CASES
-from tests.servers import COUCH_ENV, demo_wsdl, http, start_pouchdb, stop, wait_until
+from tests.servers import (
+    COUCH_ENV,
+    demo_wsdl,
+    engines_of,
+    http,
+    start_pouchdb,
+    stop,
+    wait_until,
+)
 from tests.test_e2e import Twistd
 from tests.test_soap import SyncRunner, result
 
@@ -144,15 +150,7 @@ def _before(db: str, cases: list[tuple[int, Case]]) -> dict[int, dict[str, Any]]
 
 def _languages(admin: str) -> list[str]:
     """JavaScript, and Erlang where every node of the server enables it."""
-    status, welcome = http("GET", admin)
-    if not supports_selector(welcome):
-        return ["javascript"]
-    status, membership = http("GET", f"{admin}/_membership")
-    nodes = {}
-    for node in membership.get("all_nodes", []) if status == 200 else []:
-        _, section = http("GET", f"{admin}/_node/{node}/_config/native_query_servers")
-        nodes[node] = section if isinstance(section, dict) else str(section)
-    return ["javascript", "erlang"] if engines.decide(nodes).erlang else ["javascript"]
+    return ["javascript", "erlang"] if engines_of(admin).erlang else ["javascript"]
 
 
 @pytest.mark.parametrize("language", ["javascript", "erlang"])
