@@ -22,6 +22,7 @@ fails or is interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
 import re
 import sys
@@ -54,6 +55,12 @@ def counters(stats: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
                 yield prefix + name, value["value"]
         elif isinstance(value, dict):
             yield from counters(value, f"{prefix}{name}.")
+
+
+def own_cpu(pid: int) -> float:
+    """The CPU time of a process alone (not its children's)."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(field) for field in stat[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 def kind_of(method: str, path: str, db: str) -> str | None:
@@ -130,6 +137,7 @@ def profile(options: argparse.Namespace, couch: str, server: int, made: Leftover
             http("PUT", level, "info")
         before = http("GET", f"{couch}/_node/_local/_stats")[1]
         cpu = {"CouchDB": process_tree_cpu(server), "demo": process_tree_cpu(demo.process.pid)}
+        own = own_cpu(server)
         try:
             drained = drain(gateway, options.messages, progress=False)
         finally:
@@ -138,6 +146,9 @@ def profile(options: argparse.Namespace, couch: str, server: int, made: Leftover
         after = http("GET", f"{couch}/_node/_local/_stats")[1]
         spent = {
             "CouchDB": process_tree_cpu(server) - cpu["CouchDB"],
+            "CouchDB's JavaScript processes (of the above)": (
+                process_tree_cpu(server) - cpu["CouchDB"] - (own_cpu(server) - own)
+            ),
             "demo": process_tree_cpu(demo.process.pid) - cpu["demo"],
             "couchgw (with its start-up)": drained["cpu (s)"],
         }

@@ -373,7 +373,9 @@ def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
     db = run.database("drain-guarded")
     write_backlog(db, messages, target="null")
     gateway = run.gateway(db, "--guards", "on", routes=run.null_route())
+    before = run.cpu()
     drained = drain(gateway, messages, progress=False)
+    run.cpu_per_message(figures, "drain, --guards on", before, drained, messages)
     _, status = http("GET", gateway.ready.replace("/ready", "/status"), timeout=30)
     guards = status.get("guards") or {}
     figures["drain, --guards on: guard engine"] = guards.get("engine") or "none"

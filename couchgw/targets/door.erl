@@ -5,11 +5,11 @@
 %% JavaScript (door.js), decision for decision and word for word. Facts: the design document's
 %% field "couchgw" (door.py's facts).
 %%
-%% One fun after another, each bound to its name; Guard is the check. The guard's
-%% validate_doc_update (door.py's ENTRY) makes them once in each of CouchDB's Erlang query server
-%% processes (door.py's LOADER: each fun sees only the funs before it that it names), and
-%% erl_eval interprets them: each fun binds few variables (erl_eval's cost grows with their
-%% square), and none binds a name of a fun it uses (a bound name is matched, not bound again).
+%% One fun after another, each bound to its name; Guard is the check, of a write and the facts.
+%% door.py's LOADER makes them once on each node (each fun sees only the funs before it that it
+%% names), and erl_eval interprets them: each fun binds few variables (erl_eval's cost grows
+%% with their square), and none binds a name of a fun it uses (a bound name is matched, not
+%% bound again).
 Get = fun(Key, Props) ->
     case lists:keyfind(Key, 1, Props) of
         {_, Found} -> Found;
@@ -308,11 +308,9 @@ Check = fun(Doc, Was, Facts) ->
             case Was of null -> New(Doc, Facts); _ -> 1 end
     end
 end.
-Guard = fun({NewProps}, OldDoc, {UserProps}, {SecProps}, {DDocProps}) ->
+Guard = fun({NewProps}, OldDoc, {UserProps}, {SecProps}, DocFacts) ->
     case Passes(UserProps, SecProps) of
         true -> 1;
-        false ->
-            {_, {DocFacts}} = lists:keyfind(<<"couchgw">>, 1, DDocProps),
-            Check(NewProps, Before(OldDoc), DocFacts)
+        false -> Check(NewProps, Before(OldDoc), DocFacts)
     end
 end.

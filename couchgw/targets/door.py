@@ -41,32 +41,40 @@ VERSION = 4
 ENGINES = ("javascript", "erlang")
 
 #: The guard's validate function in Erlang.  CouchDB's native query server reads (scans,
-#: parses, lints) a design function again for every write, so this one is short: it calls the
-#: checks (C{door.erl}, in the design document), made by L{LOADER} once on each node and kept
-#: as a persistent term under their id (one for each version of the checks: in a process's own
-#: memory, the query server's garbage collection after each write would copy them every time).
-ENTRY = """fun(Doc, Old, User, Sec) ->
-    %% Written by couchgw (--guards), version VERSION. couchgw.loader makes couchgw.checks
-    Guard = case persistent_term:get({couchgw_guard, <<"CHECKS_ID">>}, undefined) of
-        undefined ->
-            Loader = couch_util:get_nested_json_value(DDoc, [<<"couchgw">>, <<"loader">>]),
-            {ok, Tokens, _} = erl_scan:string(binary_to_list(Loader)),
-            {ok, [Form]} = erl_parse:parse_exprs(Tokens),
-            (element(2, erl_eval:expr(Form, erl_eval:new_bindings())))(DDoc);
-        Kept -> Kept
-    end,
-    Guard(Doc, Old, User, Sec, DDoc)
+#: parses, evaluates) a design function again for every write, so this one is an expression
+#: that answers the guard already made for this door (a persistent term, under the door's id),
+#: and makes it (L{LOADER}) only the first time on each node.  A persistent term is not copied
+#: by the query server's garbage collection after each write, as a process's own memory is;
+#: there is one for each door (its checks and its routes) until the node restarts.
+ENTRY = """%% couchgw --guards, version VERSION. See couchgw.loader
+case persistent_term:get({couchgw_guard, <<"DOOR">>}, undefined) of
+    undefined ->
+        Loader = couch_util:get_nested_json_value(DDoc, [<<"couchgw">>, <<"loader">>]),
+        {ok, Tokens, _} = erl_scan:string(binary_to_list(Loader)),
+        {ok, [Form]} = erl_parse:parse_exprs(Tokens),
+        (element(2, erl_eval:expr(Form, erl_eval:new_bindings())))(DDoc);
+    Guard -> Guard
 end."""
 
-#: Makes the checks of C{door.erl} (the facts' C{checks}): each fun in turn, evaluated with the
-#: funs before it that it names bound, and nothing else (erl_eval keeps every variable bound
-#: where a fun is made, and pays for each at every call); keeps C{Guard} under their id (or
-#: what another process kept there first: a term replaced costs every process a collection).
+#: Makes the guard of a door: the checks of C{door.erl} (the facts' C{checks}), each fun in
+#: turn, evaluated with the funs before it that it names bound and nothing else (erl_eval keeps
+#: every variable bound where a fun is made, and pays for each at every call), once for each
+#: version of the checks; and a fun of a write alone that checks it with this door's facts.
 LOADER = """fun({DDocProps}) ->
     {_, {Facts}} = lists:keyfind(<<"couchgw">>, 1, DDocProps),
-    {_, Source} = lists:keyfind(<<"checks">>, 1, Facts),
-    {_, Id} = lists:keyfind(<<"checks_id">>, 1, Facts),
-    {ok, Tokens, _} = erl_scan:string(binary_to_list(Source)),
+    {_, ChecksId} = lists:keyfind(<<"checks_id">>, 1, Facts),
+    {_, DoorId} = lists:keyfind(<<"door_id">>, 1, Facts),
+    Keep = fun(Key, Made) ->
+        case persistent_term:get({couchgw_guard, Key}, undefined) of
+            undefined -> persistent_term:put({couchgw_guard, Key}, Made), Made;
+            Kept -> Kept  % another process made it first: replacing a term costs a collection
+        end
+    end,
+    Evaluate = fun(Text, Bindings) ->
+        {ok, Tokens, _} = erl_scan:string(Text),
+        {ok, [Form]} = erl_parse:parse_exprs(Tokens),
+        element(2, erl_eval:expr(Form, Bindings))
+    end,
     Split = fun
         Cut([], [], Done) -> lists:reverse(Done);
         Cut([{dot, _} = Dot | More], Acc, Done) ->
@@ -85,11 +93,17 @@ LOADER = """fun({DDocProps}) ->
         {value, Made, _} = erl_eval:expr(Form, Bindings),
         maps:put(Defined, Made, Funs)
     end,
-    Guard = maps:get('Guard', lists:foldl(Define, #{}, Split(Tokens, [], []))),
-    case persistent_term:get({couchgw_guard, Id}, undefined) of
-        undefined -> persistent_term:put({couchgw_guard, Id}, Guard), Guard;
-        Kept -> Kept
-    end
+    Check = case persistent_term:get({couchgw_guard, ChecksId}, undefined) of
+        undefined ->
+            {_, Source} = lists:keyfind(<<"checks">>, 1, Facts),
+            {ok, Tokens, _} = erl_scan:string(binary_to_list(Source)),
+            Keep(ChecksId, maps:get('Guard', lists:foldl(Define, #{}, Split(Tokens, [], []))));
+        Checks -> Checks
+    end,
+    Bound = erl_eval:add_binding('Check', Check, erl_eval:add_binding('Facts', Facts,
+        erl_eval:new_bindings())),
+    Keep(DoorId, Evaluate("fun(Doc, Old, User, Sec) -> Check(Doc, Old, User, Sec, Facts) end.",
+        Bound))
 end."""
 
 
@@ -150,7 +164,7 @@ def design_doc(targets: Mapping[str, ITarget] | None, engine: str = "javascript"
     known = facts(targets)
     if engine == "javascript":
         # the facts are read once, when CouchDB compiles the function
-        text = json.dumps(json.dumps(known, sort_keys=True, separators=(",", ":")))
+        text = json.dumps(_compact(known))
         function = _source("door.js").replace("FACTS_JSON", text, 1)
         return {"_id": DOOR_ID, "language": "javascript", "validate_doc_update": function}
     if engine == "erlang":
@@ -159,7 +173,9 @@ def design_doc(targets: Mapping[str, ITarget] | None, engine: str = "javascript"
         checks = _source("door.erl")
         made = hashlib.sha256(f"{LOADER}\n{checks}".encode()).hexdigest()
         known.update(checks=checks, loader=LOADER, checks_id=f"{VERSION}-{made[:16]}")
-        entry = ENTRY.replace("VERSION", str(VERSION)).replace("CHECKS_ID", known["checks_id"])
+        door = hashlib.sha256(_compact(known).encode()).hexdigest()
+        known["door_id"] = f"{VERSION}-{door[:16]}"
+        entry = ENTRY.replace("VERSION", str(VERSION)).replace("DOOR", known["door_id"])
         return {
             "_id": DOOR_ID,
             "language": "erlang",
@@ -189,3 +205,7 @@ def engine_of(doc: Mapping[str, Any]) -> str:
 def _source(name: str) -> str:
     text = files("couchgw.targets").joinpath(name).read_text("utf-8")
     return text.replace("VERSION", str(VERSION), 1).strip()
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
