@@ -41,18 +41,17 @@ VERSION = 4
 ENGINES = ("javascript", "erlang")
 
 #: The guard's validate function in Erlang.  CouchDB's native query server reads (scans,
-#: parses, evaluates) a design function again for every write, so this one is an expression
-#: that answers the guard already made for this door (a persistent term, under the door's id),
-#: and makes it (L{LOADER}) only the first time on each node.  A persistent term is not copied
-#: by the query server's garbage collection after each write, as a process's own memory is;
-#: there is one for each door (its checks and its routes) until the node restarts.
+#: parses, lints, evaluates) a design function again for every write, so this one is a short
+#: expression that answers the guard already made for this door (a persistent term, under the
+#: door's id), and makes it (L{LOADER}) only the first time on each node.  A persistent term is
+#: not copied by the query server's garbage collection after each write, as a process's own
+#: memory is; there is one for each door (its checks and its routes) until the node restarts.
 ENTRY = """%% couchgw --guards, version VERSION. See couchgw.loader
 case persistent_term:get({couchgw_guard, <<"DOOR">>}, undefined) of
     undefined ->
         Loader = couch_util:get_nested_json_value(DDoc, [<<"couchgw">>, <<"loader">>]),
-        {ok, Tokens, _} = erl_scan:string(binary_to_list(Loader)),
-        {ok, [Form]} = erl_parse:parse_exprs(Tokens),
-        (element(2, erl_eval:expr(Form, erl_eval:new_bindings())))(DDoc);
+        {ok, Load} = erl_eval:eval_str(Loader),
+        Load(DDoc);
     Guard -> Guard
 end."""
 
@@ -172,7 +171,8 @@ def design_doc(targets: Mapping[str, ITarget] | None, engine: str = "javascript"
         known["traceparent"] = "^" + TRACEPARENT.pattern.replace("\\Z", "\\z")
         checks = _source("door.erl")
         made = hashlib.sha256(f"{LOADER}\n{checks}".encode()).hexdigest()
-        known.update(checks=checks, loader=LOADER, checks_id=f"{VERSION}-{made[:16]}")
+        # (erl_eval:eval_str reads up to a full stop and a newline)
+        known.update(checks=checks, loader=f"{LOADER}\n", checks_id=f"{VERSION}-{made[:16]}")
         door = hashlib.sha256(_compact(known).encode()).hexdigest()
         known["door_id"] = f"{VERSION}-{door[:16]}"
         entry = ENTRY.replace("VERSION", str(VERSION)).replace("DOOR", known["door_id"])
