@@ -213,13 +213,16 @@ def engines_of(server: str) -> Any:
     if status != 200:
         return engines.Engines(False, None, f"GET /_membership answered {status}")
     nodes: dict[str, Any] = {}
+    otp: dict[str, Any] = {}
     javascript = set()
     for node in membership.get("all_nodes", []):
         status, section = http("GET", f"{server}/_node/{node}/_config/native_query_servers")
         nodes[node] = section if status == 200 else f"answered {status}"
         _, versions = http("GET", f"{server}/_node/{node}/_versions")
-        javascript.add(((versions or {}).get("javascript_engine") or {}).get("name"))
-    return engines.decide(nodes, javascript.pop() if len(javascript) == 1 else None)
+        versions = versions if isinstance(versions, dict) else {}
+        javascript.add((versions.get("javascript_engine") or {}).get("name"))
+        otp[node] = (versions.get("erlang") or {}).get("version")
+    return engines.decide(nodes, javascript.pop() if len(javascript) == 1 else None, otp)
 
 
 def is_pouchdb() -> bool:

@@ -78,6 +78,11 @@ def test_erlang_where_every_node_enables_it() -> None:
     assert mixed.why == (
         "only 2 of 3 nodes enable the Erlang query server (a, c); JavaScript runs on every node"
     )
+    assert engines.decide({"a": on}, None, {"a": "25.2.3"}).erlang
+    assert engines.decide({"a": on}, None, {"a": "24.3"}).why == (
+        "node a runs 24.3; the Erlang guard needs Erlang/OTP 25 or later"
+    )
+    assert not engines.decide({"a": on}, None, {"a": None}).erlang  # CouchDB before 3.4
     unread = engines.decide({"a": on, "b": "CouchDB answered 500 to GET (nodedown)"})
     assert (unread.erlang, unread.why) == (
         False,
@@ -168,7 +173,8 @@ class _Server(Resource):
             return json.dumps({"all_nodes": names, "cluster_nodes": names}).encode()
         _, _, node, what = path.split("/", 3)
         if what == "_versions" and self.javascript is not None:
-            return json.dumps({"javascript_engine": {"name": self.javascript}}).encode()
+            engines = {"javascript_engine": {"name": self.javascript}}
+            return json.dumps({**engines, "erlang": {"version": "25.2.3"}}).encode()
         if what == "_config/native_query_servers" and node in self.nodes:
             return json.dumps(self.nodes[node]).encode()
         request.setResponseCode(404)

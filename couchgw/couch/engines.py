@@ -47,10 +47,15 @@ def erlang_enabled(section: Mapping[str, Any]) -> bool:
     return enabled or str(section.get("erlang", "")).strip() == LEGACY_ERLANG
 
 
-def decide(nodes: Mapping[str, Mapping[str, Any] | str], javascript: str | None = None) -> Engines:
+def decide(
+    nodes: Mapping[str, Mapping[str, Any] | str],
+    javascript: str | None = None,
+    otp: Mapping[str, str | None] | None = None,
+) -> Engines:
     """
     Erlang or not, from each node's C{[native_query_servers]} section (or why it could not be
-    read).
+    read), and each node's Erlang/OTP release (C{otp}, where known: the guard needs 25 or
+    later).
     """
     unread = {name: why for name, why in nodes.items() if isinstance(why, str)}
     if not nodes:
@@ -58,19 +63,39 @@ def decide(nodes: Mapping[str, Mapping[str, Any] | str], javascript: str | None 
     if unread:
         name, why = sorted(unread.items())[0]
         return Engines(False, javascript, f"node {name}'s configuration cannot be read ({why})")
-    enabling = sorted(name for name, section in nodes.items() if erlang_enabled(section))  # type: ignore[arg-type]
-    if len(enabling) == len(nodes):
-        which = enabling[0] if len(enabling) == 1 else f"all {len(enabling)} nodes"
-        return Engines(True, javascript, f"the Erlang query server is enabled ({which})")
+    enabling = sorted(
+        name
+        for name, section in nodes.items()
+        if not isinstance(section, str) and erlang_enabled(section)
+    )
     if not enabling:
         where = "the server does not" if len(nodes) == 1 else f"none of its {len(nodes)} nodes"
         return Engines(False, javascript, f"{where} enable the Erlang query server")
-    return Engines(
-        False,
-        javascript,
-        f"only {len(enabling)} of {len(nodes)} nodes enable the Erlang query server "
-        f"({', '.join(enabling)}); JavaScript runs on every node",
-    )
+    if len(enabling) < len(nodes):
+        return Engines(
+            False,
+            javascript,
+            f"only {len(enabling)} of {len(nodes)} nodes enable the Erlang query server "
+            f"({', '.join(enabling)}); JavaScript runs on every node",
+        )
+    if otp is not None:
+        old = sorted(name for name in nodes if not _at_least(otp.get(name), 25))
+        if old:
+            release = otp.get(old[0]) or "an Erlang/OTP release it does not say"
+            return Engines(
+                False,
+                javascript,
+                f"node {old[0]} runs {release}; the Erlang guard needs Erlang/OTP 25 or later",
+            )
+    which = enabling[0] if len(enabling) == 1 else f"all {len(enabling)} nodes"
+    return Engines(True, javascript, f"the Erlang query server is enabled ({which})")
+
+
+def _at_least(release: str | None, major: int) -> bool:
+    try:
+        return release is not None and int(release.split(".")[0]) >= major
+    except ValueError:
+        return False
 
 
 @inlineCallbacks
@@ -98,6 +123,7 @@ def read(db: Database) -> Any:
         {str(n) for key in ("all_nodes", "cluster_nodes") for n in membership.get(key) or []}
     )
     nodes: dict[str, Mapping[str, Any] | str] = {}
+    otp: dict[str, str | None] = {}
     engines: set[str] = set()
     for name in names:
         node = f"/_node/{quote(name, safe='@')}"
@@ -107,10 +133,12 @@ def read(db: Database) -> Any:
             nodes[name] = describe_error(e)
             continue
         nodes[name] = section if isinstance(section, Mapping) else {}
-        try:  # CouchDB 3.4 and later say which JavaScript engine they run
+        try:  # CouchDB 3.4 and later say which engines they run
             versions = yield db.json("GET", f"{node}/_versions")
-            engines.add(str(versions["javascript_engine"]["name"]))
         except Exception:
-            engines.add("")
+            versions = {}
+        engine = (versions.get("javascript_engine") or {}).get("name")
+        engines.add(str(engine) if engine else "")
+        otp[name] = (versions.get("erlang") or {}).get("version")
     javascript = engines.pop() if len(engines) == 1 and "" not in engines else None
-    return decide(nodes, javascript)
+    return decide(nodes, javascript, otp)
