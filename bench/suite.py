@@ -56,11 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from bench.backlog import drain, write_backlog  # noqa: E402
+from bench.leftovers import Leftovers  # noqa: E402
 from couchgw.connections import basic_auth, split_credentials  # noqa: E402
 from couchgw.couch import design  # noqa: E402
 from couchgw.couch.client import Doc  # noqa: E402
 from couchgw.targets import door  # noqa: E402
-from tests.servers import free_port, http  # noqa: E402
+from tests.servers import engines_of, free_port, http  # noqa: E402
 
 POUCHDB = "PouchDB Server"
 COUCHDB = "Apache CouchDB"
@@ -117,12 +118,13 @@ def bulk_posts(url: str, docs: int, batch: int = 500) -> float:
 def guarded_bulk_posts(run: Run, docs: int, batch: int = 500) -> tuple[float, float]:
     """
     Documents per second written with C{_bulk_docs} of C{batch} new messages, into a database
-    with couchgw's design documents and its validate function (as C{--guards on} installs it);
-    and then of the same messages updated as a claim updates them (CouchDB hands the validate
-    function the revision before too).
+    with couchgw's design documents and its validate function (as C{--guards on} installs it
+    here: in Erlang where the server enables it); and then of the same messages updated as a
+    claim updates them (CouchDB hands the validate function the revision before too).
     """
     db = run.database("guarded")
-    for ddoc in [*design.load().values(), door.design_doc(None)]:
+    language = "erlang" if run.engines().erlang else "javascript"
+    for ddoc in [*design.load().values(), door.design_doc(None, language)]:
         assert http("PUT", f"{db}/{ddoc['_id']}", ddoc)[0] == 201
     written: list[Doc] = []
     started = time.monotonic()
@@ -260,13 +262,24 @@ class Run:
         self.started: list[processes.Process] = []
         self._runs = 0
         self._server_pid: int | None = None
+        #: The databases made, deleted when the run stops (L{stop}).
+        self.made = Leftovers()
+        self._engines: Any = None
 
     def database(self, name: str, server: str | None = None) -> str:
         """A new database (named for this run, so that an external server keeps others apart)."""
-        db = f"{server or self.couch}/{name}-{self.suffix}"
-        status, _ = http("PUT", db)
-        assert status in (201, 202), status
-        return db
+        return self.made.database(f"{server or self.couch}/{name}-{self.suffix}")
+
+    def engines(self) -> Any:
+        """What the server runs design functions in (L{couchgw.couch.engines.Engines})."""
+        if self._engines is None:
+            self._engines = engines_of(self.couch)
+        return self._engines
+
+    def guard_engine(self) -> str:
+        """What runs the guard here: C{erlang}, C{spidermonkey}, C{quickjs} or C{javascript}."""
+        server = self.engines()
+        return "erlang" if server.erlang else server.javascript or "javascript"
 
     def path(self, db: str) -> str:
         return urlsplit(db).path
@@ -333,7 +346,10 @@ class Run:
             )
 
     def stop(self) -> None:
+        """Stop the gateways (one would make its database again), delete the databases."""
         self.stop_gateways()
+        if self.pouchdb is None:  # (PouchDB Server's are in its memory, gone as it stops)
+            self.made.remove()
         if self.pouchdb is not None:
             self.pouchdb.stop()
 
@@ -357,8 +373,16 @@ def backlog_drain(run: Run, figures: dict[str, Any], messages: int) -> None:
     db = run.database("drain-guarded")
     write_backlog(db, messages, target="null")
     gateway = run.gateway(db, "--guards", "on", routes=run.null_route())
+    before = run.cpu()
     drained = drain(gateway, messages, progress=False)
+    run.cpu_per_message(figures, "drain, --guards on", before, drained, messages)
+    _, status = http("GET", gateway.ready.replace("/ready", "/status"), timeout=30)
+    guards = status.get("guards") or {}
+    figures["drain, --guards on: guard engine"] = guards.get("engine") or "none"
     figures["drain, --guards on (messages/s)"] = messages / drained["seconds"]
+    figures["drain, --guards on / drain"] = (
+        figures["drain, --guards on (messages/s)"] / figures["drain (messages/s)"]
+    )
     figures["two validated writes per message allow (messages/s)"] = (
         figures["raw: _bulk_docs of 500 messages, validate function installed (docs/s)"] / 2
     )
@@ -557,6 +581,59 @@ TARGETS = {
     "scale-out (cluster): 2 gateways / 1": (1.0, "≥"),
     "scale-out (cluster): 3 gateways / 1": (1.0, "≥"),
 }
+#: Targets that depend on what runs the guard (the figure named by the second item).
+GUARD_TARGETS = {
+    "drain, --guards on / drain": (
+        "drain, --guards on: guard engine",
+        {"erlang": (0.8, "≥"), "quickjs": (0.5, "≥")},
+    )
+}
+
+
+def target_of(name: str, figures: dict[str, Any]) -> tuple[float, str] | None:
+    """The target of a figure (None: it has none), as measured on one server."""
+    if name in GUARD_TARGETS:
+        engine, targets = GUARD_TARGETS[name]
+        return targets.get(figures.get(engine, ""))
+    return TARGETS.get(name)
+
+
+def report(results: dict[str, dict[str, Any]], duration: float, out: str) -> None:
+    """The table of figures (a column for each server, and the targets), and the JSON file."""
+    servers = list(results)
+    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
+    width = max(len(name) for name in names)
+    print(f"\n{'figure':<{width}}" + "".join(f"  {server:>15}" for server in servers) + "  target")
+    for name in names:
+        cells = ""
+        marks = []
+        for server in servers:
+            value = results[server].get(name)
+            if isinstance(value, str):
+                cells += f"  {value:>15}"
+            else:
+                cells += f"  {value:>15.2f}" if value is not None else f"  {'':>15}"
+            target = target_of(name, results[server])
+            if target is not None and isinstance(value, int | float):
+                bound, sense = target
+                met = value >= bound if sense == "≥" else value <= bound
+                marks.append(f"{sense} {bound:g} {'met' if met else 'NOT met'}")
+            else:
+                marks.append("-")
+        shown = f"  {' / '.join(marks)}" if set(marks) != {"-"} else ""
+        print(f"{name:<{width}}{cells}{shown}")
+    print(f"\nthe whole suite: {duration:.0f} s")
+    rounded = {
+        server: {
+            name: value if isinstance(value, str) else round(value, 3)
+            for name, value in figures.items()
+        }
+        for server, figures in results.items()
+    }
+    Path(out).write_text(
+        json.dumps({**rounded, "suite duration (s)": round(duration)}, indent=2) + "\n"
+    )
+    print(f"written to {out}")
 
 
 def measure(run: Run, figures: dict[str, Any], options: argparse.Namespace, began: float) -> None:
@@ -569,6 +646,7 @@ def measure(run: Run, figures: dict[str, Any], options: argparse.Namespace, bega
     figures["raw: single POSTs, 8 connections (docs/s)"] = single_posts(run, raw, 4000, 8)
     figures["raw: _bulk_docs of 500 (docs/s)"] = bulk_posts(raw, 10_000)
     new, updated = guarded_bulk_posts(run, 5000)
+    figures["raw: guard engine"] = run.guard_engine()
     figures["raw: _bulk_docs of 500 messages, validate function installed (docs/s)"] = new
     figures["raw: the same, 500 claims of those messages (docs/s)"] = updated
     steps: list[tuple[str, Any, tuple[Any, ...]]] = [
@@ -625,6 +703,11 @@ def main() -> int:
         "(7) is measured there too (with --couch), gateway i talking to node i",
     )
     options = parser.parse_args()
+    with Leftovers():  # SIGTERM ends the run as Ctrl-C does: each run's databases are deleted
+        return run_suite(options)
+
+
+def run_suite(options: argparse.Namespace) -> int:
     folder = Path(tempfile.mkdtemp(prefix="couchgw-suite-"))
     demo_port = free_port()
     demo = processes.demo(folder, demo_port, delay=0.1)
@@ -661,33 +744,7 @@ def main() -> int:
         demo.stop()
     duration = time.monotonic() - began
 
-    servers = list(results)
-    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
-    width = max(len(name) for name in names)
-    print(f"\n{'figure':<{width}}" + "".join(f"  {server:>15}" for server in servers) + "  target")
-    for name in names:
-        cells = ""
-        marks = []
-        for server in servers:
-            value = results[server].get(name)
-            cells += f"  {value:>15.2f}" if value is not None else f"  {'':>15}"
-            target = TARGETS.get(name)
-            if target is not None and value is not None:
-                bound, sense = target
-                met = value >= bound if sense == "≥" else value <= bound
-                marks.append("met" if met else "NOT met")
-        target = TARGETS.get(name)
-        mark = f"  {target[1]} {target[0]:g}  {' / '.join(marks)}" if target else ""
-        print(f"{name:<{width}}{cells}{mark}")
-    print(f"\nthe whole suite: {duration:.0f} s")
-    rounded = {
-        server: {name: round(value, 3) for name, value in figures.items()}
-        for server, figures in results.items()
-    }
-    Path(options.out).write_text(
-        json.dumps({**rounded, "suite duration (s)": round(duration)}, indent=2) + "\n"
-    )
-    print(f"written to {options.out}")
+    report(results, duration, options.out)
     return 0
 
 

@@ -21,11 +21,16 @@ PRIORITIES = {"high": 8, "medium": 5, "low": 2}
 DEFAULT_PRIORITY = PRIORITIES["medium"]
 #: The highest priority.
 TOP_PRIORITY = 9
-#: A time a client writes: ISO 8601 with its zone (C{Z} or an offset), seconds optional.
-TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})\Z")
-#: A W3C trace context C{traceparent}: version, trace id, parent id, flags (none all zeros).
+#: A time a client writes: ISO 8601 with its zone (C{Z} or an offset), seconds optional (and a
+#: day its month has, in year 1 or later).  The guard reads it with the same groups.
+TIME = re.compile(
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):([0-5][0-9])"
+    r"(?::([0-5][0-9])(?:\.([0-9]+))?)?(Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))\Z"
+)
+#: A W3C trace context C{traceparent}: version, trace id, parent id, flags (none all zeros),
+#: and what a later version adds, in visible ASCII (it is passed on as an HTTP header).
 TRACEPARENT = re.compile(
-    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-[^\s]*)?\Z"
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-[!-~]*)?\Z"
 )
 #: The longest C{tracestate} passed on.
 TRACESTATE_LENGTH = 512
@@ -82,8 +87,8 @@ def check_new(doc: Doc, max_bytes: int | None = None) -> int | None:
     size = None if max_bytes is None else encoded_size(doc)
     if size is not None and max_bytes is not None and size > max_bytes:
         raise Rejected(too_large(max_bytes))
-    status = doc.get("status")
-    if status is not None:
+    if "status" in doc:  # even null: the guard refuses a client's status, whatever its value
+        status = doc["status"]
         raise Rejected(
             f"status {short(status)} is not one couchgw writes "
             f"({', '.join(sorted(STATUSES))}); a new message has no status"
@@ -124,11 +129,14 @@ def plan_of(doc: Doc) -> Plan:
         priority = DEFAULT_PRIORITY
     elif isinstance(priority, str) and priority in PRIORITIES:
         priority = PRIORITIES[priority]
-    elif not (
-        isinstance(priority, int)
+    elif (
+        isinstance(priority, int | float)
         and not isinstance(priority, bool)
         and 0 <= priority <= TOP_PRIORITY
+        and priority == int(priority)
     ):
+        priority = int(priority)  # 5.0 is 5, as JSON has it
+    else:
         raise Rejected(
             f"priority must be {', '.join(json.dumps(name) for name in PRIORITIES)} or a whole "
             f"number from 0 to {TOP_PRIORITY} (higher first), not {_shown(priority)}"

@@ -208,8 +208,10 @@ class Options(usage.Options):
             "auto",
             "Whether CouchDB checks each write with couchgw's validate function (only couchgw "
             "writes couchgw's fields; a new message must fit its route): auto (while users who "
-            "are not admins may write to the database), on, or off. It binds no admin, and "
-            "costs every write a trip to CouchDB's JavaScript process.",
+            "are not admins may write to the database), on, or off. It binds no admin. It is "
+            "written in Erlang where every node of the server enables CouchDB's Erlang query "
+            "server (read from their configuration: couchgw's user must be a server admin), "
+            "else in JavaScript, which costs every write a trip to a JavaScript process.",
             choice("guards", ("auto", "on", "off")),
         ],
         ["gateway-id", None, None, "This gateway's id in claims (default: host:pid:random)."],

@@ -198,6 +198,33 @@ def setup_error(cluster: str) -> str:
     return lines[0]
 
 
+def engines_of(server: str) -> Any:
+    """
+    What the server at C{server} (an admin's credentials in the URL) runs design functions in
+    (L{couchgw.couch.engines.Engines}), read as couchgw reads it, with blocking requests.
+    """
+    from couchgw.couch import engines
+    from couchgw.couch.client import supports_selector
+
+    status, welcome = http("GET", server)
+    if status != 200 or not supports_selector(welcome):
+        return engines.Engines(False, None, "the server runs design functions in JavaScript alone")
+    status, membership = http("GET", f"{server}/_membership")
+    if status != 200:
+        return engines.Engines(False, None, f"GET /_membership answered {status}")
+    nodes: dict[str, Any] = {}
+    otp: dict[str, Any] = {}
+    javascript = set()
+    for node in membership.get("all_nodes", []):
+        status, section = http("GET", f"{server}/_node/{node}/_config/native_query_servers")
+        nodes[node] = section if status == 200 else f"answered {status}"
+        _, versions = http("GET", f"{server}/_node/{node}/_versions")
+        versions = versions if isinstance(versions, dict) else {}
+        javascript.add((versions.get("javascript_engine") or {}).get("name"))
+        otp[node] = (versions.get("erlang") or {}).get("version")
+    return engines.decide(nodes, javascript.pop() if len(javascript) == 1 else None, otp)
+
+
 def is_pouchdb() -> bool:
     return "express-pouchdb" in (http("GET", couch_url())[1] or {})
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from couchgw.couch import engines
 from couchgw.couch.client import Database
 from couchgw.gateway.guards import Guards, unbound_writers
 from couchgw.targets import door
@@ -44,10 +46,48 @@ def test_a_database_without_members_is_public() -> None:
 
 
 def test_the_door_before_the_routes_load_checks_couchgw_fields_alone() -> None:
-    early = door.design_doc(None)
-    assert "var ROUTES = null;" in early["validate_doc_update"]
-    assert door.is_current(early)
+    assert door.facts(None)["routes"] is None
+    for language, other in zip(door.ENGINES, reversed(door.ENGINES), strict=True):
+        early = door.design_doc(None, language)
+        assert door.engine_of(early) == language
+        assert door.is_current(early) and door.is_current(early, language)
+        assert not door.is_current(early, other)
     assert not door.is_current({"validate_doc_update": "function () { /* before */ }"})
+    with pytest.raises(ValueError, match="the guard is written in javascript or erlang, not 'lua'"):
+        door.design_doc(None, "lua")
+
+
+def test_erlang_where_every_node_enables_it() -> None:
+    on = {"enable_erlang_query_server": "true"}
+    legacy = {"erlang": "{couch_native_process, start_link, []}"}
+    assert engines.decide({"couchdb@a": on}, "quickjs") == engines.Engines(
+        True, "quickjs", "the Erlang query server is enabled (couchdb@a)"
+    )
+    assert engines.decide({"a": on, "b": legacy, "c": on}).why == (
+        "the Erlang query server is enabled (all 3 nodes)"
+    )
+    assert (
+        engines.decide({"couchdb@a": {}}).why
+        == "the server does not enable the Erlang query server"
+    )
+    assert engines.decide({"a": {"enable_erlang_query_server": "false"}, "b": {}}).why == (
+        "none of its 2 nodes enable the Erlang query server"
+    )
+    mixed = engines.decide({"a": on, "b": {}, "c": on})
+    assert not mixed.erlang
+    assert mixed.why == (
+        "only 2 of 3 nodes enable the Erlang query server (a, c); JavaScript runs on every node"
+    )
+    assert engines.decide({"a": on}, None, {"a": "25.2.3"}).erlang
+    assert engines.decide({"a": on}, None, {"a": "24.3"}).why == (
+        "node a runs 24.3; the Erlang guard needs Erlang/OTP 25 or later"
+    )
+    assert not engines.decide({"a": on}, None, {"a": None}).erlang  # CouchDB before 3.4
+    unread = engines.decide({"a": on, "b": "CouchDB answered 500 to GET (nodedown)"})
+    assert (unread.erlang, unread.why) == (
+        False,
+        "node b's configuration cannot be read (CouchDB answered 500 to GET (nodedown))",
+    )
 
 
 class _Couch(Resource):
@@ -104,3 +144,84 @@ class AutoDecision(SynchronousTestCase):
             self.wanted(admin_only, None), (False, "only admins may write to the database")
         )
         self.assertEqual(self.wanted({}, None)[0], True)
+
+
+class _Server(Resource):
+    """A server's welcome, its nodes and their configuration, as CouchDB answers them."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        welcome: dict[str, Any],
+        nodes: dict[str, dict[str, str]] | None,
+        javascript: str | None = "quickjs",
+    ) -> None:
+        super().__init__()
+        self.welcome, self.nodes, self.javascript = welcome, nodes, javascript
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        path = request.path.decode()
+        if path == "/":
+            return json.dumps(self.welcome).encode()
+        if self.nodes is None:  # not a server admin
+            request.setResponseCode(401)
+            return b'{"error": "unauthorized", "reason": "You are not a server admin."}'
+        if path == "/_membership":
+            names = sorted(self.nodes)
+            return json.dumps({"all_nodes": names, "cluster_nodes": names}).encode()
+        _, _, node, what = path.split("/", 3)
+        if what == "_versions" and self.javascript is not None:
+            engines = {"javascript_engine": {"name": self.javascript}}
+            return json.dumps({**engines, "erlang": {"version": "25.2.3"}}).encode()
+        if what == "_config/native_query_servers" and node in self.nodes:
+            return json.dumps(self.nodes[node]).encode()
+        request.setResponseCode(404)
+        return b'{"error": "not_found", "reason": "missing"}'
+
+
+COUCHDB = {"couchdb": "Welcome", "version": "3.5.0"}
+
+
+class EngineReading(SynchronousTestCase):
+    """What couchgw reads of a server to choose the guard's language."""
+
+    def read(self, server: _Server) -> engines.Engines:
+        agent = RequestTraversalAgent(server)
+        db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
+        d = engines.read(db)
+        agent.flush()
+        found: engines.Engines = self.successResultOf(d)
+        self.assertIsNone(db.refused)  # a 401 of these does not make /ready say so
+        return found
+
+    def test_every_node_enables_erlang(self) -> None:
+        on = {"enable_erlang_query_server": "true"}
+        found = self.read(_Server(COUCHDB, {"couchdb@a": on, "couchdb@b": on}))
+        self.assertEqual(
+            found,
+            engines.Engines(True, "quickjs", "the Erlang query server is enabled (all 2 nodes)"),
+        )
+
+    def test_one_node_does_not(self) -> None:
+        on = {"enable_erlang_query_server": "true"}
+        found = self.read(_Server(COUCHDB, {"couchdb@a": on, "couchdb@b": {}}, None))
+        self.assertEqual((found.erlang, found.javascript), (False, None))
+        self.assertIn("only 1 of 2 nodes", found.why)
+
+    def test_a_user_who_is_not_a_server_admin_gets_javascript(self) -> None:
+        found = self.read(_Server(COUCHDB, None))
+        self.assertEqual(
+            found,
+            engines.Engines(
+                False,
+                None,
+                "couchgw may not read the server's configuration (it is not a server admin)",
+            ),
+        )
+
+    def test_pouchdb_server_runs_javascript_alone(self) -> None:
+        pouchdb = {"express-pouchdb": "Welcome", "version": "4.2.0"}
+        found = self.read(_Server(pouchdb, {}))
+        self.assertEqual(found.why, "PouchDB Server runs design functions in JavaScript alone")

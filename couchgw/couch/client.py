@@ -168,6 +168,13 @@ class Database:
         """The same database, asked with other credentials (over the same connections)."""
         return Database(self.url, self._agent, (user, password), self._timeout, client=self._http)
 
+    def probe(self) -> Database:
+        """
+        The same database with the same credentials (over the same connections), whose 401s are
+        its own: for requests that a user who is not a server admin may be refused.
+        """
+        return Database(self.url, self._agent, self._auth, self._timeout, client=self._http)
+
     def anonymous(self) -> Database:
         """The same database, asked without credentials (over the same connections)."""
         return Database(self.url, self._agent, None, self._timeout, client=self._http)

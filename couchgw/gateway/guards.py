@@ -1,7 +1,8 @@
 """
 The guards: the one validate function (L{couchgw.targets.door}) that keeps couchgw's fields to
 couchgw and refuses a client's new message that does not fit its route, installed where it
-protects something.
+protects something, in Erlang where every node of the server runs Erlang design functions, in
+JavaScript elsewhere (L{couchgw.couch.engines}).
 
 CouchDB runs a database's validate functions for every write, in a separate JavaScript process,
 and they bind only users who are not admins: on an admin-only database (CouchDB 3's default for
@@ -12,7 +13,8 @@ database (its security object names members who are not its admins, or no member
 public database), and removed while only admins may, or while CouchDB runs without
 authentication (everyone an admin).  The gateway reads the security object again every few
 seconds (C{--announce}), so that users granted access later are guarded within that.  C{on}
-and C{off} force them.
+and C{off} force them.  The language is decided again at each of those looks, from the nodes'
+configuration (which only a server admin may read: JavaScript for others).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 
-from couchgw.couch import design
+from couchgw.couch import design, engines
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Conflict, NotFound, Unauthorized
 from couchgw.errors import describe_error
@@ -81,10 +83,22 @@ class Guards:
         self.installed: bool | None = None
         #: Why it is, or is not.
         self.reason = "not checked yet"
+        #: What the installed guard is written in, and what runs it (None: not installed).
+        self.language: str | None = None
+        self.engine: str | None = None
+        #: Why in that language.
+        self.engine_reason = ""
         self._lock = DeferredLock()
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "installed": self.installed, "why": self.reason}
+        return {
+            "mode": self.mode,
+            "installed": self.installed,
+            "why": self.reason,
+            "language": self.language,
+            "engine": self.engine,
+            "engine_why": self.engine_reason,
+        }
 
     def refresh(self) -> Deferred[Any]:
         """
@@ -96,22 +110,42 @@ class Guards:
     @inlineCallbacks
     def _refresh(self) -> Any:
         wanted, reason = yield self._wanted()
+        language, engine, engine_reason = None, None, ""
+        if wanted:
+            server = yield engines.read(self.db)
+            language = "erlang" if server.erlang else "javascript"
+            engine = "erlang" if server.erlang else server.javascript or "javascript"
+            engine_reason = server.why
         for _ in range(3):  # another gateway may write it meanwhile: read it again
             try:
-                yield self._install() if wanted else self._remove()
+                yield self._install(language) if language else self._remove()
                 break
             except Conflict:
                 continue
         else:
             log.warn(
                 "guards: {id} keeps changing under this gateway; do all gateways on this "
-                "database have the same --guards?",
+                "database have the same --guards and the same CouchDB user?",
                 id=door.DOOR_ID,
             )
             return
-        if (wanted, reason) != (self.installed, self.reason):
-            log.info("guards {state}: {why}", state="on" if wanted else "off", why=reason)
+        if (wanted, reason, engine, engine_reason) != (
+            self.installed,
+            self.reason,
+            self.engine,
+            self.engine_reason,
+        ):
+            if wanted:
+                log.info(
+                    "guards on: {why}; the guard in {runs}: {engine_why}",
+                    why=reason,
+                    runs=_runs(engine),
+                    engine_why=engine_reason,
+                )
+            else:
+                log.info("guards off: {why}", why=reason)
         self.installed, self.reason = wanted, reason
+        self.language, self.engine, self.engine_reason = language, engine, engine_reason
 
     @inlineCallbacks
     def _wanted(self) -> Any:
@@ -139,18 +173,21 @@ class Guards:
         return False, "only admins may write to the database"
 
     @inlineCallbacks
-    def _install(self) -> Any:
-        """The door with the routes once all loaded; until then, one that keeps what it says."""
+    def _install(self, language: str) -> Any:
+        """
+        The door in C{language}, with the routes once all loaded; until then, one that keeps
+        what it says.
+        """
         try:
             current: Doc | None = yield self.db.get(door.DOOR_ID)
         except NotFound:
             current = None
         if self._loaded():
-            wanted = door.design_doc(self.targets)
-        elif current is not None and door.is_current(current):
+            wanted = door.design_doc(self.targets, language)
+        elif current is not None and door.is_current(current, language):
             return  # it says at least what this gateway would, for now
         else:
-            wanted = door.design_doc(None)
+            wanted = door.design_doc(None, language)
         yield design.write_changed(self.db, wanted, current)
 
     @inlineCallbacks
@@ -161,3 +198,10 @@ class Guards:
             return
         yield self.db.json("DELETE", door.DOOR_ID, params={"rev": current["_rev"]})
         log.info("design document {id} removed", id=door.DOOR_ID)
+
+
+def _runs(engine: str | None) -> str:
+    """The language of the guard, and what runs it where known: C{JavaScript (quickjs)}."""
+    if engine == "erlang":
+        return "Erlang"
+    return "JavaScript" if engine in (None, "javascript") else f"JavaScript ({engine})"
