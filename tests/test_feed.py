@@ -259,3 +259,28 @@ def test_another_bad_request_keeps_the_sequence() -> None:
     refusal = {"error": "bad_request", "reason": "invalid selector"}
     db.requests[-1][2].callback(Response(400, json.dumps(refusal).encode()))
     assert feed.state == "waiting" and feed.since == "5-x"
+
+
+def test_a_feed_read_once_ends_when_its_changes_are_passed_on() -> None:
+    ended: list[bool] = []
+    feed, db, clock, seen = make_feed(since="3-x", once=0.2, on_end=lambda: ended.append(True))
+    feed.start()
+    params = db.requests[0][0]
+    assert params["timeout"] == 200 and "heartbeat" not in params
+    response = connect(db)
+    feed.pause()
+    response.send({"seq": "4-a", "id": "a"}, {"seq": "5-b", "id": "b"}, {"last_seq": "5-b"})
+    response.end()  # the server ended it: no change for 0.2 s
+    assert ended == [] and seen == []  # two changes still wait to be passed on
+    feed.resume()
+    assert [c["id"] for c in seen] == ["a", "b"] and ended == [True]
+    assert feed.state == "stopped" and feed.since == "5-b"
+    clock.advance(60)
+    assert len(db.requests) == 1  # not read again
+
+
+def test_a_feed_read_once_that_fails_is_read_again() -> None:
+    feed, db, clock, _ = make_feed(since="3-x", once=0.2, on_end=lambda: None)
+    feed.start()
+    db.requests[-1][2].errback(ConnectionRefusedError("refused"))
+    assert_reconnects(db, clock)

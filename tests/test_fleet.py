@@ -49,9 +49,7 @@ class FleetTestCase(GatewayTestCase):
         target = SoapTarget("default", wsdl or self.demo_url, self.threads, timeout=10.0)
         target_threads = self.threads
         assert target_threads.size >= 1
-        settings = FleetSettings(
-            self.server, (self.prefix + "*",), max_feeds=max_feeds, idle=options.pop("idle", 2.0)
-        )
+        settings = FleetSettings(self.server, (self.prefix + "*",), max_feeds=max_feeds)
         options.setdefault("heartbeat", 1.0)
         options.setdefault("announce", 1.0)
         gateway = Gateway(
@@ -119,18 +117,18 @@ class Serving(FleetTestCase):
         later = self.database("b")
         yield self.write(later, [activate("b0")])
         yield self.finished(later, ["b0"], 30)
-        # an idle database's feed closes; its next update opens it again
+        # a database's feed ends once read; its next update reads it again
         assert gateway.fleet is not None
         fleet = gateway.fleet
         if fleet.discovery.says_updates:
-            yield self.wait_for(lambda: not fleet.awake, 30, "the idle feeds to close")
+            yield self.wait_for(lambda: not fleet.feeds.awake, 30, "the idle feeds to close")
         yield before.put(activate("a-later"))
         yield self.finished(before, ["a-later"], 30)
         self.assertEqual((yield other.get("ignored")).get("status"), None)
         # a database deleted is dropped, without an error loop
         yield later.json("DELETE", "")
         yield self.wait_for(lambda: later.name not in fleet.tenants, 30, "the database dropped")
-        self.assertNotIn(later.name, fleet.awake)
+        self.assertNotIn(later.name, fleet.feeds.awake)
         self.assertEqual(fleet.problems(), [])
         calls = self.calls()
         self.assertEqual(
@@ -208,7 +206,7 @@ class Split(FleetTestCase):
             return bool(one and two and not one & two and one | two == names)
 
         yield self.wait_for(split, 30, "the databases split, none served by both")
-        self.assertFalse(set(a.awake) & set(b.awake))
+        self.assertFalse(set(a.feeds.awake) & set(b.feeds.awake))
         yield second.stopService()
         for db in dbs:
             yield db.put(activate(f"{db.name}-1"))

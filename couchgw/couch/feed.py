@@ -63,6 +63,8 @@ class ChangesFeed:
     @param on_missing: called when the feed answers 404 (the database is gone); the feed
         keeps trying to reconnect.
     @param path: what to follow: the database's C{_changes}, or the server's C{/_db_updates}.
+    @param once: read what there is, and end: the server ends the stream once no change came
+        for these seconds (C{on_end} is called when every change it sent was passed on).
     @param max_line: the longest change (in bytes) decoded.  A longer one, or one nested too
         deeply to decode, is passed on without its document, as C{{"seq", "id", "changes",
         "unreadable": "too large" or "too deep"}}.
@@ -81,6 +83,8 @@ class ChangesFeed:
         max_line: int = 16 * 1024 * 1024,
         on_missing: Callable[[], object] | None = None,
         path: str = "_changes",
+        once: float | None = None,
+        on_end: Callable[[], object] | None = None,
     ) -> None:
         self._db = db
         self._on_change = on_change
@@ -95,9 +99,15 @@ class ChangesFeed:
         self.last_error: str | None = None
         self.reconnects = 0
         self.last_data_at: float | None = None
+        #: When it last connected (this clock).
+        self.connected_at: float | None = None
         self.max_line = max_line
         self._on_missing = on_missing
         self._path = path
+        self.once = once
+        self._on_end = on_end
+        #: Whether the server ended the stream (a feed read C{once}): it ends once drained.
+        self._ended = False
         self._framer = LineFramer(max_line)
         self._queue: deque[bytes | Oversize] = deque()
         self._paused = False
@@ -167,12 +177,12 @@ class ChangesFeed:
         return len(result.get("results", []))
 
     def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "feed": "continuous",
-            "heartbeat": int(self.heartbeat * 1000),
-            "include_docs": "true",
-            **self._filter_params,
-        }
+        params: dict[str, Any] = {"feed": "continuous", "include_docs": "true"}
+        if self.once is None:
+            params["heartbeat"] = int(self.heartbeat * 1000)
+        else:  # (a heartbeat would keep it open for ever)
+            params["timeout"] = max(1, int(self.once * 1000))
+        params.update(self._filter_params)
         if self.since is not None:
             params["since"] = self.since
         return params
@@ -209,6 +219,7 @@ class ChangesFeed:
             return treq.content(response).addBoth(failed)
         self._cancel_timer()
         self.state = "connected"
+        self.connected_at = self._clock.seconds()
         self.last_error = None
         self.last_data_at = self._clock.seconds()
         protocol = self._protocol = _FeedProtocol(self)
@@ -217,7 +228,8 @@ class ChangesFeed:
         if self._paused and self._transport is not None:
             self._transport.pauseProducing()
         self._watch()
-        log.info("changes feed connected (since {since})", since=self.since)
+        if self.once is None:
+            log.info("changes feed connected (since {since})", since=self.since)
         return None
 
     def _failed(self, failure: Failure) -> None:
@@ -230,8 +242,22 @@ class ChangesFeed:
         if protocol is not self._protocol:
             return
         self._protocol = self._transport = None
-        if self.state != "stopped":
-            self._retry("the feed ended" if self.last_error is None else self.last_error)
+        if self.state == "stopped":
+            return
+        if self.once is not None and self.last_error is None:
+            self._ended = True
+            self._finish()
+            return
+        self._retry("the feed ended" if self.last_error is None else self.last_error)
+
+    def _finish(self) -> None:
+        """A feed read once ended: once every change it brought is passed on, it says so."""
+        if self._ended and not self._queue and self.state != "stopped":
+            self._cancel_timer()
+            self.state = "stopped"
+            self._ended = False
+            if self._on_end is not None:
+                self._on_end()
 
     def _retry(self, why: str) -> None:
         self._cancel_timer()
@@ -258,13 +284,17 @@ class ChangesFeed:
 
     def _watch(self) -> None:
         self._cancel_timer()
-        self._timer = self._clock.callLater(self.heartbeat, self._check_idle)
+        self._timer = self._clock.callLater(self._silence(), self._check_idle)
+
+    def _silence(self) -> float:
+        """Seconds of silence after which the connection is taken for dead (half of it)."""
+        return self.heartbeat if self.once is None else max(self.heartbeat, self.once)
 
     def _check_idle(self) -> None:
         """Drop a connection (or a connection attempt) that stayed silent too long."""
         self._timer = None
         idle = self._clock.seconds() - (self.last_data_at or 0)
-        if self.state == "connecting" and idle > 2 * self.heartbeat:
+        if self.state == "connecting" and idle > 2 * self._silence():
             request, self._request = self._request, None
             if request is not None:
                 request.cancel()
@@ -272,7 +302,7 @@ class ChangesFeed:
             return
         if self.state != "connected":
             return
-        if not self._paused and idle > 2 * self.heartbeat:
+        if not self._paused and idle > 2 * self._silence():
             self._drop(f"no data for {idle:.0f}s")
             return
         self._watch()
@@ -318,6 +348,8 @@ class ChangesFeed:
                 self.since = change["last_seq"]
             elif "error" in change:
                 self.last_error = f"the feed answered {change.get('error')}: {change.get('reason')}"
+        if self._ended and not self._paused:
+            self._finish()
 
 
 _STRING = rb'"(?:[^"\\]|\\.)*"'

@@ -8,14 +8,10 @@ the databases between them (L{couchgw.gateway.members}: each database has one ow
 live gateways).  Each database is its own world (L{couchgw.gateway.tenant}).  The work is bounded
 by what there is to do, not by the number of databases:
 
-- each database this gateway owns is looked at once (its design documents, its guard, its
-  checkpoint, a sweep of what is due), a few at a time, and then only when it changes
-  (C{/_db_updates}), when work in it comes due (one timer each), or when a route has room for
-  messages it left in CouchDB;
-- a database that changes gets a changes feed, at most C{--max-feeds} at once; a feed idle for
-  a few seconds is closed (its checkpoint saved), and the next update opens it again;
-- a server without C{/_db_updates} (PouchDB Server) keeps the feeds of up to C{--max-feeds}
-  databases open, and those beyond are looked at when the listing of its databases changes.
+each database this gateway owns is looked at once (its design documents, its guard, its
+checkpoint, a sweep of what is due), a few at a time, and then only when it changes
+(C{/_db_updates}: its changes are read, L{couchgw.gateway.feeds}), when work in it comes due (one
+timer each), or when a route has room for messages it left in CouchDB.
 """
 
 from __future__ import annotations
@@ -35,6 +31,7 @@ from couchgw.couch.errors import Forbidden, NotFound, Unauthorized
 from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
 from couchgw.gateway.discovery import Discovery
+from couchgw.gateway.feeds import Feeds
 from couchgw.gateway.members import Members
 from couchgw.gateway.tenant import Settings, Shared, Tenant
 from couchgw.timing import Backoff, deadline
@@ -62,14 +59,12 @@ class FleetSettings:
     @param coordination: the gateways' own database (on the server served).
     @param patterns: the databases served: shell globs of their names.
     @param max_feeds: changes feeds open at once, at most.
-    @param idle: seconds a database's feed stays open with nothing to do.
     @param visits: databases looked at at once.
     """
 
     coordination: Database
     patterns: tuple[str, ...]
     max_feeds: int = 100
-    idle: float = 10.0
     visits: int = 8
     checkpoint_interval: float = 5.0
 
@@ -103,10 +98,8 @@ class Fleet:
         tenant_settings: Settings,
         *,
         announce: float,
-        sweep_interval: float = 30.0,
     ) -> None:
         self.settings = settings
-        self.sweep_interval = sweep_interval
         self.clock = clock
         self.shared = shared
         self.tenant_settings = tenant_settings
@@ -135,9 +128,15 @@ class Fleet:
         )
         #: The databases this gateway serves (owned, and looked at or being looked at).
         self.tenants: dict[str, Tenant] = {}
-        #: Of those, the ones whose feeds are open, the least recently active first.
-        self.awake: OrderedDict[str, Tenant] = OrderedDict()
-        self._to_wake: OrderedDict[str, None] = OrderedDict()
+        #: Which of them have their changes read, and when.
+        self.feeds = Feeds(
+            clock,
+            max_feeds=settings.max_feeds,
+            announce=announce,
+            served=self._served,
+            says_updates=lambda: self.discovery.says_updates,
+            beats_per_save=round(settings.checkpoint_interval),
+        )
         self._to_visit: OrderedDict[str, None] = OrderedDict()
         self._visiting: set[str] = set()
         #: Databases not to be looked at before a time (couchgw may not read them, or they
@@ -147,11 +146,7 @@ class Fleet:
         self.error: str | None = "not connected yet"
         self._starting: Deferred[None] | None = None
         self._welcome: Doc | None = None
-        #: When each database's guard was last refreshed (it is, every --announce seconds,
-        #: while its feed is open).
-        self._guarded: dict[str, float] = {}
         self._loop: LoopingCall | None = None
-        self._beats = 0
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -195,7 +190,7 @@ class Fleet:
             n=len(self.discovery.names),
         )
         self.shared.routes.load()
-        self._loop = LoopingCall(self._housekeeping)
+        self._loop = LoopingCall(self.feeds.beat)
         self._loop.clock = self.clock
         self._loop.start(1.0, now=False)
 
@@ -217,9 +212,9 @@ class Fleet:
         self.discovery.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self.feeds.stop()
         tenants = list(self.tenants.values())
         self.tenants.clear()
-        self.awake.clear()
         yield DeferredList([tenant.stop(grace, deadline) for tenant in tenants])
         yield leaving
         yield self.members.stop()
@@ -286,9 +281,7 @@ class Fleet:
     def _release(self, tenant: Tenant) -> None:
         """Stop serving a database: its calls in flight end, its waiting messages stay there."""
         self.tenants.pop(tenant.name, None)
-        self._guarded.pop(tenant.name, None)
-        self.awake.pop(tenant.name, None)
-        self._to_wake.pop(tenant.name, None)
+        self.feeds.forget(tenant.name)
         self._to_visit.pop(tenant.name, None)
         tenant.let_go().addErrback(log_error, f"cannot let go of {tenant.name}")
 
@@ -326,7 +319,7 @@ class Fleet:
             self._hold_off(tenant, FAILED_AGAIN, describe_error(e))
             return
         self.held_off.pop(tenant.name, None)
-        self._guarded[tenant.name] = self.clock.seconds()  # (prepare read its security object)
+        self.feeds.guarded(tenant.name)  # (prepare read its security object)
         try:
             if tenant.followed_before():
                 yield tenant.intake.sweep()
@@ -356,76 +349,20 @@ class Fleet:
 
     # -- the feeds ---------------------------------------------------------------------------------
 
+    def _served(self, name: str) -> Tenant | None:
+        """The database of this name, while this gateway serves it and can."""
+        tenant = self.tenants.get(name)
+        return tenant if tenant is not None and tenant.error is None else None
+
     def wake(self, tenant: Tenant) -> None:
-        """Open a database's feed (or, when all feeds are taken, wait for one)."""
-        name = tenant.name
-        if self.tenants.get(name) is not tenant:
-            return  # no longer served here
-        if name in self.awake:
-            self.awake.move_to_end(name)
-            return
-        if len(self.awake) >= self.settings.max_feeds and not self._evict():
-            self._to_wake[name] = None
-            return
-        tenant.follow(plan=False)  # (its timer for what comes due is kept while it sleeps)
-        tenant.intake.last_seen = self.clock.seconds()
-        self.awake[name] = tenant
-
-    def _evict(self) -> bool:
-        """Close the feed of the least recently active database with nothing under way."""
-        if not self.discovery.says_updates:
-            return False  # its next update would not open it again
-        for tenant in self.awake.values():
-            if not tenant.busy():
-                self._sleep(tenant)
-                return True
-        return False
-
-    def _sleep(self, tenant: Tenant) -> None:
-        self.awake.pop(tenant.name, None)
-        tenant.intake.unfollow()
-        tenant.checkpoint.save().addErrback(
-            log_error, f"cannot save the checkpoint of {tenant.name}"
-        )
-
-    def _housekeeping(self) -> None:
-        """
-        Every second: idle feeds closed, waiting ones opened; the databases awake have their
-        checkpoints saved, their guards read and their sweeps, as one database has.
-        """
-        self._beats += 1
-        now = self.clock.seconds()
-        if self.discovery.says_updates:
-            for tenant in list(self.awake.values()):
-                if not tenant.busy() and now - tenant.intake.last_seen > self.settings.idle:
-                    self._sleep(tenant)
-        while self._to_wake and len(self.awake) < self.settings.max_feeds:
-            name, _ = self._to_wake.popitem(last=False)
-            waiting = self.tenants.get(name)
-            if waiting is not None and waiting.error is None:
-                self.wake(waiting)
-        if self._beats % max(1, round(self.settings.checkpoint_interval)) == 0:
-            for tenant in self.awake.values():
-                tenant.checkpoint.save().addErrback(log_error, "cannot save a checkpoint")
-        for tenant in self.awake.values():
-            if now - self._guarded.get(tenant.name, now) >= self.announce:
-                self._guard(tenant)
-        if self._beats % max(1, round(self.sweep_interval)) == 0:
-            for tenant in self.awake.values():
-                swept = tenant.intake.sweep_every()
-                if swept is not None:
-                    swept.addErrback(log_error, f"sweep of {tenant.name} failed")
+        """Read what changed in a database (L{Feeds.wake})."""
+        self.feeds.wake(tenant)
 
     def routes_loaded(self) -> None:
         """Every route loaded once more: the guards of the databases served describe them."""
         for tenant in self.tenants.values():
             if tenant.error is None and tenant.guards.installed:
-                self._guard(tenant)
-
-    def _guard(self, tenant: Tenant) -> None:
-        """Read a database's security object again, and install or remove its guard."""
-        self._guarded[tenant.name] = self.clock.seconds()
-        tenant.guards.refresh().addErrback(log_error, f"cannot guard {tenant.name}")
+                self.feeds.guard(tenant)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -452,10 +389,6 @@ class Fleet:
             key=lambda t: len(t.intake.active) + t.intake.waiting() + len(t.claims.held),
             reverse=True,
         )[:BUSIEST]
-        claims: dict[str, int] = {}
-        for tenant in tenants:
-            for answer, n in tenant.claims.answers.items():
-                claims[answer] = claims.get(answer, 0) + n
         return succeed(
             {
                 "server": self.coordination.server_url,
@@ -463,9 +396,9 @@ class Fleet:
                     "patterns": list(self.settings.patterns),
                     "found": len(self.discovery.names),
                     "served": len(tenants),
-                    "feeds": len(self.awake),
+                    "feeds": len(self.feeds.awake),
                     "max_feeds": self.settings.max_feeds,
-                    "waiting_for_a_feed": len(self._to_wake),
+                    "waiting_for_a_feed": len(self.feeds.waiting),
                     "to_look_at": len(self._to_visit) + len(self._visiting),
                     "not_served": len(self.held_off),
                 },
@@ -480,29 +413,34 @@ class Fleet:
                 "calls": sum(len(t.claims.held) for t in tenants),
                 "feed": describe_feed(self.discovery.feed),
                 "members": self.members.describe(),
-                "claims": claims,
+                "claims": self._claims(tenants),
             }
         )
 
-    def gauges(self) -> dict[str, Any]:
-        tenants = list(self.tenants.values())
+    @staticmethod
+    def _claims(tenants: list[Tenant]) -> dict[str, int]:
+        """How CouchDB answered the claims, in every database served."""
         claims: dict[str, int] = {}
         for tenant in tenants:
             for answer, n in tenant.claims.answers.items():
                 claims[answer] = claims.get(answer, 0) + n
+        return claims
+
+    def gauges(self) -> dict[str, Any]:
+        tenants = list(self.tenants.values())
         feed = self.discovery.feed
         return {
             "active": sum(len(t.intake.active) for t in tenants),
             "feed_reconnects": feed.reconnects if feed else 0,
             "feed_connected": feed is None or feed.state == "connected",
             "checkpoint_age": None,
-            "claims": claims,
+            "claims": self._claims(tenants),
             "gateways": len(self.members.others) + 1,
             "up": self.error is None,
             "databases": {
                 "found": len(self.discovery.names),
                 "served": len(tenants),
-                "feeds": len(self.awake),
+                "feeds": len(self.feeds.awake),
                 "not_served": len(self.held_off),
             },
         }

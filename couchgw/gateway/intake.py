@@ -103,10 +103,19 @@ class Intake:
 
     # -- the doorbell ----------------------------------------------------------------------------
 
-    def follow(self, welcome: Mapping[str, Any]) -> None:
-        """Follow the database's changes from the checkpoint, filtered as this server allows."""
+    def follow(
+        self,
+        welcome: Mapping[str, Any],
+        once: float | None = None,
+        read: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Follow the database's changes from the checkpoint, filtered as this server allows; or,
+        with C{once}, read what changed since, until no change came for C{once} seconds (then
+        C{read} is called).
+        """
         params, body = design.new_messages(welcome, seq_interval=max(1, self.max_inflight // 2))
-        self.feed = ChangesFeed(
+        feed = self.feed = ChangesFeed(
             self.db,
             self._changed,
             self.clock,
@@ -116,9 +125,21 @@ class Intake:
             heartbeat=self.heartbeat,
             max_line=self.max_bytes + 64 * 1024,
             on_missing=self._gone,
+            once=once,
+            on_end=lambda: self._read(feed, read),
         )
-        self.feed.start()
+        feed.start()
         self.throttle()
+
+    def _read(self, feed: ChangesFeed, read: Callable[[], None] | None) -> None:
+        """A feed read once ended: the checkpoint may move up to where it ended."""
+        if self.feed is feed:
+            self.feed = None
+        if feed.since is not None:
+            checkpoint = self.checkpoint.current
+            checkpoint.done(checkpoint.received(feed.since))
+        if read is not None:
+            read()
 
     def unfollow(self) -> None:
         if self.feed is not None:

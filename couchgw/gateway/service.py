@@ -157,7 +157,6 @@ class Gateway(Service):
                 self.shared,
                 settings,
                 announce=announce,
-                sweep_interval=sweep_interval,
             )
         else:
             assert db is not None

@@ -202,16 +202,22 @@ class Tenant:
         self.checkpoint.resume({**(self._saved or {}), "seq": self.update_seq})
         yield self.checkpoint.save(force=True)
 
-    def follow(self, plan: bool = True) -> None:
+    def follow(
+        self,
+        plan: bool = True,
+        once: float | None = None,
+        read: Callable[[], None] | None = None,
+    ) -> None:
         """
-        Follow the database's changes from its checkpoint; with C{plan}, wake for the work that
-        is due (where it was not planned already).
+        Follow the database's changes from its checkpoint (with C{once}: read them, until no
+        change came for C{once} seconds, then call C{read}); with C{plan}, wake for the work
+        that is due (where it was not planned already).
         """
         assert self._welcome is not None and self._saved is not None
         self.claims.closed = False
         if not self.checkpoint.resumed:  # (else: on from where it was when its feed closed)
             self.checkpoint.resume(self._saved)
-        self.intake.follow(self._welcome)
+        self.intake.follow(self._welcome, once, read)
         if not plan:
             return
         # when the first retry or scheduled message written before comes due (at once if one

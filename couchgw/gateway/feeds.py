@@ -1,0 +1,190 @@
+"""
+Which databases of a fleet have their changes read, and when (L{couchgw.gateway.fleet}).
+
+Where the server says which databases change (C{/_db_updates}), a database that changes has its
+feed read once: until it is silent a moment (L{ONCE}); a database written to without a pause
+keeps it open.  Two reads of one database are L{REREAD} seconds apart at least (longer while its
+messages are handled: their own writes are most of what the server tells of), so the updates told
+of meanwhile are read together.  Elsewhere (PouchDB Server) up to C{--max-feeds} feeds stay open
+and the databases beyond take turns (L{TURN}).  Never more than C{--max-feeds} feeds at once: the
+others wait for one.  While a database's feed is open its guard is read again every
+C{--announce} seconds; its checkpoint is saved every L{SAVE_EVERY} seconds at most.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from couchgw.errors import log_error
+from couchgw.gateway.tenant import Tenant
+
+#: Seconds without a change after which a database's feed read once ends.
+ONCE = 0.05
+#: Seconds between two reads of a database's changes, at least; while its messages are handled.
+REREAD = 0.3
+REREAD_BUSY = 2.0
+#: Seconds between two saves of a database's checkpoint, at least (a gateway that dies reads
+#: the changes since again: each is looked at, harmlessly).
+SAVE_EVERY = 30.0
+#: Beats between two turns of the feeds, on a server that does not say which databases change.
+TURN = 5
+
+
+class Feeds:
+    """
+    @param served: the database of this name, while this gateway serves it and can.
+    @param says_updates: whether the server says which databases change.
+    @param beats_per_save: beats (L{beat}) between two looks at the checkpoints to save.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        max_feeds: int,
+        announce: float,
+        served: Callable[[str], Tenant | None],
+        says_updates: Callable[[], bool],
+        beats_per_save: int,
+    ) -> None:
+        self.clock = clock
+        self.max_feeds = max_feeds
+        self.announce = announce
+        self._served = served
+        self._says_updates = says_updates
+        self._beats_per_save = max(1, beats_per_save)
+        #: The databases whose feeds are open, the least recently active first.
+        self.awake: OrderedDict[str, Tenant] = OrderedDict()
+        #: The databases waiting for a feed.
+        self.waiting: OrderedDict[str, None] = OrderedDict()
+        #: Databases written to while their feed was read: read once more after it.
+        self._again: set[str] = set()
+        #: Databases read lately whose checkpoints are to be saved, and when each was saved.
+        self._unsaved: dict[str, Tenant] = {}
+        self._saved_at: dict[str, float] = {}
+        #: When each database's changes were last read, and the reads put off.
+        self._read_at: dict[str, float] = {}
+        self._later: dict[str, IDelayedCall] = {}
+        #: When each database's guard was last read.
+        self._guarded: dict[str, float] = {}
+        self._beats = 0
+
+    def wake(self, tenant: Tenant) -> None:
+        """Read what changed in a database now, or as soon as it may be."""
+        name = tenant.name
+        if self._served(name) is not tenant:
+            return
+        if name in self.awake:
+            self._again.add(name)  # what changed after its feed began: read once more
+            return
+        read_at = self._read_at.get(name)
+        pause = REREAD_BUSY if tenant.busy() else REREAD
+        now = self.clock.seconds()
+        if read_at is not None and now - read_at < pause:
+            if name not in self._later:
+                self._later[name] = self.clock.callLater(
+                    read_at + pause - now, self._wake_later, name
+                )
+            return
+        if len(self.awake) >= self.max_feeds:
+            self.waiting[name] = None
+            return
+        if now - self._guarded.get(name, now) >= self.announce:
+            self.guard(tenant)  # (its security object may have changed meanwhile)
+        self.awake[name] = tenant
+        if self._says_updates():
+            tenant.follow(plan=False, once=ONCE, read=lambda: self._read(tenant))
+        else:
+            tenant.follow(plan=False)  # (its timer for what comes due is kept while it sleeps)
+
+    def _wake_later(self, name: str) -> None:
+        self._later.pop(name, None)
+        tenant = self._served(name)
+        if tenant is not None:
+            self.wake(tenant)
+
+    def _read(self, tenant: Tenant) -> None:
+        """A database's feed read once ended: the next waiting for a feed may read."""
+        name = tenant.name
+        if self.awake.get(name) is tenant:
+            del self.awake[name]
+        self._read_at[name] = self.clock.seconds()
+        self._unsaved[name] = tenant
+        if name in self._again:
+            self._again.discard(name)
+            self.wake(tenant)
+        while self.waiting and len(self.awake) < self.max_feeds:
+            waiting, _ = self.waiting.popitem(last=False)
+            other = self._served(waiting)
+            if other is not None:
+                self.wake(other)
+
+    def beat(self) -> None:
+        """
+        Every second: the guards of the databases with a feed open are read every --announce
+        seconds; the checkpoints of those open or read lately are saved; feeds take turns.
+        """
+        self._beats += 1
+        now = self.clock.seconds()
+        for tenant in list(self.awake.values()):
+            if now - self._guarded.get(tenant.name, now) >= self.announce:
+                self.guard(tenant)
+        if self._beats % self._beats_per_save == 0:
+            for name, tenant in [*self._unsaved.items(), *self.awake.items()]:
+                if now - self._saved_at.get(name, 0.0) >= SAVE_EVERY:
+                    if not tenant.busy() and name not in self.awake:
+                        self._unsaved.pop(name, None)
+                    self._save(tenant)
+        if not self._says_updates() and self.waiting and self._beats % TURN == 0:
+            self._take_turns()
+
+    def _take_turns(self) -> None:
+        """(No C{/_db_updates}.) Close the longest open feed with nothing under way for another."""
+        for name, tenant in list(self.awake.items()):
+            if not tenant.busy():
+                del self.awake[name]
+                tenant.intake.unfollow()
+                self._save(tenant)
+                self.waiting[name] = None  # its turn comes again
+                self._read(tenant)
+                return
+
+    def _save(self, tenant: Tenant) -> None:
+        self._saved_at[tenant.name] = self.clock.seconds()
+        if self._served(tenant.name) is tenant:
+            tenant.checkpoint.save().addErrback(
+                log_error, f"cannot save the checkpoint of {tenant.name}"
+            )
+
+    def guard(self, tenant: Tenant) -> None:
+        """Read a database's security object again, and install or remove its guard."""
+        self._guarded[tenant.name] = self.clock.seconds()
+        tenant.guards.refresh().addErrback(log_error, f"cannot guard {tenant.name}")
+
+    def guarded(self, name: str) -> None:
+        """A database's security object was just read (its guard follows it)."""
+        self._guarded[name] = self.clock.seconds()
+
+    def forget(self, name: str) -> None:
+        """A database no longer served here."""
+        self._guarded.pop(name, None)
+        self._unsaved.pop(name, None)
+        self._saved_at.pop(name, None)
+        self._read_at.pop(name, None)
+        self._again.discard(name)
+        later = self._later.pop(name, None)
+        if later is not None and later.active():
+            later.cancel()
+        self.awake.pop(name, None)
+        self.waiting.pop(name, None)
+
+    def stop(self) -> None:
+        for later in self._later.values():
+            if later.active():
+                later.cancel()
+        self._later.clear()
+        self.awake.clear()
+        self.waiting.clear()
