@@ -27,7 +27,10 @@ too, each figure on one server after the other, in the same run. On each server 
    written → `forwarded` seen on couchgw's own /events stream: p50, p95, p99;
 6. memory: peak RSS of couchgw while it drains a large backlog, and its rate over (2)'s;
 7. scale-out: the drain rate with 1, 2 and 3 gateways on one database (and, with `--cluster`,
-   on a cluster, gateway i talking to node i), duplicate calls and claims lost to another gateway.
+   on a cluster, gateway i talking to node i), duplicate calls and claims lost to another gateway;
+8. many databases: `--databases` (1,000) databases of N / that many messages each, written
+   first, then one couchgw serving them all (`--databases PATTERN`): messages per second, and
+   that over (2)'s drain of N in one database.
 
 Each figure that has a target is a ratio or a distribution measured in the same run, so that it
 holds on a noisy machine; the absolute numbers are printed beside it.
@@ -57,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from bench import processes  # noqa: E402
 from bench.backlog import drain, write_backlog  # noqa: E402
 from bench.leftovers import Leftovers  # noqa: E402
+from bench.tenants import in_parallel  # noqa: E402
 from couchgw.connections import basic_auth, split_credentials  # noqa: E402
 from couchgw.couch import design  # noqa: E402
 from couchgw.couch.client import Doc  # noqa: E402
@@ -580,6 +584,7 @@ TARGETS = {
     "scale-out (one server): 3 gateways / 1": (1.0, "≥"),
     "scale-out (cluster): 2 gateways / 1": (1.0, "≥"),
     "scale-out (cluster): 3 gateways / 1": (1.0, "≥"),
+    "many databases: drain / drain of one database (2)": (0.7, "≥"),
 }
 #: Targets that depend on what runs the guard (the figure named by the second item).
 GUARD_TARGETS = {
@@ -588,6 +593,22 @@ GUARD_TARGETS = {
         {"erlang": (0.8, "≥"), "quickjs": (0.5, "≥")},
     )
 }
+
+
+def many_databases(run: Run, figures: dict[str, Any], messages: int, databases: int) -> None:
+    """(8) N messages spread over many databases, drained by one couchgw serving them all."""
+    each = max(1, messages // databases)
+    names = [run.database(f"many{i:05d}") for i in range(databases)]
+    in_parallel(names, lambda db: write_backlog(db, each, target="null"), threads=8)
+    pattern = f"many*-{run.suffix}"
+    gateway = run.gateway(run.couch, "--databases", pattern, routes=run.null_route())
+    drained = drain(gateway, each * databases, progress=False)
+    rate = each * databases / drained["seconds"]
+    figures[f"many databases: {databases} x {each} (messages/s)"] = rate
+    if "drain (messages/s)" in figures:
+        figures["many databases: drain / drain of one database (2)"] = (
+            rate / figures["drain (messages/s)"]
+        )
 
 
 def target_of(name: str, figures: dict[str, Any]) -> tuple[float, str] | None:
@@ -670,8 +691,15 @@ def measure(run: Run, figures: dict[str, Any], options: argparse.Namespace, bega
                 (options.messages, nodes),
             )
         )
-    for number, (title, step, args) in enumerate(steps, start=2):
-        if min(number, 7) not in options.only:
+    steps.append(
+        (
+            f"8. many databases, {options.databases} of {options.messages // options.databases}",
+            many_databases,
+            (options.messages, options.databases),
+        )
+    )
+    for title, step, args in steps:
+        if int(title.split(".")[0]) not in options.only:
             continue
         print(f"{run.server}: {title} ... ({time.monotonic() - began:.0f}s)", flush=True)
         step(run, figures, *args)
@@ -685,11 +713,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=20, help="P: SOAP threads")
     parser.add_argument("--rate", type=float, default=50.0, help="messages/s of (5)")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of (5)")
+    parser.add_argument("--databases", type=int, default=1000, help="databases of (8)")
     parser.add_argument("--out", default="bench-results.json", help="where the JSON goes")
     parser.add_argument(
         "--only",
         type=lambda text: {int(n) for n in text.split(",")},
-        default=set(range(2, 8)),
+        default=set(range(2, 9)),
         help="the figures to measure besides (1), e.g. 2,4 (default: all)",
     )
     parser.add_argument(

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall
 
 from couchgw import message
 from couchgw.couch.client import Database
@@ -140,6 +141,29 @@ class Serving(FleetTestCase):
         self.assertEqual(status["finished_here"], {"forwarded": 7})
         hidden = yield gateway.status(names=False)
         self.assertNotIn(before.name, str(hidden))
+
+    @inlineCallbacks
+    def test_more_databases_than_feeds_take_turns(self) -> Any:
+        """--max-feeds 2 and six databases with messages: no more feeds open, all served."""
+        self.start_demo()
+        dbs = [self.database(f"t{i}") for i in range(6)]
+        for db in dbs:
+            yield self.write(db, [activate(f"{db.name}-{j}") for j in range(2)])
+        gateway = self.fleet(max_feeds=2)
+        assert gateway.fleet is not None
+        feeds = gateway.fleet.feeds
+        most: list[int] = [0]
+        watch = LoopingCall(lambda: most.append(max(most.pop(), len(feeds.awake))))
+        watch.start(0.01)
+        self.addCleanup(lambda: watch.stop() if watch.running else None)
+        yield self.ready(gateway)
+        for db in dbs:
+            docs = yield self.finished(db, [f"{db.name}-{j}" for j in range(2)], 120)
+            self.assertEqual({d["status"] for d in docs}, {"forwarded"})
+        self.assertLessEqual(most[0], 2)
+        self.assertGreaterEqual(most[0], 1)
+        calls = self.calls()
+        self.assertEqual({calls[f"{db.name}-{j}"] for db in dbs for j in range(2)}, {1})
 
     @inlineCallbacks
     def test_each_database_its_own_world(self) -> Any:

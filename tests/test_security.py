@@ -226,6 +226,76 @@ def test_locked_down(tmp_path: Path, secured: tuple[str, str]) -> None:
         assert secret not in logs
 
 
+def _server_admin(base: str) -> str:
+    """The server's URL with an admin's credentials (the external server's own, or ours)."""
+    external = os.environ.get(COUCH_ENV)
+    if external:
+        return external.rstrip("/")
+    return base.replace("://", f"://admin:{PASSWORDS['admin']}@")
+
+
+def test_tenants_apart(tmp_path: Path, secured: tuple[str, str]) -> None:
+    """
+    One gateway serves a database per tenant (--databases, --http-auth): each tenant's user
+    reads its own database's messages through the API and is refused another's; the gateway's
+    own routes answer any user and name no database but to the server's admins.
+    """
+    base, db = secured
+    suffix = db.rsplit("-", 1)[-1]
+    admin = _server_admin(base)
+    tenants = {"alice": f"tenant-{suffix}-a", "bob": f"tenant-{suffix}-b"}
+    for user, name in tenants.items():
+        _put(f"{admin}/{name}", None)
+        _put(
+            f"{admin}/{name}/_security",
+            {"admins": {"names": [], "roles": []}, "members": {"names": [f"{user}-{suffix}"]}},
+        )
+        assert http("PUT", f"{admin}/{name}/m", {"type": "message", "operation": "ping"})[0] == 201
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    gateway = Twistd(
+        tmp_path,
+        "--couch",
+        admin,
+        "--databases",
+        f"tenant-{suffix}-*",
+        "--target",
+        wsdl,
+        "--http-auth",
+    )
+    try:
+        gateway.wait_ready()
+        for name in tenants.values():
+            assert wait_terminal(f"{admin}/{name}", ["m"], 60)["m"]["status"] == "forwarded"
+        api = gateway.api
+        alice = api.replace("://", _userinfo(base, "alice", db))
+        bob = api.replace("://", _userinfo(base, "bob", db))
+        assert http("GET", f"{api}/db/{tenants['alice']}/messages/m/events")[0] == 401
+        status, events = http("GET", f"{alice}/db/{tenants['alice']}/messages/m/events")
+        assert status == 200 and '"status": "forwarded"' in events
+        assert http("GET", f"{alice}/db/{tenants['bob']}/messages/m/events")[0] == 403
+        assert http("GET", f"{bob}/db/{tenants['alice']}/events")[0] == 403
+        status, events = http("GET", f"{bob}/db/{tenants['bob']}/messages/m/events")
+        assert status == 200 and '"status": "forwarded"' in events
+        # the gateway's own routes: totals for any user, no database named to a tenant
+        for user in (alice, bob):
+            status, state = http("GET", f"{user}/status")
+            assert status == 200 and state["databases"]["served"] == 2, state
+            assert all(name not in json.dumps(state) for name in tenants.values())
+            status, metrics = http("GET", f"{user}/metrics")
+            assert status == 200 and "couchgw_databases" in metrics
+            assert all(name not in metrics for name in tenants.values())
+        admin_api = api.replace("://", f"://{admin.split('://', 1)[1].split('@', 1)[0]}@")
+        assert http("GET", f"{admin_api}/status")[0] == 200
+    finally:
+        gateway.terminate()
+        stop(demo)
+        for name in tenants.values():
+            http("DELETE", f"{admin}/{name}")
+    logs = "\n".join(path.read_text() for path in tmp_path.rglob("*.log"))
+    for secret in PASSWORDS.values():
+        assert secret not in logs
+
+
 ADMIN_ONLY = {"admins": {"names": [], "roles": ["couchgw"]}, "members": {"roles": ["_admin"]}}
 WITH_CLIENTS = {
     "admins": {"names": [], "roles": ["couchgw"]},

@@ -142,15 +142,21 @@ class Feeds:
             self._take_turns()
 
     def _take_turns(self) -> None:
-        """(No C{/_db_updates}.) Close the longest open feed with nothing under way for another."""
+        """
+        (No C{/_db_updates}.) The open feeds with nothing under way, the longest open first,
+        are closed for the databases that wait (as many as wait); their turn comes again.
+        """
+        turns = len(self.waiting)
         for name, tenant in list(self.awake.items()):
+            if turns == 0:
+                return
             if not tenant.busy():
+                turns -= 1
                 del self.awake[name]
                 tenant.intake.unfollow()
                 self._save(tenant)
-                self.waiting[name] = None  # its turn comes again
+                self.waiting[name] = None
                 self._read(tenant)
-                return
 
     def _save(self, tenant: Tenant) -> None:
         self._saved_at[tenant.name] = self.clock.seconds()

@@ -171,15 +171,19 @@ class Tenant:
             created = yield self.db.create()
             if created:
                 log.info("created database {db}", db=self.db.url)
-        # the guard first: the design document may lose a validate function of before
-        yield self.guards.refresh()
-        yield design.push(self.db)
-        info = yield self.db.info()
+        reading = self.checkpoint.read()  # (meanwhile)
+        try:
+            # the guard first: the design document may lose a validate function of before
+            yield self.guards.refresh()
+            yield design.push(self.db)
+            info = yield self.db.info()  # (after: it counts couchgw's design documents)
+        finally:
+            saved = yield reading
         self.claims.copies = copies(info)
         self.update_seq = info.get("update_seq")
         ours = len(design.DOCS) + (1 if self.guards.installed else 0)
         self._documents = int(info.get("doc_count") or 0) - ours
-        self._saved = yield self.checkpoint.read()
+        self._saved = saved
         self.checkpoint.resumed = False
         self.error = None
 
