@@ -227,11 +227,14 @@ def test_a_route_out_and_back(tmp_path: Path) -> None:
 COMMAND = str(Path(sys.executable).parent / "couchgw")
 
 
-def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, db: str | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
+    """The couchgw command; C{answer}: what it reads (its questions' answers)."""
     couch = ["--couch", db] if db else []
     if args and args[0] == "routes":
         couch = []
-    return subprocess.run([COMMAND, *args, *couch], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [COMMAND, *args, *couch], capture_output=True, text=True, timeout=120, input=answer
+    )
 
 
 def test_cli_against_a_running_gateway(running: Any) -> None:

@@ -272,7 +272,7 @@ class API:
                         deliver(event)
                         seen.add((event.id, event.rev))
                 else:
-                    yield catch_up(hub, stream, last_id, deliver, seen)
+                    yield catch_up(hub, stream, last_id, deliver, seen, CATCH_UP_MAX)
             waiting, pending = pending or [], None
             for event in waiting:
                 deliver(event)

@@ -256,10 +256,16 @@
     });
   }
 
+  function unasked() {
+    pending = null;
+    $("confirm-text").textContent = "";
+    $("confirm-yes").textContent = "Yes";
+    $("confirm").close();
+  }
+
   function confirmed() {
     var job = pending;
-    pending = null;
-    $("confirm").close();
+    unasked();
     if (!job) return;
     $("bulk-result").textContent = job.action + "…";
     api("POST", "/messages/" + job.action + query(job.filter)).then(function (answer) {
@@ -292,7 +298,7 @@
   $("bulk-requeue").addEventListener("click", function () { bulk("requeue"); });
   $("bulk-cancel").addEventListener("click", function () { bulk("cancel"); });
   $("confirm-yes").addEventListener("click", confirmed);
-  $("confirm-no").addEventListener("click", function () { pending = null; $("confirm").close(); });
+  $("confirm-no").addEventListener("click", unasked);
   $("database-form").addEventListener("submit", function (e) {
     e.preventDefault();
     var name = e.target.elements.db.value.trim();

@@ -114,10 +114,11 @@ def catch_up(
     since: str,
     deliver: Callable[[Event], None],
     seen: set[tuple[str, str]],
+    most: int = CATCH_UP_MAX,
 ) -> Any:
     """
     The events since C{since} from CouchDB, a page at a time as the client reads them, and
-    L{CATCH_UP_MAX} at most (then a C{gap} event: the client reads the documents again).
+    C{most} at most (then a C{gap} event: the client reads the documents again).
     """
     replayed = 0
     at: Any = since
@@ -134,14 +135,13 @@ def catch_up(
         replayed += len(events)
         if not more:
             return
-        if replayed >= CATCH_UP_MAX:
+        if replayed >= most:
             stream.event(
                 "gap",
                 {
                     "since": since,
                     "replayed": replayed,
-                    "reason": f"more than {CATCH_UP_MAX} changes since then: read the "
-                    "documents again",
+                    "reason": f"more than {most} changes since then: read the documents again",
                 },
             )
             return
