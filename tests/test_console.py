@@ -461,6 +461,8 @@ class ConsoleAPI(GatewayTestCase):
         self.assertEqual(code, 200)
         code, _ = yield call("POST", f"{base}/messages/x1/requeue")  # no browser: no Origin
         self.assertEqual(code, 200)
+        code, _ = yield call("GET", f"{base}/messages/x2/requeue")  # a link acts on nothing
+        self.assertEqual(code, 405)
         code, me = yield call("GET", f"{base}/me")
         self.assertEqual(me, {"user": "operator", "may_act": True, "why": None})
         # an API that listens beyond this machine without --http-auth: everyone reads, nobody acts
