@@ -36,7 +36,8 @@ __all__ = ["secured"]  # (the fixture, for the reader's test)
 
 LOCKED = "account 42 is locked"
 
-#: A folder where the flows leave screenshots of the page (docs/console.png is one of them).
+#: A folder where the flows leave screenshots of the page: those of docs/operations.md, with
+#: COUCHGW_SCREENSHOTS=docs .venv/bin/pytest tests/test_console_page.py
 SHOTS = os.environ.get("COUCHGW_SCREENSHOTS")
 
 
