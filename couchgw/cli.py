@@ -1,10 +1,13 @@
 """
-The C{couchgw} command: submit messages and follow them, look at them, send failed ones again,
-push the design documents, list the routes of a running gateway.
+The C{couchgw} command: submit messages and follow them, look at them, list them, send failed
+ones again or cancel them (L{couchgw.console_cli}), push the design documents, list the routes of
+a running gateway.
 
     couchgw submit activate network=north count=5 --wait
     couchgw status job-1
+    couchgw list --status failed --since 12h
     couchgw requeue --status failed --since 2026-11-28T00:00:00Z
+    couchgw cancel job-7
     couchgw designdocs push
     couchgw routes
 
@@ -215,42 +218,6 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def requeue(args: argparse.Namespace) -> int:
-    db = Client(args.couch, args.ca)
-    since = None
-    if args.since:
-        since = message.parse_time(args.since)
-        if since is None:
-            raise Failed(
-                f"--since must be an ISO-8601 time, e.g. 2026-11-28T09:00:00Z, not {args.since!r}"
-            )
-    key = quote(json.dumps(args.status))
-    rows = db.json(
-        "GET", f"/_design/couchgw/_view/by_status?key={key}&reduce=false&include_docs=true"
-    )
-    docs = []
-    for row in rows.get("rows", []):
-        doc = row.get("doc") or {}
-        finished = message.parse_time(doc.get("completed_at"))
-        if since is not None and (finished is None or finished < since):
-            continue
-        docs.append(message.apply(doc, {field: None for field in message.GATEWAY_FIELDS}))
-    if args.dry_run:
-        for doc in docs:
-            print(doc["_id"])
-        print(f"would requeue {len(docs)} {args.status} message(s)")
-        return 0
-    written = db.json("POST", "/_bulk_docs", {"docs": docs}) if docs else []
-    refused = [r for r in written if r.get("error")]
-    for r in refused:
-        print(
-            f"{r.get('id')}: not requeued ({r.get('error')}: {r.get('reason', '')})",
-            file=sys.stderr,
-        )
-    print(f"requeued {len(docs) - len(refused)} {args.status} message(s)")
-    return 1 if refused else 0
-
-
 def routes(args: argparse.Namespace) -> int:
     from couchgw.targets.described import arguments_tree
 
@@ -379,18 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.set_defaults(run=status)
 
-    p = commands.add_parser("requeue", parents=[couch], help="send finished messages again")
-    p.add_argument(
-        "--status",
-        default="failed",
-        choices=["failed", "rejected", "cancelled"],
-        help="which (default: failed)",
-    )
-    p.add_argument(
-        "--since", metavar="TIME", help="only those finished at or after this ISO-8601 time"
-    )
-    p.add_argument("--dry-run", action="store_true", help="list them, send nothing")
-    p.set_defaults(run=requeue)
+    from couchgw.console_cli import add_commands
+
+    add_commands(commands, couch)
 
     p = commands.add_parser("designdocs", help="the design documents")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")

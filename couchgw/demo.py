@@ -127,8 +127,14 @@ def application(delay: float = 0.1) -> WsgiApplication:
 def _log_call(ctx: Any) -> None:
     """One line per SOAP call: its operation, and the trace context it came with, if any."""
     traceparent = ctx.transport.req_env.get("HTTP_TRACEPARENT")
+    tracestate = ctx.transport.req_env.get("HTTP_TRACESTATE")
     if traceparent:
-        log.info("call {operation} traceparent={tp}", operation=ctx.descriptor.name, tp=traceparent)
+        log.info(
+            "call {operation} traceparent={tp}{ts}",
+            operation=ctx.descriptor.name,
+            tp=traceparent,
+            ts=f" tracestate={tracestate}" if tracestate else "",
+        )
     else:
         log.info("call {operation}", operation=ctx.descriptor.name)
 

@@ -31,7 +31,19 @@ GATEWAY_FIELDS = (
     "callback",
     "trace",
 )
+#: Fields only couchgw writes that a new message may carry: the record of an operator's action
+#: (a requeued message is new again, and keeps who sent it again and what it was before).
+ACTION_FIELDS = ("requeued_by", "requeued_at", "requeues", "cancelled_by", "cancelled_at")
+#: Every field only couchgw writes (the guard keeps them from clients).
+OWNED_FIELDS = GATEWAY_FIELDS + ACTION_FIELDS
 TERMINAL = frozenset({"forwarded", "failed", "rejected", "cancelled", "expired"})
+#: What an operator may send again (it becomes new), and what an operator may cancel.
+REQUEUEABLE = frozenset({"failed", "expired", "rejected", "cancelled"})
+CANCELLABLE = frozenset({"new", "scheduled", "retrying"})
+#: What each action is said to have done.
+DONE = {"requeue": "requeued", "cancel": "cancelled"}
+#: The earlier outcomes a requeued message keeps (the oldest are dropped).
+REQUEUES_KEPT = 10
 #: Every status couchgw writes; any other value a client set is invalid.
 STATUSES = TERMINAL | {"scheduled", "dispatching", "retrying"}
 #: The route a message without C{target} goes to.
@@ -238,6 +250,60 @@ def resolve(winner: Doc, losers: list[Doc]) -> Doc:
                 merged.setdefault(key, value)
     merged.update({key: source[key] for key in GATEWAY_FIELDS if key in source})
     return merged
+
+
+# -- an operator's actions ------------------------------------------------------------------------
+
+
+def status_of(doc: Doc) -> str:
+    """A message's status as the console names it: C{new} while it has none."""
+    status = doc.get("status")
+    return status if isinstance(status, str) and status else "new"
+
+
+def refusal(action: str, doc: Doc) -> str | None:
+    """Why an operator's C{action} (C{requeue}, C{cancel}) does not apply (None: it does)."""
+    status = status_of(doc)
+    allowed = REQUEUEABLE if action == "requeue" else CANCELLABLE
+    if status in allowed:
+        return None
+    return f"a {status} message is not {DONE[action]} (only {', '.join(sorted(allowed))} ones are)"
+
+
+def requeued(doc: Doc, by: str, now: float) -> dict[str, Any]:
+    """
+    Send a finished message again: new once more (none of couchgw's fields, so its attempts
+    start again), with who did it and when, and what it was before (its status, error,
+    attempts and times, the last L{REQUEUES_KEPT} kept in C{requeues}).  A cancel the client
+    asked for is dropped, and an C{expires_at} that has passed too (kept in the record).
+    """
+    before = {key: doc[key] for key in _KEPT if doc.get(key) is not None}
+    before.update(status=status_of(doc), by=by, at=iso(now))
+    fields: dict[str, Any] = {key: None for key in GATEWAY_FIELDS}
+    if doc.get("cancel_requested") is not None:
+        before["cancel_requested"] = doc["cancel_requested"]
+        fields["cancel_requested"] = None
+    expires = parse_time(doc.get("expires_at"))
+    if expires is not None and expires <= now:
+        before["expires_at"] = doc["expires_at"]
+        fields["expires_at"] = None
+    earlier = doc.get("requeues")
+    history = [e for e in earlier if isinstance(e, dict)] if isinstance(earlier, list) else []
+    fields.update(
+        requeued_by=by,
+        requeued_at=iso(now),
+        requeues=[*history, before][-REQUEUES_KEPT:],
+    )
+    return fields
+
+
+def cancelled_by(by: str, now: float) -> dict[str, Any]:
+    """An operator cancels a message that was not called yet (or waits for a retry)."""
+    return {**cancelled(now), "cancelled_by": by, "cancelled_at": iso(now)}
+
+
+#: What a requeue keeps of the message's outcome before.
+_KEPT = ("error", "attempts", "dispatched_at", "completed_at", "trace", "callback")
 
 
 def apply(doc: Doc, fields: dict[str, Any]) -> Doc:

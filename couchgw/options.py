@@ -89,6 +89,15 @@ class Options(usage.Options):
             "needs --http-auth (or --http-public).",
         ],
         [
+            "operator-role",
+            None,
+            None,
+            "With --http-auth: a CouchDB role whose users may requeue and cancel messages from "
+            "the console (besides the database's admins and the server's); every other user "
+            "reads only. Without --http-auth, whoever reaches an API that listens on this "
+            "machine alone may act, and nobody where it listens beyond.",
+        ],
+        [
             "threads",
             None,
             10,
@@ -303,6 +312,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--http {self['http']!r} is not a valid endpoint: {e}"
             ) from None
+        role = self["operator-role"]
+        if role is not None and (not role.strip() or role != role.strip()):
+            raise usage.UsageError(f"--operator-role must be a CouchDB role's name, not {role!r}")
+        if role is not None and not self["http-auth"]:
+            raise usage.UsageError(
+                "--operator-role needs --http-auth (without it, no user is known to have a role)"
+            )
         if not loopback(self["http"]) and not (self["http-auth"] or self["http-public"]):
             raise usage.UsageError(
                 f"--http {self['http']!r} listens beyond this machine: add --http-auth (the API "

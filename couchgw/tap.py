@@ -33,6 +33,7 @@ from couchgw.tracing import Tracing, TracingService
 from couchgw.web.api import API
 from couchgw.web.auth import CouchUsers, Guarded
 from couchgw.web.events import Hubs
+from couchgw.web.throughput import Throughput, finished
 
 log = Logger()
 
@@ -147,11 +148,16 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     )
     hubs.setServiceParent(top)
 
+    throughput = Throughput(lambda: finished(gateway.metrics), reactor)
+    throughput.setServiceParent(top)
     names = not options.get("http-auth") and loopback(options["http"])
-    resource: Any = API(gateway, hubs, reactor, names=names).app.resource()
+    resource: Any = API(gateway, hubs, reactor, names=names, throughput=throughput).app.resource()
     if options.get("http-auth"):
         one = None if fleet is not None else db
-        resource = Guarded(resource, CouchUsers(db, reactor, database=lambda: one))
+        users = CouchUsers(
+            db, reactor, database=lambda: one, operator_role=options.get("operator-role")
+        )
+        resource = Guarded(resource, users)
     elif not loopback(options["http"]):
         log.warn(
             "the HTTP API listens beyond this machine ({endpoint}) without --http-auth "

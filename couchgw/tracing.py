@@ -9,7 +9,8 @@ continue the trace of the message's C{traceparent} (and C{tracestate}), a W3C tr
 client may write; a message without one gets a trace of its own: its first C{couchgw.wait} span
 is the root, and couchgw keeps that span's context in the message's C{trace} field, so that
 every later attempt, by any gateway, joins the same trace.  The call's context goes on to the
-target as a C{traceparent} header (HTTP routes, and the HTTP request of a SOAP call).
+target as a C{traceparent} header (HTTP routes, and the HTTP request of a SOAP call); while
+tracing is off, the message's own (L{passed_on}).
 
 Tracing is on when the standard C{OTEL_*} environment variables name an exporter
 (L{from_environment}); off, nothing is recorded and nothing is exported.
@@ -88,6 +89,23 @@ def resource_from_environment() -> Resource:
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "couchgw"}))
     return resource
+
+
+def passed_on(plan: Plan) -> dict[str, str]:
+    """
+    The headers that pass a message's own trace context (C{traceparent}, and C{tracestate}
+    with it) on to its target as it is, for a call no span records (tracing off): what
+    OpenTelemetry's propagator writes of the context it reads, so that the client's trace goes
+    on past couchgw.
+    """
+    if not plan.traceparent:
+        return {}
+    carrier = {"traceparent": plan.traceparent}
+    if plan.tracestate:
+        carrier["tracestate"] = plan.tracestate
+    headers: dict[str, str] = {}
+    _PROPAGATOR.inject(headers, context=_PROPAGATOR.extract(carrier))
+    return headers
 
 
 class Tracing:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from couchgw.message import GATEWAY_FIELDS
+from couchgw.message import ACTION_FIELDS, GATEWAY_FIELDS
 
 #: Users: a client (role "client"), the gateway (role "couchgw"), a server admin, an admin of
 #: the database by name and one by role ("ops").
@@ -27,6 +27,9 @@ USERS = ("client", "gateway", "admin", "named-admin", "ops")
 #: or do not apply (a write that is not a client's new message).
 SAME = "same"
 STRICTER = "stricter"
+#: couchgw's own checks accept what the guard refuses: the record of an operator's action,
+#: which a requeued message (new again) carries, and which only couchgw may write.
+LAXER = "laxer"
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ class Case:
     deleted: bool = False
     #: The guard before the routes have loaded.
     loaded: bool = True
-    #: What couchgw's own checks decide: SAME, or STRICTER (they refuse what the guard, which
-    #: checks names and not types, lets pass).
+    #: What couchgw's own checks decide: SAME, STRICTER (they refuse what the guard, which
+    #: checks names and not types, lets pass), or LAXER.
     python: str = SAME
 
     @property
@@ -67,6 +70,11 @@ CLAIMED = message(
     claim={"by": "gw-1", "until": "2026-12-02T02:05:00Z"},
     dispatched_at="2026-12-02T02:00:00Z",
     updated_at="2026-12-02T02:00:00Z",
+)
+REQUEUED = message(
+    requeued_by="ops",
+    requeued_at="2026-12-02T03:00:00.000Z",
+    requeues=[{"status": "failed", "error": {"kind": "fault", "message": "no"}, "attempts": 1}],
 )
 PRIORITY = (
     'priority must be "high", "medium", "low" or a whole number from 0 to 9 (higher first), not '
@@ -93,6 +101,15 @@ def _owned() -> list[Case]:
         )
         for name in GATEWAY_FIELDS
     ]
+    cases.extend(
+        Case(
+            f"a new message with {name}",
+            message(**{name: "x"}),
+            f"only couchgw writes {name}{OWNS}",
+            python=LAXER,
+        )
+        for name in ACTION_FIELDS
+    )
     cases.append(
         Case(
             "a new message with status null",
@@ -135,6 +152,19 @@ def _updates() -> list[Case]:
             f"only couchgw writes result{OWNS}",
             old=CLAIMED,
         ),
+        Case(
+            "a client says who requeued it",
+            {**CLAIMED, "requeued_by": "ops"},
+            f"only couchgw writes requeued_by{OWNS}",
+            old=CLAIMED,
+        ),
+        Case(
+            "a client rewrites a requeue's record",
+            {**REQUEUED, "requeues": []},
+            f"only couchgw writes requeues{OWNS}",
+            old=REQUEUED,
+        ),
+        Case("a client edits a requeued message", {**REQUEUED, "text": "again"}, old=REQUEUED),
         Case(
             "a message becomes a note",
             {**CLAIMED, "type": "note"},

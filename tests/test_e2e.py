@@ -339,7 +339,10 @@ def test_designdocs_push_command(tmp_path: Path) -> None:
     db = new_db_url("push")
     args = [command, "designdocs", "push", "--couch", db]
     first = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert (first.returncode, first.stdout) == (0, "pushed: _design/couchgw\n")
+    assert (first.returncode, first.stdout) == (
+        0,
+        "pushed: _design/couchgw, _design/couchgw-console\n",
+    )
     again = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert (again.returncode, again.stdout) == (0, "up to date: nothing to push\n")
     dead = subprocess.run(

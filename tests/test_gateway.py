@@ -338,7 +338,7 @@ class DesignDocuments(GatewayTestCase):
     def test_pushed_only_when_they_differ(self) -> Any:
         yield self.db.create()
         written = yield design.push(self.db)
-        self.assertEqual(written, ["_design/couchgw"])
+        self.assertEqual(written, ["_design/couchgw", "_design/couchgw-console"])
         written = yield design.push(self.db)
         self.assertEqual(written, [])
         doc = yield self.db.get("_design/couchgw")

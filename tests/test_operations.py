@@ -227,11 +227,14 @@ def test_a_route_out_and_back(tmp_path: Path) -> None:
 COMMAND = str(Path(sys.executable).parent / "couchgw")
 
 
-def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, db: str | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
+    """The couchgw command; C{answer}: what it reads (its questions' answers)."""
     couch = ["--couch", db] if db else []
     if args and args[0] == "routes":
         couch = []
-    return subprocess.run([COMMAND, *args, *couch], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [COMMAND, *args, *couch], capture_output=True, text=True, timeout=120, input=answer
+    )
 
 
 def test_cli_against_a_running_gateway(running: Any) -> None:
@@ -269,8 +272,11 @@ def test_cli_against_a_running_gateway(running: Any) -> None:
 
     listed = cli("requeue", "--status", "failed", "--dry-run", db=db)
     assert listed.stdout.splitlines() == ["cli-f", "would requeue 1 failed message(s)"]
-    sent = cli("requeue", "--status", "failed", "--since", "2000-01-01T00:00:00Z", db=db)
-    assert (sent.returncode, sent.stdout) == (0, "requeued 1 failed message(s)\n")
+    sent = cli("requeue", "--status", "failed", "--since", "2000-01-01T00:00:00Z", "--yes", db=db)
+    assert (sent.returncode, sent.stdout) == (
+        0,
+        "requeued 1 failed message(s) updated since 2000-01-01T00:00:00Z\n",
+    )
     again = wait_until(
         lambda: (
             (doc := http("GET", f"{db}/cli-f")[1]).get("status") == "failed"
@@ -296,7 +302,11 @@ def test_cli_against_a_running_gateway(running: Any) -> None:
     [
         (["submit", "ping", "nokey"], "couchgw: argument 'nokey' is not key=value"),
         (["status", "nothing-here"], "couchgw: no message 'nothing-here' in "),
-        (["requeue", "--since", "yesterday"], "couchgw: --since must be an ISO-8601 time"),
+        (["requeue", "--since", "yesterday"], "couchgw: --since must be an ISO 8601 time"),
+        (["list", "--status", "done"], "couchgw: --status must be one of new, cancelled, "),
+        (["requeue", "--status", "new"], "couchgw: new messages are not requeued: status must"),
+        (["cancel"], "couchgw: name the messages to cancel, or select them with --status"),
+        (["list", "--limit", "0"], "couchgw: --limit must be from 1 to 500, not 0"),
         (["routes", "--api", "http://127.0.0.1:9/"], "couchgw: cannot reach http://127.0.0.1:9"),
     ],
 )
@@ -315,6 +325,8 @@ def test_cli_help_everywhere() -> None:
         ["submit"],
         ["status"],
         ["requeue"],
+        ["list"],
+        ["cancel"],
         ["designdocs"],
         ["designdocs", "push"],
         ["routes"],

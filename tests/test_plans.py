@@ -36,6 +36,7 @@ class Call:
     id: str
     at: float
     traceparent: str | None
+    tracestate: str | None = None
 
 
 class _Recorder(Resource):
@@ -53,7 +54,14 @@ class _Recorder(Resource):
 
     def render_POST(self, request: Request) -> Any:
         body = json.loads(request.content.read())
-        self.calls.append(Call(body["id"], time.time(), request.getHeader("traceparent")))
+        self.calls.append(
+            Call(
+                body["id"],
+                time.time(),
+                request.getHeader("traceparent"),
+                request.getHeader("tracestate"),
+            )
+        )
         request.setHeader(b"Content-Type", b"application/json")
         if body["id"] in self.failing:
             request.setResponseCode(500)
@@ -415,6 +423,76 @@ class Plans(GatewayTestCase):
         call = self.spans_of(exporter, "soap-traced")["couchgw.call"]
         expected = f"call ping traceparent=00-{CLIENT_TRACE}-{call.context.span_id:016x}-01"
         yield self.wait_for(lambda: expected in log.read_text(), what="the demo's log line")
+
+    @inlineCallbacks
+    def test_trace_passed_on_with_tracing_off(self) -> Any:
+        """
+        Without an exporter, a message's traceparent and tracestate reach an http target as the
+        client wrote them (its trace goes on past couchgw); a message without one sends none.
+        """
+        url, target = self.recorder()
+        gateway = self.http_gateway(url)
+        self.assertFalse(gateway.dispatch.tracing.on)
+        yield self.ready(gateway)
+        parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        yield self.db.put(
+            {
+                "_id": "passed",
+                "type": "message",
+                "operation": "ping",
+                "traceparent": parent,
+                "tracestate": "vendor=1,other=x",
+            }
+        )
+        yield self.db.put({"_id": "plain", "type": "message", "operation": "ping"})
+        for doc_id in ("passed", "plain"):
+            doc = yield self.terminal(doc_id)
+            self.assertEqual(doc["status"], "forwarded")
+            self.assertNotIn("trace", doc)
+        calls = {call.id: call for call in target.calls}
+        self.assertEqual(
+            (calls["passed"].traceparent, calls["passed"].tracestate), (parent, "vendor=1,other=x")
+        )
+        self.assertEqual((calls["plain"].traceparent, calls["plain"].tracestate), (None, None))
+
+    @inlineCallbacks
+    def test_soap_request_carries_the_trace_with_tracing_off(self) -> Any:
+        """Without an exporter, a SOAP call's HTTP request carries the message's own context."""
+        wsdl, log, _ = self.demo()
+        gateway = self.gateway(wsdl)
+        yield self.ready(gateway)
+        parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+        yield self.db.put(
+            {
+                "_id": "soap-passed",
+                "type": "message",
+                "operation": "ping",
+                "text": "hello",
+                "traceparent": parent,
+                "tracestate": "vendor=1",
+            }
+        )
+        doc = yield self.terminal("soap-passed")
+        self.assertEqual(doc["status"], "forwarded")
+        expected = f"call ping traceparent={parent} tracestate=vendor=1"
+        yield self.wait_for(lambda: expected in log.read_text(), what="the demo's log line")
+
+
+def test_passed_on_as_opentelemetry_writes_it() -> None:
+    """What goes on with tracing off: the context as read, a tracestate that is not W3C's dropped."""
+    from couchgw.checks import Plan
+    from couchgw.tracing import passed_on
+
+    parent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+    assert passed_on(Plan()) == {}
+    assert passed_on(Plan(traceparent=parent)) == {"traceparent": parent}
+    assert passed_on(Plan(traceparent=parent, tracestate="a=1,b=2")) == {
+        "traceparent": parent,
+        "tracestate": "a=1,b=2",
+    }
+    assert passed_on(Plan(traceparent=parent, tracestate="v\u00e9=1")) == {"traceparent": parent}
+    later = f"01-{CLIENT_TRACE}-{CLIENT_SPAN}-01-what-comes-later"  # a later version's, read as 00
+    assert passed_on(Plan(traceparent=later)) == {"traceparent": parent}
 
 
 def test_statuses_agree_with_the_design_documents() -> None:

@@ -25,7 +25,7 @@ from couchgw.gateway.outcomes import Outcomes, Policy
 from couchgw.metrics import Metrics
 from couchgw.targets.interfaces import PROBE_TIMEOUT, ITarget, Outage, Unreachable
 from couchgw.timing import Backoff, PrioritySlots, RateLimit, deadline
-from couchgw.tracing import Attempt, Tracing
+from couchgw.tracing import Attempt, Tracing, passed_on
 
 log = Logger(namespace="couchgw.gateway")
 
@@ -273,7 +273,7 @@ class Dispatch:
                 route=name,
                 attempt=claimed.get("attempts"),
             )
-            headers = {}
+            headers = passed_on(plan)  # the message's own trace context, where no span records
             if spans is not None:
                 operation = claimed.get("operation")
                 operation = operation or getattr(target, "default_operation", None)

@@ -25,12 +25,12 @@ from typing import Any
 
 from couchgw.checks import PRIORITIES, TIME, TOP_PRIORITY, TRACEPARENT, TRACESTATE_LENGTH
 from couchgw.couch.client import Doc
-from couchgw.message import GATEWAY_FIELDS
+from couchgw.message import OWNED_FIELDS
 from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"
 #: Marks the guard of this version: a door written by another version is written again.
-VERSION = 4
+VERSION = 5
 #: The languages the guard is written in.
 ENGINES = ("javascript", "erlang")
 
@@ -136,7 +136,7 @@ def facts(targets: Mapping[str, ITarget] | None) -> dict[str, Any]:
     names = ", ".join(json.dumps(name) for name in PRIORITIES)
     return {
         "version": VERSION,
-        "owned": list(GATEWAY_FIELDS),
+        "owned": list(OWNED_FIELDS),
         "priorities": PRIORITIES,
         "top": TOP_PRIORITY,
         "priority": f"priority must be {names} or a whole number from 0 to {TOP_PRIORITY} "

@@ -1,13 +1,13 @@
-// The live page: everything comes from the gateway's event stream (/events?gateway=1):
-// "status" events for messages, "gateway" snapshots for counts, routes and readiness.
+// The live page: the gateway's event stream (/events?gateway=1) brings "gateway" snapshots
+// (counts, routes, readiness, the throughput the gateway measured) and "status" events of
+// messages, which the console (console.js) follows. Under /db/<db>/, one database of many.
 (function () {
   "use strict";
   var STATUSES = ["new", "scheduled", "dispatching", "retrying", "forwarded", "failed", "rejected",
     "cancelled", "expired"];
   var TERMINAL = ["forwarded", "failed", "rejected", "cancelled", "expired"];
-  var KEEP = 50, BUCKET = 10000, BUCKETS = 60;
-  var rows = {};
-  var finished = [];
+  var BASE = (location.pathname.match(/^\/db\/[^/]+/) || [""])[0];
+  var listeners = {status: [], gateway: []};
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -21,16 +21,27 @@
     b.style.setProperty("--c", color(status));
     return b;
   }
-  function time(iso) { return iso ? new Date(iso).toLocaleTimeString() : ""; }
+  // A time as people read it: the time alone today, with its day otherwise.
+  function when(iso) {
+    if (!iso) return "";
+    var at = new Date(iso);
+    if (isNaN(at)) return String(iso);
+    var today = at.toDateString() === new Date().toDateString();
+    return today ? at.toLocaleTimeString() : at.toLocaleString();
+  }
 
   function counts(byStatus) {
     var box = document.getElementById("counts");
     box.textContent = "";
     STATUSES.forEach(function (status) {
-      var card = el("div", {"class": "count", "data-status": status});
+      var card = el("button", {"class": "count", "data-status": status, "type": "button",
+        "title": "list the " + status + " messages"});
       card.style.setProperty("--c", color(status));
       card.appendChild(el("div", {"class": "n"}, String((byStatus || {})[status] || 0)));
       card.appendChild(el("div", {"class": "label"}, status));
+      card.addEventListener("click", function () {
+        if (window.couchgw.find) window.couchgw.find({status: status});
+      });
       box.appendChild(card);
     });
   }
@@ -76,74 +87,48 @@
     return parts.join(" · ");
   }
 
-  function message(data) {
-    var body = document.querySelector("#messages tbody");
-    var tr = rows[data.id];
-    if (!tr) {
-      tr = rows[data.id] = el("tr", {"data-id": data.id});
-      body.insertBefore(tr, body.firstChild);
-      var extra = body.querySelectorAll("tr");
-      for (var i = KEEP; i < extra.length; i++) {
-        delete rows[extra[i].getAttribute("data-id")];
-        body.removeChild(extra[i]);
-      }
-    }
-    tr.textContent = "";
-    tr.appendChild(el("td", {"class": "id"}, data.id));
-    tr.appendChild(el("td", {}, data.target || "default"));
-    tr.appendChild(el("td", {}, data.operation || ""));
-    tr.appendChild(el("td", {"class": "priority"}, data.priority == null ? "" : String(data.priority)));
-    var cell = el("td", {"class": "status-cell", "data-status": data.status});
-    cell.appendChild(badge(data.status));
-    if (data.status === "scheduled" && data.next_attempt_at) {
-      cell.appendChild(el("span", {"class": "when"}, " until " + time(data.next_attempt_at)));
-      cell.title = "not before " + data.next_attempt_at;
-    }
-    if (data.expires_at && TERMINAL.indexOf(data.status) < 0) {
-      cell.title = (cell.title ? cell.title + "; " : "") + "expires at " + data.expires_at;
-    }
-    if (data.error && data.error.message) cell.title = data.error.message;
-    tr.appendChild(cell);
-    tr.appendChild(el("td", {}, data.attempts ? String(data.attempts) : ""));
-    tr.appendChild(el("td", {}, time(data.updated_at)));
-    tr.classList.remove("fresh");
-    void tr.offsetWidth;
-    tr.classList.add("fresh");
-    if (TERMINAL.indexOf(data.status) >= 0) finished.push(Date.now());
-  }
-
-  function chart() {
+  // The throughput the gateway measured: messages finished per bucket, oldest first.
+  function chart(throughput) {
     var canvas = document.getElementById("throughput"), ctx = canvas.getContext("2d");
-    var now = Date.now(), counts = new Array(BUCKETS).fill(0);
-    finished = finished.filter(function (t) { return now - t < BUCKET * BUCKETS; });
-    finished.forEach(function (t) { counts[BUCKETS - 1 - Math.floor((now - t) / BUCKET)] += 1; });
-    var top = Math.max(1, Math.max.apply(null, counts));
-    var w = canvas.width / BUCKETS, h = canvas.height - 14;
+    var counts = (throughput && throughput.counts) || [];
+    var top = Math.max(1, Math.max.apply(null, counts.concat([0])));
+    var w = canvas.width / Math.max(1, counts.length), h = canvas.height - 14;
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.fillStyle = "#1f9d55";
     counts.forEach(function (n, i) {
       var bar = Math.round((n / top) * h);
       ctx.fillRect(i * w + 1, canvas.height - bar, w - 2, bar);
     });
+    canvas.setAttribute("data-total", String(counts.reduce(function (a, b) { return a + b; }, 0)));
     ctx.fillStyle = "#6b7385";
     ctx.font = "11px system-ui, sans-serif";
-    ctx.fillText("max " + top + " per 10 s", 4, 11);
+    ctx.fillText("max " + top + " per " + ((throughput && throughput.bucket) || 10) + " s", 4, 11);
   }
 
   function snapshot(data) {
-    document.getElementById("gateway").textContent = data.gateway + " · " + data.database;
+    var where = data.database || data.server || "";
+    document.getElementById("gateway").textContent = data.gateway + (where ? " · " + where : "");
     var ready = document.getElementById("ready");
     ready.textContent = data.ready ? "ready" : "not ready";
     ready.className = "badge " + (data.ready ? "ok" : "bad");
     ready.title = (data.problems || []).join("\n");
     if (data.counts) counts(data.counts);
     routes(data.routes);
+    chart(data.throughput);
+    listeners.gateway.forEach(function (f) { f(data); });
   }
 
+  window.couchgw = {
+    STATUSES: STATUSES, TERMINAL: TERMINAL, BASE: BASE, el: el, badge: badge, color: color,
+    when: when, listeners: listeners, find: null
+  };
   counts({});
-  setInterval(chart, 1000);
-  var source = new EventSource("/events?gateway=1");
-  source.addEventListener("status", function (e) { message(JSON.parse(e.data)); });
+  chart(null);
+  var source = new EventSource(BASE + "/events?gateway=1");
+  source.addEventListener("status", function (e) {
+    var data = JSON.parse(e.data);
+    listeners.status.forEach(function (f) { f(data); });
+  });
   source.addEventListener("gateway", function (e) { snapshot(JSON.parse(e.data)); });
   source.onerror = function () {
     var ready = document.getElementById("ready");

@@ -5,9 +5,11 @@ A request's credentials must be a CouchDB user's (C{GET /_session} names them): 
 What is about one database (C{/db/<db>/...}, and every route where the gateway serves one
 database) needs a user who may read that database (C{GET /<db>} answers 200): 403 otherwise.
 Where the gateway serves many databases, its own routes (C{/status}, C{/metrics}, the live page)
-answer any user, naming the databases to the server's admins alone.  Answers are kept for a
-short while, by user, password hash and database.  C{/health} and C{/ready} stay open (for
-probes).
+answer any user, naming the databases to the server's admins alone.  An operator's actions
+(requeue, cancel) are the database's admins' (by name or role, as its security object says),
+the server's admins', and, with C{--operator-role}, those of the users with that role: every
+other user reads only.  Answers are kept for a short while, by user, password hash and
+database.  C{/health} and C{/ready} stay open (for probes).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import hashlib
 import json
 from base64 import b64decode
 from binascii import Error as Base64Error
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -53,6 +56,19 @@ def database_of(path: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Access:
+    """What a request's credentials may do."""
+
+    #: 200, 401 (not a user's credentials) or 403 (a user the database does not admit).
+    code: int
+    #: A server admin (the API names the databases served to them alone).
+    admin: bool = False
+    #: May requeue and cancel messages (of the database the request is about).
+    operator: bool = False
+    user: str | None = None
+
+
 class CouchUsers:
     """
     Checks credentials against CouchDB.
@@ -61,6 +77,7 @@ class CouchUsers:
     @param database: the database a request is about when its path names none (the one
         served), or None where many are served.
     @param ttl: seconds an answer is kept.
+    @param operator_role: a role whose users may act on messages (besides admins).
     """
 
     def __init__(
@@ -70,50 +87,71 @@ class CouchUsers:
         ttl: float = 30.0,
         size: int = 1000,
         database: Callable[[], Database | None] | None = None,
+        operator_role: str | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.ttl = ttl
         self.size = size
+        self.operator_role = operator_role
         self._database = database or (lambda: db)
-        self._known: dict[tuple[str, bytes, str | None], tuple[float, int, bool]] = {}
+        self._known: dict[tuple[str, bytes, str | None], tuple[float, Access]] = {}
 
     @inlineCallbacks
     def check(self, creds: tuple[str, str] | None, name: str | None = None) -> Any:
         """
-        C{(code, admin)} for these credentials: 200, 401 or 403, and whether the user is a
-        server admin.  C{name}: the database the request is about (None: the one served, if
-        one is).
+        The L{Access} of these credentials.  C{name}: the database the request is about (None:
+        the one served, if one is).
         """
         if creds is None:
-            return 401, False
+            return Access(401)
         user, password = creds
         key = (user, hashlib.sha256(password.encode()).digest(), name)
         now = self.clock.seconds()
         known = self._known.get(key)
         if known is not None and known[0] > now:
-            return known[1], known[2]
+            return known[1]
         as_user = self.db.as_user(user, password)
-        admin = False
         try:
             session = yield as_user.json("GET", "/_session")
             ctx = session.get("userCtx") or {}
-            admin = "_admin" in (ctx.get("roles") or [])
-            code = 200 if ctx.get("name") else 401
+            roles = [role for role in ctx.get("roles") or [] if isinstance(role, str)]
+            admin = "_admin" in roles
+            access = Access(200 if ctx.get("name") else 401, admin, admin, ctx.get("name"))
             target = self.db.sibling(name) if name is not None else self._database()
-            if code == 200 and target is not None:
+            if access.code == 200 and target is not None:
                 try:
                     yield target.as_user(user, password).info()
                 except (Unauthorized, Forbidden, NotFound):  # not one of the database's
-                    code = 403
+                    access = Access(403, admin, False, access.user)
+                else:
+                    if not admin and self.operator_role in roles:
+                        access = Access(200, admin, True, access.user)
+                    elif not admin:
+                        try:
+                            security = yield target.json("GET", "_security")
+                        except (Unauthorized, Forbidden, NotFound):  # couchgw may not read it
+                            security = {}
+                        operator = _is_admin(security, access.user, roles)
+                        access = Access(200, admin, operator, access.user)
         except Unauthorized:
-            code = 401
+            access = Access(401)
         if len(self._known) >= self.size:
             self._known = {k: v for k, v in self._known.items() if v[0] > now}
             if len(self._known) >= self.size:
                 self._known.clear()
-        self._known[key] = (now + self.ttl, code, admin)
-        return code, admin
+        self._known[key] = (now + self.ttl, access)
+        return access
+
+
+def _is_admin(security: Any, user: str | None, roles: list[str]) -> bool:
+    """Whether a database's security object names this user, or one of its roles, an admin."""
+    admins = security.get("admins") if isinstance(security, Mapping) else None
+    if not isinstance(admins, Mapping):
+        return False
+    names, admin_roles = admins.get("names"), admins.get("roles")
+    named = isinstance(names, list) and user is not None and user in names
+    return named or (isinstance(admin_roles, list) and any(role in admin_roles for role in roles))
 
 
 class Guarded(Resource):
@@ -132,14 +170,16 @@ class Guarded(Resource):
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         creds = credentials(request.getHeader(b"authorization"))
-        d: Deferred[tuple[int, bool]] = self.users.check(creds, database_of(request.path))
+        d: Deferred[Access] = self.users.check(creds, database_of(request.path))
 
-        def checked(answer: tuple[int, bool]) -> None:
-            code, admin = answer
+        def checked(access: Access) -> None:
+            code = access.code
             if gone:
                 return
             if code == 200:
-                request.couchgw_admin = admin  # the API names databases to admins alone
+                request.couchgw_admin = access.admin  # the API names databases to admins alone
+                request.couchgw_operator = access.operator  # and lets operators act
+                request.couchgw_user = access.user
                 result = self.inner.render(request)
                 if result is not NOT_DONE_YET:
                     request.write(result)

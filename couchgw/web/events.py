@@ -16,21 +16,23 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from couchgw.couch import design
 from couchgw.couch.client import Database, supports_selector
 from couchgw.couch.errors import error_for
 from couchgw.couch.feed import Change, ChangesFeed
+
+if TYPE_CHECKING:
+    from couchgw.web.streams import Stream
 
 log = Logger()
 
@@ -134,7 +136,7 @@ class Events(Service):
         self._waiters: list[Deferred[None]] = []
         self._idle: IDelayedCall | None = None
         self._params: tuple[dict[str, Any], Any] | None = None
-        self.streams: set[Stream] = set()
+        self.streams: set[Stream] = set()  # (the streams of its subscribers)
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = clock
 
@@ -336,6 +338,10 @@ class Hubs(Service):
         self.most = most
         self.hubs: dict[str | None, Events] = {}
 
+    def database(self, name: str | None = None) -> Database | None:
+        """The database of a name, if it is one served (None: the one database served)."""
+        return self._database(name)
+
     def hub(self, name: str | None = None) -> Events | None:
         """The hub of a database served (None: it is not one)."""
         found = self.hubs.get(name)
@@ -369,87 +375,3 @@ class Hubs(Service):
     @property
     def streams(self) -> int:
         return sum(len(hub.streams) for hub in self.hubs.values())
-
-
-@implementer(IPushProducer)
-class Stream:
-    """
-    One subscriber's event stream on an HTTP request.  While the client reads slower than
-    events come, they queue; past C{limit} the stream is closed (the client reconnects with
-    C{Last-Event-ID} and catches up).
-    """
-
-    def __init__(self, request: Any, hub: Events, limit: int = 1000) -> None:
-        self.request = request
-        self.hub = hub
-        self.limit = limit
-        self.done: Deferred[None] = Deferred()
-        self._paused = False
-        self._queue: deque[bytes] = deque()
-        self._room: list[Deferred[None]] = []
-        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        request.registerProducer(self, True)
-        hub.streams.add(self)
-        request.write(b"retry: 2000\n\n")  # the headers go now: the client knows it is heard
-
-    def send(self, event: Event) -> None:
-        self._write(event.encode())
-
-    def event(self, name: str, data: Any) -> None:
-        """An event of another kind than a message's status (no id: not replayed)."""
-        self._write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
-
-    def comment(self, text: bytes) -> None:
-        self._write(b": " + text + b"\n\n")
-
-    def _write(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        if self._paused:
-            self._queue.append(data)
-            if len(self._queue) > self.limit:
-                self.close()
-            return
-        self.request.write(data)
-
-    def room(self) -> Deferred[None]:
-        """A Deferred that fires once the client has read most of what waits for it."""
-        if self.done.called or len(self._queue) < self.limit // 4:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._room.append(waiter)
-        return waiter
-
-    def close(self) -> None:
-        """End the stream (the handler's Deferred fires; Klein finishes the request)."""
-        if not self.done.called:
-            self.hub.streams.discard(self)
-            self.request.unregisterProducer()
-            self.done.callback(None)
-            self._free()
-
-    def _free(self) -> None:
-        waiting, self._room = self._room, []
-        for waiter in waiting:
-            waiter.callback(None)
-
-    def lost(self) -> None:
-        """The client went away."""
-        self.hub.streams.discard(self)
-        self._queue.clear()
-        self._free()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        while self._queue and not self._paused and not self.done.called:
-            self.request.write(self._queue.popleft())
-        if len(self._queue) < self.limit // 4:
-            self._free()
-
-    def stopProducing(self) -> None:
-        self.lost()
