@@ -224,6 +224,45 @@ def test_a_route_out_and_back(tmp_path: Path) -> None:
         stop(demo)
 
 
+@needs_chromium
+def test_the_page_of_many_databases(tmp_path: Path) -> None:
+    """--databases: the page counts the databases served and what finished in any of them."""
+    wsdl, demo = start_demo(tmp_path / "demo.log")
+    first = new_db_url("pagefleet")
+    server, name = first.rsplit("/", 1)
+    prefix = name + "-"
+    dbs = [f"{server}/{prefix}{i}" for i in range(2)]
+    for db in dbs:
+        assert http("PUT", db)[0] in (201, 202)
+    gateway = Twistd(tmp_path, "--couch", server, "--databases", prefix + "*", "--target", wsdl)
+    browser = chromium(tmp_path)
+    try:
+        gateway.wait_ready()
+        for i, db in enumerate(dbs):
+            doc = {"type": "message", "operation": "ping", "text": "hi"}
+            assert http("PUT", f"{db}/m{i}", doc)[0] == 201
+        for i, db in enumerate(dbs):
+            wait_terminal(db, [f"m{i}"], 60)
+        browser.get(f"{gateway.api}/")
+        text = reader(browser)
+        wait_until(
+            lambda: (text("#fleet-totals") or "").startswith("2 of 2 databases served"),
+            30,
+            "the page to count the databases",
+        )
+        assert prefix + "*" in (text("#fleet-totals") or "")
+        assert text("#fleet", "hidden") is None
+        wait_until(
+            lambda: text('.count[data-status="forwarded"] .n') == "2", 30, "the forwarded count"
+        )
+    finally:
+        browser.quit()
+        stop(gateway.process)
+        stop(demo)
+        for db in dbs:
+            http("DELETE", db)
+
+
 COMMAND = str(Path(sys.executable).parent / "couchgw")
 
 

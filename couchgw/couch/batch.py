@@ -16,10 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from couchgw.couch.client import Database, Doc
-from couchgw.couch.errors import ServerError, error_for
-
-#: The HTTP status a single-document write would have answered, by C{_bulk_docs} error.
-_STATUS = {"conflict": 409, "forbidden": 403, "unauthorized": 401, "not_found": 404}
+from couchgw.couch.errors import BULK_STATUS, ServerError, error_for
 
 
 class BulkWriter:
@@ -66,6 +63,6 @@ class BulkWriter:
                     done.callback(result)
                 else:
                     error = str(result.get("error", ""))
-                    status = _STATUS.get(error, 500)
+                    status = BULK_STATUS.get(error, 500)
                     done.errback(error_for(status, result, f"write {doc['_id']}"))
         self._send()

@@ -19,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc, rescans_filtered_feeds, supports_selector
-from couchgw.couch.errors import NotFound
+from couchgw.couch.errors import BULK_STATUS, error_for
 from couchgw.message import DEFAULT_ROUTE, STATUSES
 
 log = Logger()
@@ -96,19 +96,33 @@ def load() -> dict[str, Doc]:
 @inlineCallbacks
 def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
     """
-    Write each design document that is missing or differs from the database's copy.
+    Write each design document that is missing or differs from the database's copy: one read
+    of them all, one write of those that changed (one that another gateway wrote meanwhile is
+    left as it wrote it).
 
     @return: a L{Deferred} firing with the ids written.
     """
+    wanted = DOCS if docs is None else docs
+    found = yield db.all_docs(list(wanted), include_docs=True)
+    current = {row["key"]: row.get("doc") for row in found.get("rows", []) if "key" in row}
+    changed = []
+    for doc_id, doc in wanted.items():
+        copy = current.get(doc_id)
+        if copy is None:
+            changed.append(doc)
+        elif {k: v for k, v in copy.items() if k != "_rev"} != doc:
+            changed.append({**doc, "_rev": copy["_rev"]})
+    if not changed:
+        return []
+    results = yield db.bulk_docs(changed)
     written = []
-    for doc_id, doc in (DOCS if docs is None else docs).items():
-        try:
-            current = yield db.get(doc_id)
-        except NotFound:
-            current = None
-        changed = yield write_changed(db, doc, current)
-        if changed:
-            written.append(doc_id)
+    for result in results:
+        if result.get("ok"):
+            written.append(result["id"])
+            log.info("design document {id} updated", id=result["id"])
+        elif result.get("error") != "conflict":  # (another gateway wrote it meanwhile)
+            status = BULK_STATUS.get(str(result.get("error")), 500)
+            raise error_for(status, result, f"PUT {result.get('id')}")
     return written
 
 

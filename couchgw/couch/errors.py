@@ -82,6 +82,10 @@ _ERRORS: dict[int, type[CouchError]] = {
 }
 
 
+#: The HTTP status a single-document write would have answered, by C{_bulk_docs} error.
+BULK_STATUS = {"conflict": 409, "forbidden": 403, "unauthorized": 401, "not_found": 404}
+
+
 def error_for(status: int, body: Any, what: str) -> CouchError:
     """The typed exception for an error answer."""
     error = reason = ""

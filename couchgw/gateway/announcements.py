@@ -12,6 +12,9 @@ couchgw: never taken as true, only named.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,3 +82,8 @@ def alive(doc: Mapping[str, Any], now: float) -> bool:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def gateway_id() -> str:
+    """An id unique to this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -58,11 +57,6 @@ _EXPECTED: tuple[type[BaseException], ...] = (CouchError, *UNAVAILABLE)
 FORGERIES_EVERY = 12
 #: The most announcements named as ignored.
 MAX_IGNORED = 20
-
-
-def gateway_id() -> str:
-    """An id unique to this process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def rank(gateway: str, doc_id: str) -> int:

@@ -24,10 +24,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from couchgw.couch.client import Database
+from couchgw.gateway.announcements import gateway_id
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.dispatch import Dispatch
 from couchgw.gateway.fleet import Fleet, FleetSettings
-from couchgw.gateway.members import gateway_id
 from couchgw.gateway.one import OneDatabase
 from couchgw.gateway.outcomes import Policy
 from couchgw.gateway.routing import Routes

@@ -105,6 +105,28 @@
     ctx.fillText("max " + top + " per " + ((throughput && throughput.bucket) || 10) + " s", 4, 11);
   }
 
+  // many databases served: totals, what finished here by status, and the busiest (named to
+  // server admins alone)
+  function fleet(data) {
+    var d = data.databases;
+    document.getElementById("fleet").hidden = !d;
+    if (!d) return;
+    document.getElementById("fleet-totals").textContent =
+      d.served + " of " + d.found + " databases served (" + (d.patterns || []).join(", ") +
+      "), " + d.feeds + " of " + d.max_feeds + " feeds open, " + d.waiting_for_a_feed +
+      " waiting for one, " + d.to_look_at + " to look at, " + d.not_served + " not served";
+    var body = document.querySelector("#busiest tbody");
+    body.textContent = "";
+    (data.busiest || []).forEach(function (t, i) {
+      var row = el("tr");
+      row.appendChild(el("td", {}, t.database || "database " + (i + 1)));
+      [t.in_flight, t.waiting, t.calls].forEach(function (n) { row.appendChild(el("td", {}, String(n))); });
+      row.appendChild(el("td", {}, t.guards && t.guards.installed ? (t.guards.engine || "on") : "off"));
+      body.appendChild(row);
+    });
+    counts(data.finished_here || {});
+  }
+
   function snapshot(data) {
     var where = data.database || data.server || "";
     document.getElementById("gateway").textContent = data.gateway + (where ? " · " + where : "");
@@ -113,6 +135,7 @@
     ready.className = "badge " + (data.ready ? "ok" : "bad");
     ready.title = (data.problems || []).join("\n");
     if (data.counts) counts(data.counts);
+    fleet(data);
     routes(data.routes);
     chart(data.throughput);
     listeners.gateway.forEach(function (f) { f(data); });
