@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from couchgw import console, message
-from couchgw.cli import Client, Failed, HTTPFailed
+from couchgw.blocking import Client, Failed, HTTPFailed
 from couchgw.connections import split_credentials
 
 #: Messages read from CouchDB at once.

@@ -258,6 +258,7 @@ class Dispatch:
             if not self._running() or target.state != "ready" or not (breaker.closed or trial):
                 # stopping, or the route went down or out, while it waited: give the claim back
                 yield claim.finish(message.released(doc))
+                place.wake_at(self.clock.seconds())  # (found by its sweep, kept for the route)
                 return
             now = self.clock.seconds()
             if plan.expired(now):  # while it waited for a slot: it is not called
@@ -292,6 +293,8 @@ class Dispatch:
                 out = breaker.failed(str(e), isinstance(e, Unreachable), trial)
                 if out and not self.outcomes.too_late(claimed, name):
                     yield self._give_back_out(claim, doc, str(e), spans)
+                    # (its database's sweep finds it due now, and keeps it for the route)
+                    place.wake_at(self.clock.seconds())
                     return
                 fields = self.outcomes.of_error(claimed, e, name)
             except Exception as e:

@@ -31,7 +31,7 @@ from couchgw.gateway.breaker import Trial
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.claims import Claims
 from couchgw.gateway.dispatch import Dispatch, Place
-from couchgw.gateway.intake import Owner
+from couchgw.gateway.sweep import Owner
 from couchgw.metrics import Metrics
 from couchgw.targets.interfaces import ITarget
 

@@ -11,7 +11,7 @@ it keeps its share of the messages waiting for their routes (L{couchgw.gateway.w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -24,22 +24,10 @@ from couchgw.couch.client import Database, Doc
 from couchgw.couch.feed import Change, ChangesFeed
 from couchgw.errors import log_error
 from couchgw.gateway.checkpoint import SavedCheckpoint
-from couchgw.gateway.sweep import Sweep
+from couchgw.gateway.sweep import Owner, Sweep
 from couchgw.gateway.waiting import Backlog
 
 log = Logger(namespace="couchgw.gateway")
-
-
-class Owner(Protocol):
-    """Which of a database's messages are this gateway's (L{couchgw.gateway.members})."""
-
-    def mine(self, doc: Doc) -> bool: ...
-
-    def owns(self, doc_id: str, route: str | None) -> bool: ...
-
-    def alive(self, gateway: str) -> bool: ...
-
-    def holder_gone(self, doc: Doc) -> bool: ...
 
 
 class Intake:
@@ -83,8 +71,8 @@ class Intake:
         self.backlog = backlog
         self.name = name
         self._handle = handle
-        self._reject = reject
-        self._running = running
+        self.reject = reject
+        self.running = running
         self._gone = gone
         self.max_inflight = max_inflight
         self.max_bytes = max_bytes
@@ -157,7 +145,7 @@ class Intake:
                 return
             rev = (change.get("changes") or [{}])[0].get("rev")
             handled = self.track(
-                change["id"], lambda: self._reject(change["id"], rev, change["unreadable"])
+                change["id"], lambda: self.reject(change["id"], rev, change["unreadable"])
             )
         elif (
             change.get("deleted")
@@ -218,7 +206,7 @@ class Intake:
             doc = row.get("doc")
             if not doc or doc["_id"] in self.active:
                 continue
-            if self.has_room() or (always and self._running()):
+            if self.has_room() or (always and self.running()):
                 self.submit(doc)
             else:
                 left.append(doc["_id"])
@@ -241,7 +229,7 @@ class Intake:
             self.feed.resume()
 
     def has_room(self) -> bool:
-        return self._running() and len(self.active) < self.max_inflight
+        return self.running() and len(self.active) < self.max_inflight
 
     def park(
         self, route: str, doc: Doc, plan: checks.Plan, seen: float, size: int | None = None

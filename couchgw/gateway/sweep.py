@@ -10,24 +10,50 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from couchgw import checks
 from couchgw.couch import design
+from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import NotFound
 from couchgw.errors import log_error
-
-if TYPE_CHECKING:
-    from couchgw.gateway.intake import Intake
+from couchgw.gateway.waiting import Backlog, Home
 
 log = Logger(namespace="couchgw.gateway")
 
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
+
+
+class Owner(Protocol):
+    """Which of a database's messages are this gateway's (L{couchgw.gateway.members})."""
+
+    def mine(self, doc: Doc) -> bool: ...
+
+    def owns(self, doc_id: str, route: str | None) -> bool: ...
+
+    def alive(self, gateway: str) -> bool: ...
+
+    def holder_gone(self, doc: Doc) -> bool: ...
+
+
+class Swept(Home, Protocol):
+    """What the sweep reads and feeds: a database's intake (L{couchgw.gateway.intake.Intake})."""
+
+    db: Database
+    clock: IReactorTime
+    owner: Owner
+    backlog: Backlog
+    max_inflight: int
+    max_bytes: int
+    running: Callable[[], bool]
+    reject: Callable[[str, str | None, str], Deferred[Any]]
+
+    def track(self, doc_id: str, work: Callable[[], Deferred[Any]]) -> Deferred[None]: ...
 
 
 class Sweep:
@@ -40,7 +66,7 @@ class Sweep:
 
     def __init__(
         self,
-        intake: Intake,
+        intake: Swept,
         *,
         room_for: Callable[[str], int | None],
         working: Callable[[], bool],
@@ -61,7 +87,7 @@ class Sweep:
         self._timers: dict[str, IDelayedCall] = {}
 
     def soon(self) -> None:
-        if self.intake._running() and "sweep" not in self._timers:
+        if self.intake.running() and "sweep" not in self._timers:
             self._timers["sweep"] = self.clock.callLater(0, self._now)
 
     def _now(self) -> None:
@@ -228,7 +254,7 @@ class Sweep:
             why = design.unreadable(row, intake.max_bytes)
             if why is not None:
                 if intake.has_room() and owner.owns(row["id"], None):
-                    intake.track(row["id"], partial(intake._reject, row["id"], None, why))
+                    intake.track(row["id"], partial(intake.reject, row["id"], None, why))
                 continue
             route = design.route_of(row)  # None: read it, and its target says whose it is
             if route is not None and not owner.owns(row["id"], route):

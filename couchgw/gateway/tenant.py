@@ -30,8 +30,9 @@ from couchgw.gateway.claims import Claims, copies
 from couchgw.gateway.dispatch import Dispatch
 from couchgw.gateway.guards import Guards
 from couchgw.gateway.handling import Handling
-from couchgw.gateway.intake import Intake, Owner
+from couchgw.gateway.intake import Intake
 from couchgw.gateway.routing import Routes
+from couchgw.gateway.sweep import Owner
 from couchgw.gateway.waiting import Backlog
 from couchgw.metrics import Metrics
 from couchgw.targets.interfaces import ITarget

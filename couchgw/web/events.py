@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import treq
 from twisted.application.service import Service
@@ -31,10 +31,16 @@ from couchgw.couch.client import Database, supports_selector
 from couchgw.couch.errors import error_for
 from couchgw.couch.feed import Change, ChangesFeed
 
-if TYPE_CHECKING:
-    from couchgw.web.streams import Stream
-
 log = Logger()
+
+
+class Subscriber(Protocol):
+    """A subscriber's open stream (L{couchgw.web.streams.Stream}), as its hub keeps it alive."""
+
+    def comment(self, text: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
 
 #: Changes a catch-up reads at once (their documents are decoded at once, on the reactor).
 PAGE = 100
@@ -136,7 +142,7 @@ class Events(Service):
         self._waiters: list[Deferred[None]] = []
         self._idle: IDelayedCall | None = None
         self._params: tuple[dict[str, Any], Any] | None = None
-        self.streams: set[Stream] = set()  # (the streams of its subscribers)
+        self.streams: set[Subscriber] = set()  # (the streams of its subscribers)
         self._keepalive = LoopingCall(self._ping)
         self._keepalive.clock = clock
 

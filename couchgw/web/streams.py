@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from couchgw.errors import describe_error
-from couchgw.web.events import CATCH_UP_MAX, Event, Events
+from couchgw.web.events import CATCH_UP_MAX, Event, Events, Subscriber
 
 log = Logger()
 
@@ -42,7 +42,7 @@ class Stream:
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.registerProducer(self, True)
         #: The streams of the hub (None: a stream of the gateway's state alone).
-        self._streams: set[Stream] = hub.streams if hub is not None else set()
+        self._streams: set[Subscriber] = hub.streams if hub is not None else set()
         self._streams.add(self)
         request.write(b"retry: 2000\n\n")  # the headers go now: the client knows it is heard
 
