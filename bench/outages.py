@@ -5,6 +5,8 @@ Outage recovery: how long a route takes to work again once its target is back.
     .venv/bin/python bench/outages.py --couch URL --kind soap --outage-kind drop --runs 20
     .venv/bin/python bench/outages.py --couch URL --kind all --outage-kind all --runs 5 \
         --json outages.json
+    .venv/bin/python bench/outages.py --couch URL --kind http --outage-kind drop --outage 600 \
+        --runs 1 --backoff-max 60
 
 Everything runs as real processes on localhost: the Apache CouchDB that --couch names (an admin's
 credentials in the URL; each run has a database of its own, deleted at the end, also when the
@@ -30,18 +32,26 @@ the seconds from the target's return to the first call that reached it, to the r
 success (the first message forwarded) and to the last of the messages terminal.  A run with a
 message still not terminal --stall-after seconds after the return is a stall: its statuses are
 printed and its couchgw log kept.  At the end a table gives, for each kind and outage, the runs,
-the stalls and the p50 / p95 / max of those times (a stall counts as never).  It exits 0 when no
-run stalled.
+the stalls and the p50 / p95 / max of those times (a stall counts as never), and for a kind run
+with several outage kinds the same over all its runs (outage C{all}).  It exits 0 when no run
+stalled.
+
+An outage of 60 s or more (C{--outage 600 --runs 1}) also prints when each connection met the
+outage (the route's probes and trial calls), the gaps between them, and the probes couchgw counted
+(C{/status} and C{couchgw_route_probes_total}) 5 s before the return; C{--backoff-max} sets the
+http route's C{backoff_max} (couchgw's default, 300 s, is the longest wait between probes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -84,17 +94,27 @@ class OutageProxy:
         self.mode = "up"
         #: Connections accepted, by the mode they met.
         self.accepted: Counter[str] = Counter()
+        #: When each connection that met an outage came (the probes and trial calls of a route
+        #: that is out: each is a connection of its own, as the outage closes every one).
+        self.met_outage_at: list[float] = []
         #: When the target last came back, and when the first connection relayed after that came.
         self.back_at: float | None = None
         self.first_call_at: float | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        #: A socket bound to the proxy's port and never listening, so that no other process's
+        #: connection takes the port as its own (an ephemeral port) while nothing listens there
+        #: (the C{refused} outage): the listener binds beside it (SO_REUSEPORT).
+        self._reserve: socket.socket | None = None
         #: The client and target ends of the connections being relayed.
         self._open: set[asyncio.StreamWriter] = set()
         self._outage_over = asyncio.Event()
 
     def start(self) -> None:
+        self._reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._reserve.bind(("127.0.0.1", self.port))
         self._thread.start()
         self._run(self._listen())
 
@@ -113,13 +133,15 @@ class OutageProxy:
             self._run(self._stop())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        if self._reserve is not None:
+            self._reserve.close()
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
         asyncio.run_coroutine_threadsafe(work, self._loop).result(30)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, "127.0.0.1", self.port, backlog=1024, reuse_address=True
+            self._serve, "127.0.0.1", self.port, backlog=1024, reuse_address=True, reuse_port=True
         )
 
     async def _close_listener(self) -> None:
@@ -152,6 +174,8 @@ class OutageProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         mode, over = self.mode, self._outage_over
         self.accepted[mode] += 1
+        if mode != "up":
+            self.met_outage_at.append(time.time())
         try:
             if mode == "up":
                 if self.back_at is not None and self.first_call_at is None:
@@ -223,10 +247,19 @@ class Run:
     statuses: dict[str, int] = field(default_factory=dict)
     #: Connections that met the outage (calls, and kept-alive connections retried).
     connections_in_outage: int = 0
+    #: When each of them came, in seconds from the outage's start.
+    connections_at: list[float] = field(default_factory=list)
+    #: The route's breaker as couchgw's /status described it just before the target came back.
+    breaker_at_return: dict[str, Any] | None = None
+    #: couchgw's C{couchgw_route_probes_total} samples (/metrics) just before the target came back.
+    probes_at_return: dict[str, float] | None = None
     #: The route's breaker as couchgw's /status described it at the end.
     breaker: dict[str, Any] | None = None
     #: The couchgw log, kept for a stall (or with --keep).
     log: str | None = None
+    #: The machine's load averages (1, 5, 15 minutes: /proc/loadavg) before and after the run.
+    load_before: str = ""
+    load_after: str = ""
 
 
 class Bench:
@@ -250,6 +283,7 @@ class Bench:
         self.routes.write_text(
             f'[routes.{HTTP_ROUTE}]\nkind = "http"\n'
             f'url = "http://127.0.0.1:{self.proxy_port}/json"\n'
+            + ("" if options.backoff_max is None else f"backoff_max = {options.backoff_max}\n")
         )
 
     def start(self) -> None:
@@ -271,14 +305,19 @@ class Bench:
         extra = ("--routes", str(self.routes)) if kind == "http" else ()
         gateway = processes.gateway(self.folder, db, self.proxy_port, self.api_port, *extra)
         gateway.log = self.folder / f"couchgw-{label}.log"
-        run = Run(kind, outage_kind, index)
+        run = Run(kind, outage_kind, index, load_before=loadavg())
         ids = [f"outage-{i:04d}" for i in range(options.messages)]
         try:
             gateway.start(wait=True)
             self.proxy.accepted.clear()
+            self.proxy.met_outage_at.clear()
             out_at = time.time()
             self.proxy.out(outage_kind)
             self._write(db, kind, ids, out_at)
+            if options.outage >= 60:  # a long outage: its probes so far (couchgw's /status)
+                _sleep_until(out_at + options.outage - 5)
+                run.breaker_at_return = self._breaker(kind)
+                run.probes_at_return = self._probes()
             _sleep_until(out_at + options.outage)
             self.proxy.back()
             back_at = self.proxy.back_at
@@ -286,6 +325,7 @@ class Bench:
             run.connections_in_outage = sum(
                 n for mode, n in self.proxy.accepted.items() if mode != "up"
             )
+            run.connections_at = [round(at - out_at, 3) for at in self.proxy.met_outage_at]
             docs = self._wait_for_terminal(db, ids, back_at + options.stall_after)
             run.statuses = dict(Counter(str(doc.get("status") or "new") for doc in docs))
             if self.proxy.first_call_at is not None:
@@ -299,6 +339,7 @@ class Bench:
                 run.last_terminal = max(terminal) - back_at
             run.breaker = self._breaker(kind)
         finally:
+            run.load_after = loadavg()
             gateway.stop()
             try:
                 http("DELETE", db, timeout=60)
@@ -349,6 +390,21 @@ class Bench:
                 return docs
             time.sleep(0.25)
 
+    def _probes(self) -> dict[str, float] | None:
+        """couchgw's C{couchgw_route_probes_total} samples, by their labels (/metrics)."""
+        try:
+            status, body = http("GET", f"http://127.0.0.1:{self.api_port}/metrics", timeout=10)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        found = {}
+        for line in str(body).splitlines():
+            if line.startswith("couchgw_route_probes_total"):
+                name, _, value = line.rpartition(" ")
+                found[name.removeprefix("couchgw_route_probes_total")] = float(value)
+        return found
+
     def _breaker(self, kind: str) -> dict[str, Any] | None:
         route = HTTP_ROUTE if kind == "http" else "default"
         try:
@@ -356,6 +412,11 @@ class Bench:
             return dict(body["routes"][route]["breaker"]) if status == 200 else None
         except (OSError, KeyError, TypeError):
             return None
+
+
+def loadavg() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _completed(doc: dict[str, Any]) -> float:
@@ -378,17 +439,26 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary(runs: list[Run]) -> list[dict[str, Any]]:
-    """For each kind and outage kind: the runs, the stalls, and p50 / p95 / max of the times."""
+    """
+    For each kind and outage kind: the runs, the stalls, and p50 / p95 / max of the times; and
+    for each kind run with several outage kinds, the same over all its runs (outage C{all}).
+    """
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.kind, run.outage_kind), []).append(run)
+    for kind in dict.fromkeys(run.kind for run in runs):
+        mine = [run for run in runs if run.kind == kind]
+        if len({run.outage_kind for run in mine}) > 1:
+            groups[(kind, "all")] = mine
     rows = []
     for (kind, outage_kind), group in groups.items():
+        loads = [float(load.split()[0]) for r in group for load in (r.load_before, r.load_after)]
         row: dict[str, Any] = {
             "kind": kind,
             "outage": outage_kind,
             "runs": len(group),
             "stalls": sum(run.stalled for run in group),
+            "load (1 min) from, to": [min(loads), max(loads)],
         }
         for name in ("first_call", "first_success", "last_terminal"):
             values = [math.inf if getattr(r, name) is None else getattr(r, name) for r in group]
@@ -411,7 +481,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             values = [row[f"{name} {label}"] for label in ("p50", "p95", "max")]
             text = " / ".join("never" if v is None else f"{v:.1f}" for v in values)
             cells += f"  {text:>38}"
-        print(f"{row['kind']:<5} {row['outage']:<8} {row['runs']:>4} {row['stalls']:>6}{cells}")
+        low, high = row["load (1 min) from, to"]
+        print(
+            f"{row['kind']:<5} {row['outage']:<8} {row['runs']:>4} {row['stalls']:>6}{cells}"
+            f"  load {low:.1f}-{high:.1f}"
+        )
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -453,6 +527,13 @@ def main() -> int:
         help="the first of three ports on 127.0.0.1 for the proxy, the demo and couchgw's API "
         "(default: free ones)",
     )
+    parser.add_argument(
+        "--backoff-max",
+        type=float,
+        default=None,
+        help="the http route's backoff_max (seconds: the longest wait between its probes; "
+        "default: couchgw's, 300)",
+    )
     parser.add_argument("--json", default=None, help="a file to write every run and the table to")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (every log)")
     options = parser.parse_args()
@@ -477,7 +558,7 @@ def main() -> int:
                 for index in range(1, options.runs + 1):
                     run = bench.run(kind, outage_kind, index)
                     runs.append(run)
-                    _print_run(run, options.runs)
+                    _print_run(run, options.runs, options.outage >= 60)
     finally:
         bench.stop()
         rows = summary(runs)
@@ -503,19 +584,30 @@ def main() -> int:
     return 1 if any(run.stalled for run in runs) else 0
 
 
-def _print_run(run: Run, runs: int) -> None:
+def _print_run(run: Run, runs: int, long_outage: bool = False) -> None:
     def seconds(value: float | None) -> str:
         return "never" if value is None else f"{value:5.1f}s"
 
     print(
         f"{run.kind} {run.outage_kind:<7} {run.index:>3}/{runs}: "
         f"first call {seconds(run.first_call)}, first success {seconds(run.first_success)}, "
-        f"last {seconds(run.last_terminal)} ({run.connections_in_outage} connections in outage)",
+        f"last {seconds(run.last_terminal)} ({run.connections_in_outage} connections in outage; "
+        f"load {run.load_before} -> {run.load_after})",
         flush=True,
     )
     if run.stalled:
         print(
             f"    STALL: statuses {run.statuses}, breaker {run.breaker}; log {run.log}", flush=True
+        )
+    if long_outage:
+        at = run.connections_at
+        gaps = [round(b - a, 1) for a, b in itertools.pairwise(at)]
+        probes = (run.breaker_at_return or {}).get("probes")
+        print(f"    connections that met the outage at (s): {at}", flush=True)
+        print(f"    gaps between them (s): {gaps}", flush=True)
+        print(f"    the breaker's probes before the return: {probes}", flush=True)
+        print(
+            f"    couchgw_route_probes_total before the return: {run.probes_at_return}", flush=True
         )
 
 

@@ -13,13 +13,15 @@ tenant's backlog holds another back, and a drain spread over many databases.
   C{stamp}), p50/p99/max.
 - C{fair}: one database drains C{--backlog} (20,000) messages through a route of 10
   connections whose calls take 0.1 s; meanwhile one message every 2 s (50) into another
-  database: the time from its write to its call, p50/p99/max; and the backlog's rate.
+  database: the time from its write to its call, p50/p99/max; and the backlog's rate (its
+  messages over the time from couchgw's start to the last one's C{completed_at}).
 - C{many}: C{--databases} (1,000) databases of C{--each} (10) messages written before couchgw
   starts, against one database of as many messages in the same run: messages per second, and
   the ratio.
 
 Real processes on localhost: the CouchDB that C{--couch} names (an admin's credentials), the
-demo (its JSON operations the route C{null}) and couchgw (twistd).  Every database the run
+demo (its JSON operations the route C{null}) and couchgw (twistd), on free ports or on
+C{--ports} and the one after it.  Every database the run
 makes is deleted at the end, also when it fails or is interrupted.  A JSON line of the figures
 goes to C{--json}.
 """
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import processes  # noqa: E402
 from bench.backlog import cpu_seconds, rss_mb  # noqa: E402
+from couchgw.message import parse_time  # noqa: E402
 from tests.servers import free_port, http, wait_until  # noqa: E402
 
 
@@ -71,6 +75,11 @@ def connections(pid: int) -> int:
             if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
                 established += 1
     return established
+
+
+def loadavg() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -103,12 +112,13 @@ def in_parallel(work: list[Any], each: Any, threads: int = 16) -> None:
 
 
 class Bench:
-    def __init__(self, couch: str, folder: Path) -> None:
+    def __init__(self, couch: str, folder: Path, ports: int | None = None) -> None:
         self.couch = couch.rstrip("/")
         self.folder = folder
         self.prefix = f"bt{uuid.uuid4().hex[:6]}-"
         self.made: list[str] = []
-        self.demo_port = free_port()
+        self.ports = ports
+        self.demo_port = free_port() if ports is None else ports
         self.demo = processes.demo(folder, self.demo_port, 0.0)
         self.gateway: processes.Process | None = None
         self.api = ""
@@ -127,7 +137,7 @@ class Bench:
             f'[routes.null]\nkind = "http"\nurl = "http://127.0.0.1:{self.demo_port}/json"\n'
             f"concurrency = {concurrency}\ntimeout = 60\n"
         )
-        port = free_port()
+        port = free_port() if self.ports is None else self.ports + 1
         self.api = f"http://127.0.0.1:{port}"
         argv = [
             processes.TWISTD,
@@ -208,12 +218,14 @@ def idle(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
     bench.looked_at_all(len(names))
     looked = time.monotonic() - began
     time.sleep(15)  # the feeds of the visits close
+    load_idle = [loadavg()]
     cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
     most_connections = 0
     while time.monotonic() - wall_before < options.seconds:
         most_connections = max(most_connections, connections(pid))
         time.sleep(1)
     idle_cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+    load_idle.append(loadavg())
     status = bench.status()
     chosen = random.Random(7).sample(names, 200)
     latencies = []
@@ -233,6 +245,8 @@ def idle(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
         "feeds open when idle": status["databases"]["feeds"],
         "max feeds": status["databases"]["max_feeds"],
         "written -> called (s), 200 messages in 200 databases": percentiles(latencies),
+        "load while idle (before, after)": load_idle,
+        "load after the 200 messages": loadavg(),
     }
 
 
@@ -253,7 +267,7 @@ def fair(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
         status, _ = http("POST", f"{bench.couch}/{busy}/_bulk_docs", {"docs": docs}, timeout=120)
         assert status == 201, status
     bench.start(f"{bench.prefix}*", concurrency=10)
-    began = time.monotonic()
+    began = time.time()
     time.sleep(5)
     writes = {}
     for i in range(50):
@@ -264,7 +278,10 @@ def fair(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
     def drained() -> bool:
         rows = http("GET", f"{bench.couch}/{busy}/_design/couchgw/_view/by_status?group=true")[1]
         done = {row["key"]: row["value"] for row in rows.get("rows", [])}
-        return done.get("forwarded", 0) >= options.backlog
+        if done.get("forwarded", 0) >= options.backlog:
+            return True
+        time.sleep(1)  # (each look brings the view up to date)
+        return False
 
     backlog_left = options.backlog - (
         {
@@ -275,13 +292,38 @@ def fair(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
         }.get("forwarded", 0)
     )
     wait_until(drained, 3600, "the backlog drained")
-    seconds = time.monotonic() - began
+    # the backlog's rate from couchgw's start (ready) to its last message's completed_at: the
+    # drain may end long before the quiet messages' last is written (then the time from the
+    # start to the waits above would understate it)
+    finished = completed_times(bench, busy)
+    seconds = max(finished) - began
     return {
         "backlog": options.backlog,
         "backlog left when the last quiet message was called": backlog_left,
+        "backlog drained in (s, from couchgw ready to the last completed_at)": round(seconds, 1),
         "backlog rate (messages/s)": round(options.backlog / seconds, 1),
         "quiet database: written -> called (s), 50 messages": percentiles(latencies),
     }
+
+
+def completed_times(bench: Bench, db: str) -> list[float]:
+    """The C{completed_at} of every message of C{db} that has one (seconds since the epoch)."""
+    times: list[float] = []
+    start: str | None = None
+    while True:
+        query = "include_docs=true&limit=5001"
+        if start is not None:
+            query += "&startkey=" + urllib.parse.quote(json.dumps(start))
+        status, body = http("GET", f"{bench.couch}/{db}/_all_docs?{query}", timeout=120)
+        assert status == 200, (status, body)
+        rows = body["rows"]
+        for row in rows[:5000]:
+            at = parse_time((row.get("doc") or {}).get("completed_at"))
+            if at is not None:
+                times.append(at)
+        if len(rows) <= 5000:
+            return times
+        start = rows[5000]["id"]
 
 
 def many(bench: Bench, options: argparse.Namespace) -> dict[str, Any]:
@@ -328,12 +370,18 @@ def main() -> int:
     parser.add_argument("--each", type=int, default=10, help="messages per database (many)")
     parser.add_argument("--backlog", type=int, default=20000, help="the busy database's (fair)")
     parser.add_argument("--seconds", type=float, default=60.0, help="idle time measured (idle)")
+    parser.add_argument(
+        "--ports",
+        type=int,
+        default=None,
+        help="the first of two ports on 127.0.0.1: the demo, couchgw's API (default: free ones)",
+    )
     parser.add_argument("--json", default=None)
     options = parser.parse_args()
     if options.databases is None:
         options.databases = 10000 if options.what == "idle" else 1000
     folder = Path(tempfile.mkdtemp(prefix="couchgw-tenants-"))
-    bench = Bench(options.couch, folder)
+    bench = Bench(options.couch, folder, options.ports)
 
     def on_signal(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -341,7 +389,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         bench.demo.start(wait=True)
+        load_before = loadavg()
         figures = {"idle": idle, "fair": fair, "many": many}[options.what](bench, options)
+        figures["load (1, 5, 15 min) before, after"] = [load_before, loadavg()]
         print(json.dumps(figures, indent=2))
         if options.json:
             with open(options.json, "a") as out:
