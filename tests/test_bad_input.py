@@ -372,7 +372,8 @@ class BadInput(GatewayTestCase):
             doc = yield self.db.get(doc_id)
             self.assertTrue(doc["_rev"].startswith("1-"), doc_id)
         self.assertEqual(self.calls(), ["ping"])
-        self.assertEqual(gateway.problems(), [])
+        # none of it broke the gateway (a beat of 1 s may lapse a moment on a loaded server)
+        yield self.wait_for(lambda: gateway.problems() == [], 30, "the gateway without problems")
         counted = gateway.handling.counts.get("rejected", 0)
         self.assertEqual(
             counted,
