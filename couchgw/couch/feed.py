@@ -106,8 +106,10 @@ class ChangesFeed:
         self._path = path
         self.once = once
         self._on_end = on_end
-        #: Whether the server ended the stream (a feed read C{once}): it ends once drained.
+        #: Whether the server ended the stream (a feed read C{once}): it ends once drained; and
+        #: whether the stream came to its end (its C{last_seq}), not broken off before.
         self._ended = False
+        self._complete = False
         self._framer = LineFramer(max_line)
         self._queue: deque[bytes | Oversize] = deque()
         self._paused = False
@@ -212,6 +214,13 @@ class ChangesFeed:
                         error=error.reason,
                     )
                     self.since = None
+                if self.once is not None and response.code in (401, 403):
+                    # (read again at the database's next update: no loop of its own)
+                    log.warn("changes feed: {error}", error=error)
+                    self.last_error = str(error)
+                    self._ended, self._complete = True, True
+                    self._finish()
+                    return
                 self._failed(Failure(error))
                 if response.code == 404 and self._on_missing is not None:
                     self._on_missing()
@@ -219,6 +228,7 @@ class ChangesFeed:
             return treq.content(response).addBoth(failed)
         self._cancel_timer()
         self.state = "connected"
+        self._complete = False
         self.connected_at = self._clock.seconds()
         self.last_error = None
         self.last_data_at = self._clock.seconds()
@@ -253,9 +263,12 @@ class ChangesFeed:
     def _finish(self) -> None:
         """A feed read once ended: once every change it brought is passed on, it says so."""
         if self._ended and not self._queue and self.state != "stopped":
+            self._ended = False
+            if not self._complete:  # broken off before its last line: read the rest
+                self._retry("the feed ended before its last line")
+                return
             self._cancel_timer()
             self.state = "stopped"
-            self._ended = False
             if self._on_end is not None:
                 self._on_end()
 
@@ -346,6 +359,7 @@ class ChangesFeed:
                 self._on_change(change)
             elif "last_seq" in change:
                 self.since = change["last_seq"]
+                self._complete = True
             elif "error" in change:
                 self.last_error = f"the feed answered {change.get('error')}: {change.get('reason')}"
         if self._ended and not self._paused:

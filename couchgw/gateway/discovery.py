@@ -139,10 +139,10 @@ class Discovery:
         now = {name for name in names if self.matches(name)}
         for name in sorted(now - self.names):
             self.names.add(name)
-            self._found(name)
+            self._tell(self._found, name)
         for name in sorted(self.names - now):
             self.names.discard(name)
-            self._gone(name)
+            self._tell(self._gone, name)
 
     def _look_again(self) -> Any:
         return self.look().addErrback(lambda _: None)  # (said once, in look)
@@ -154,12 +154,20 @@ class Discovery:
         if kind == "deleted":
             if name in self.names:
                 self.names.discard(name)
-                self._gone(name)
+                self._tell(self._gone, name)
         elif name not in self.names:
             self.names.add(name)
-            self._found(name)
+            self._tell(self._found, name)
         elif kind == "updated":
-            self._updated(name)
+            self._tell(self._updated, name)
+
+    @staticmethod
+    def _tell(callback: Callable[[str], None], name: str) -> None:
+        """Tell of a database; what goes wrong there is logged, and ends nothing here."""
+        try:
+            callback(name)
+        except Exception:
+            log.failure("database {db}: cannot take up what changed", db=name)
 
     def stop(self) -> None:
         if self.feed is not None:

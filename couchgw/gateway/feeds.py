@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from couchgw.errors import log_error
 from couchgw.gateway.tenant import Tenant
@@ -31,6 +32,8 @@ REREAD_BUSY = 2.0
 SAVE_EVERY = 30.0
 #: Beats between two turns of the feeds, on a server that does not say which databases change.
 TURN = 5
+
+log = Logger(namespace="couchgw.gateway")
 
 
 class Feeds:
@@ -116,6 +119,10 @@ class Feeds:
         if name in self._again:
             self._again.discard(name)
             self.wake(tenant)
+        self._promote()
+
+    def _promote(self) -> None:
+        """The databases waiting for a feed take those free."""
         while self.waiting and len(self.awake) < self.max_feeds:
             waiting, _ = self.waiting.popitem(last=False)
             other = self._served(waiting)
@@ -127,6 +134,12 @@ class Feeds:
         Every second: the guards of the databases with a feed open are read every --announce
         seconds; the checkpoints of those open or read lately are saved; feeds take turns.
         """
+        try:
+            self._beat()
+        except Exception:  # (the next beat comes all the same)
+            log.failure("the feeds' beat failed")
+
+    def _beat(self) -> None:
         self._beats += 1
         now = self.clock.seconds()
         for tenant in list(self.awake.values()):
@@ -184,8 +197,9 @@ class Feeds:
         later = self._later.pop(name, None)
         if later is not None and later.active():
             later.cancel()
-        self.awake.pop(name, None)
         self.waiting.pop(name, None)
+        if self.awake.pop(name, None) is not None:
+            self._promote()
 
     def stop(self) -> None:
         for later in self._later.values():

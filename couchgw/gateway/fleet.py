@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Forbidden, NotFound, Unauthorized
-from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
+from couchgw.gateway import census
 from couchgw.gateway.discovery import Discovery
 from couchgw.gateway.feeds import Feeds
 from couchgw.gateway.members import Members
@@ -49,8 +49,6 @@ SECURITY = {
 REFUSED_AGAIN = 300.0
 #: Seconds before a database that could not be looked at (an error) is looked at again.
 FAILED_AGAIN = 30.0
-#: The busiest databases named in C{/status}.
-BUSIEST = 10
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,9 @@ class Fleet:
             beats_per_save=round(settings.checkpoint_interval),
         )
         self._to_visit: OrderedDict[str, None] = OrderedDict()
+        self._revisit: set[str] = set()
+        #: Looks again at databases that failed (a few seconds on).
+        self._later: dict[str, IDelayedCall] = {}
         self._visiting: set[str] = set()
         #: Databases not to be looked at before a time (couchgw may not read them, or they
         #: failed): (when, why).
@@ -213,6 +214,9 @@ class Fleet:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.feeds.stop()
+        for later in self._later.values():
+            if later.active():
+                later.cancel()
         tenants = list(self.tenants.values())
         self.tenants.clear()
         yield DeferredList([tenant.stop(grace, deadline) for tenant in tenants])
@@ -236,8 +240,9 @@ class Fleet:
         tenant = self.tenants.get(name)
         if tenant is not None:
             log.info("database {db} is gone: no longer served", db=name)
-            self._release(tenant)
+            self._release(tenant, save=False)
         self.held_off.pop(name, None)
+        self.discovery.names.discard(name)  # (made again, it is found again)
 
     def _updated(self, name: str) -> None:
         if not self.owns(name):
@@ -273,22 +278,24 @@ class Fleet:
                 self.shared,
                 self.tenant_settings,
                 owner,
-                gone=lambda t: self._gone(t.name),
+                gone=lambda t: self._gone(t.name) if self.tenants.get(t.name) is t else None,
             )
             self.tenants[name] = tenant
         return tenant
 
-    def _release(self, tenant: Tenant) -> None:
+    def _release(self, tenant: Tenant, save: bool = True) -> None:
         """Stop serving a database: its calls in flight end, its waiting messages stay there."""
         self.tenants.pop(tenant.name, None)
         self.feeds.forget(tenant.name)
         self._to_visit.pop(tenant.name, None)
-        tenant.let_go().addErrback(log_error, f"cannot let go of {tenant.name}")
+        tenant.let_go(save).addErrback(log_error, f"cannot let go of {tenant.name}")
 
     # -- looking at a database ---------------------------------------------------------------------
 
     def _visit(self, name: str) -> None:
-        if name not in self._visiting:
+        if name in self._visiting:
+            self._revisit.add(name)  # (what the visit under way found may be out of date)
+        else:
             self._to_visit[name] = None
             self._visit_next()
 
@@ -302,6 +309,9 @@ class Fleet:
 
     def _visited(self, result: Any, name: str) -> None:
         self._visiting.discard(name)
+        if name in self._revisit:
+            self._revisit.discard(name)
+            self._to_visit[name] = None
         self._visit_next()
 
     @inlineCallbacks
@@ -346,6 +356,13 @@ class Fleet:
         tenant.error = why
         self.tenants.pop(tenant.name, None)
         self.shared.backlog.drop(tenant.intake)
+        if seconds == FAILED_AGAIN and tenant.name not in self._later:  # (not only on an update)
+            self._later[tenant.name] = self.clock.callLater(seconds, self._look_again, tenant.name)
+
+    def _look_again(self, name: str) -> None:
+        self._later.pop(name, None)
+        if name in self.discovery.names and self.owns(name) and name not in self.tenants:
+            self._visit(name)
 
     # -- the feeds ---------------------------------------------------------------------------------
 
@@ -382,65 +399,20 @@ class Fleet:
     def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
         return succeed(None)  # (a lag of each database's feed is no figure of the whole)
 
-    def status(self, names: bool) -> Deferred[dict[str, Any]]:
-        tenants = list(self.tenants.values())
-        busiest = sorted(
-            tenants,
-            key=lambda t: len(t.intake.active) + t.intake.waiting() + len(t.claims.held),
-            reverse=True,
-        )[:BUSIEST]
-        return succeed(
-            {
-                "server": self.coordination.server_url,
-                "databases": {
-                    "patterns": list(self.settings.patterns),
-                    "found": len(self.discovery.names),
-                    "served": len(tenants),
-                    "feeds": len(self.feeds.awake),
-                    "max_feeds": self.settings.max_feeds,
-                    "waiting_for_a_feed": len(self.feeds.waiting),
-                    "to_look_at": len(self._to_visit) + len(self._visiting),
-                    "not_served": len(self.held_off),
-                },
-                "busiest": [
-                    {**({"database": t.name} if names else {}), **t.describe()}
-                    for t in busiest
-                    if t.busy()
-                ],
-                "counts": None,
-                "finished_here": dict(self.shared.finished),
-                "in_flight": sum(len(t.intake.active) for t in tenants),
-                "calls": sum(len(t.claims.held) for t in tenants),
-                "feed": describe_feed(self.discovery.feed),
-                "members": self.members.describe(),
-                "claims": self._claims(tenants),
-            }
-        )
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return self.settings.patterns
 
-    @staticmethod
-    def _claims(tenants: list[Tenant]) -> dict[str, int]:
-        """How CouchDB answered the claims, in every database served."""
-        claims: dict[str, int] = {}
-        for tenant in tenants:
-            for answer, n in tenant.claims.answers.items():
-                claims[answer] = claims.get(answer, 0) + n
-        return claims
+    @property
+    def max_feeds(self) -> int:
+        return self.settings.max_feeds
+
+    def to_look_at(self) -> int:
+        """Databases to look at, or being looked at."""
+        return len(self._to_visit) + len(self._visiting)
+
+    def status(self, names: bool) -> Deferred[dict[str, Any]]:
+        return succeed(census.status(self, names))
 
     def gauges(self) -> dict[str, Any]:
-        tenants = list(self.tenants.values())
-        feed = self.discovery.feed
-        return {
-            "active": sum(len(t.intake.active) for t in tenants),
-            "feed_reconnects": feed.reconnects if feed else 0,
-            "feed_connected": feed is None or feed.state == "connected",
-            "checkpoint_age": None,
-            "claims": self._claims(tenants),
-            "gateways": len(self.members.others) + 1,
-            "up": self.error is None,
-            "databases": {
-                "found": len(self.discovery.names),
-                "served": len(tenants),
-                "feeds": len(self.feeds.awake),
-                "not_served": len(self.held_off),
-            },
-        }
+        return census.gauges(self)

@@ -78,6 +78,8 @@ class Intake:
         self.max_bytes = max_bytes
         self.heartbeat = heartbeat
         self.feed: ChangesFeed | None = None
+        #: Where the last feed of the database ended (None: none was read yet).
+        self._read_to: Any = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
         self.active: dict[str, Deferred[None]] = {}
         #: When a change last came (this clock), or the database was last looked at.
@@ -109,7 +111,8 @@ class Intake:
             self.clock,
             params,
             body,
-            since=self.checkpoint.current.seq,
+            # (from where the last read ended: what it brought is handled, or waits, already)
+            since=self._read_to if self._read_to is not None else self.checkpoint.current.seq,
             heartbeat=self.heartbeat,
             max_line=self.max_bytes + 64 * 1024,
             on_missing=self._gone,
@@ -123,6 +126,7 @@ class Intake:
         """A feed read once ended: the checkpoint may move up to where it ended."""
         if self.feed is feed:
             self.feed = None
+        self._read_to = feed.since
         if feed.since is not None:
             checkpoint = self.checkpoint.current
             checkpoint.done(checkpoint.received(feed.since))
@@ -131,6 +135,7 @@ class Intake:
 
     def unfollow(self) -> None:
         if self.feed is not None:
+            self._read_to = self.feed.since
             self.feed.stop()
             self.feed = None
 

@@ -27,6 +27,8 @@ log = Logger(namespace="couchgw.gateway")
 
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
+#: Seconds before a sweep that failed, or left due work unread, looks again.
+AGAIN = 5.0
 
 
 class Owner(Protocol):
@@ -96,6 +98,8 @@ class Sweep:
 
     def wake_at(self, when: float) -> None:
         """Sweep at C{when} (one timer, for the earliest retry that is due)."""
+        if not self._working():
+            return  # (stopping, or let go)
         timer = self._timers.get("wake")
         if timer is not None and timer.active():
             if timer.getTime() <= when:
@@ -136,15 +140,19 @@ class Sweep:
             return
         self._again = False
         self.sweeping = Deferred()
+        done = False
         try:
             expiry = self.intake.backlog.expire(self.clock.seconds())
             if expiry is not None:
                 self.wake_at(expiry)
             yield self._take_over()
             yield self._due()
+            done = True
         except NotFound:
             yield self._recover()
         finally:
+            if not done and self._working():  # (what it would have found waits for the next)
+                self.wake_at(self.clock.seconds() + AGAIN)
             self._query = None
             sweeping, self.sweeping = self.sweeping, None
             sweeping.callback(None)
@@ -193,6 +201,8 @@ class Sweep:
         if unread:  # more is due than this sweep read: once what it kept waiting drains
             for route in parked:
                 self.intake.backlog.left(self.intake, route)
+            if not parked:  # (the intake was full)
+                self.wake_at(self.clock.seconds() + AGAIN)
         yield self.plan_wake(now_ms)
 
     @inlineCallbacks

@@ -94,6 +94,8 @@ class Tenant:
         self._gone = gone
         #: Why the database cannot be worked now (None: it can).
         self.error: str | None = "not looked at yet"
+        #: Whether it was let go (L{let_go}): nothing of it wakes again.
+        self.released = False
         #: The server's welcome and the checkpoint read when the database was last opened.
         self._welcome: Doc | None = None
         self._saved: Doc | None = None
@@ -153,7 +155,7 @@ class Tenant:
         )
 
     def working(self) -> bool:
-        return self.shared.running() and self.error is None
+        return self.shared.running() and self.error is None and not self.released
 
     def wake_at(self, when: float) -> None:
         """Sweep the database at C{when} (for a retry, or a scheduled message)."""
@@ -285,12 +287,13 @@ class Tenant:
                 )
 
     @inlineCallbacks
-    def let_go(self) -> Any:
+    def let_go(self, save: bool = True) -> Any:
         """
         Stop following and sweeping the database (another gateway serves it now, or it is
-        gone): the calls in flight end as they may and write their outcomes, the messages
-        waiting here are left to its new owner.
+        gone: then, without C{save}, its checkpoint is not saved): the calls in flight end as
+        they may and write their outcomes, the messages waiting here are left to its new owner.
         """
+        self.released = True
         sweeping = self.intake.stop()
         self.shared.backlog.drop(self.intake)
         if sweeping is not None:
@@ -298,7 +301,7 @@ class Tenant:
         active = list(self.intake.active.values())
         if active:
             yield DeferredList(active)
-        if self.error is None:
+        if save and self.error is None:
             try:
                 yield self.checkpoint.save()
             except Exception as e:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import cooperate
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -129,9 +130,8 @@ def catch_up(
             log.warn("cannot catch up with the events: {error}", error=describe_error(e))
             stream.close()
             return
-        for event in events:
-            deliver(event)
-            seen.add((event.id, event.rev))
+        # a slice of the reactor's time at a time (the other streams and requests go between)
+        yield cooperate(_delivered(events, deliver, seen)).whenDone()
         replayed += len(events)
         if not more:
             return
@@ -146,3 +146,12 @@ def catch_up(
             )
             return
         yield stream.room()
+
+
+def _delivered(
+    events: list[Event], deliver: Callable[[Event], None], seen: set[tuple[str, str]]
+) -> Iterator[None]:
+    for event in events:
+        deliver(event)
+        seen.add((event.id, event.rev))
+        yield None
