@@ -6,8 +6,10 @@ while after the last one left; subscribers themselves cost a small object and a 
 Each event carries the change's sequence as its SSE id, so a client that reconnects with
 C{Last-Event-ID} gets what it missed: from the recent events kept in memory, or else from the
 C{_changes} feed since that sequence, read a page of L{PAGE} changes at a time as the client
-reads them (so that no request decodes much on the reactor), and L{CATCH_UP_MAX} changes at
-most: beyond, a C{gap} event tells the client to read the documents again.
+reads them (so that no request decodes much on the reactor; L{CATCH_UPS} pages at once for all
+the clients catching up, each page's events sent in slices of the reactor's time), and
+L{CATCH_UP_MAX} changes at most: beyond, a C{gap} event tells the client to read the documents
+again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 import treq
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -48,6 +50,8 @@ PAGE = 100
 PAGE_BYTES = 4 * 1024 * 1024
 #: Changes a catch-up replays at most (beyond, a C{gap} event).
 CATCH_UP_MAX = 10000
+#: Catch-up pages of one hub read at once.
+CATCH_UPS = 2
 
 #: The fields of a message an event carries (the rest: read the document).
 EVENT_FIELDS = (
@@ -136,6 +140,9 @@ class Events(Service):
         self.linger = linger
         self.max_line = max_line
         self.recent: deque[Event] = deque(maxlen=keep)
+        #: Catch-up pages read and decoded at once (the others wait their turn: the reactor
+        #: decodes one page at a time, whatever the number of clients catching up).
+        self.pages = DeferredSemaphore(CATCH_UPS)
         self.feed: ChangesFeed | None = None
         self._listeners: dict[str | None, set[Listener]] = {}
         self._opening: Deferred[None] | None = None

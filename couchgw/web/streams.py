@@ -125,7 +125,7 @@ def catch_up(
     at: Any = since
     while not stream.done.called:
         try:
-            events, at, more = yield hub.page(at)
+            events, at, more = yield hub.pages.run(hub.page, at)
         except Exception as e:
             log.warn("cannot catch up with the events: {error}", error=describe_error(e))
             stream.close()
