@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -316,10 +317,23 @@ def gateways_per_node(
 def test_three_gateways_one_per_node(tmp_path: Path) -> None:
     """
     Three C{twistd couchgw}, each on its own node, 1,000 messages to a target that logs every
-    call by message id: every message forwarded, none called twice, no conflict left.
+    call by message id: every message forwarded, none called twice, no conflict left.  A ghost
+    gateway announced where a database member may write (C{_local/} and a plain id, through
+    another node) is believed by none of them: it would own a quarter of the messages.
     """
     urls = cluster_urls()
     name = new_cluster_db("e2e")
+    ghost = {
+        "type": "gateway",
+        "gateway": "ghost:1:deadbeef",
+        "routes": ["null", "default"],
+        "beat": 5,
+        "ttl": 1_000_000_000,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for doc_id in ("_local/couchgw-gateway:ghost:1:deadbeef", "couchgw-gateway:ghost:1:deadbeef"):
+        status, body = http("PUT", f"{urls[1]}/{name}/{doc_id}", ghost)
+        assert status in (201, 202), body
     log = tmp_path / "target.log"
     started, demo = gateways_per_node(tmp_path, urls[:3], name, log, "--sweep", "5")
     try:
