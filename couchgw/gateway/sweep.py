@@ -27,8 +27,11 @@ log = Logger(namespace="couchgw.gateway")
 
 #: Seconds a sweep waits for the C{due} view (its index may have much to catch up with).
 SWEEP_TIMEOUT = 600.0
-#: Seconds before a sweep that failed, or left due work unread, looks again.
+#: Seconds before a sweep that failed looks again.
 AGAIN = 5.0
+#: Seconds before a sweep that found the intake full looks again (meanwhile, the feed brings
+#: work: a look at the C{due} view would have CouchDB index every change of the drain).
+FULL_AGAIN = 30.0
 
 
 class Owner(Protocol):
@@ -165,6 +168,9 @@ class Sweep:
         Submit what the C{due} view says is due now, highest priority first, a page at a time
         while there is room (at most ten pages a sweep); then wake for the next that comes due.
         """
+        if not self.intake.has_room():
+            self.wake_at(self.clock.seconds() + FULL_AGAIN)
+            return
         now_ms = int(self.clock.seconds() * 1000)
         page = max(self.intake.max_inflight, 10)
         taken: Counter[str] = Counter()
@@ -202,7 +208,7 @@ class Sweep:
             for route in parked:
                 self.intake.backlog.left(self.intake, route)
             if not parked:  # (the intake was full)
-                self.wake_at(self.clock.seconds() + AGAIN)
+                self.wake_at(self.clock.seconds() + FULL_AGAIN)
         yield self.plan_wake(now_ms)
 
     @inlineCallbacks
