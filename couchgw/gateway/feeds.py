@@ -174,9 +174,7 @@ class Feeds:
     def _save(self, tenant: Tenant) -> None:
         self._saved_at[tenant.name] = self.clock.seconds()
         if self._served(tenant.name) is tenant:
-            tenant.checkpoint.save().addErrback(
-                log_error, f"cannot save the checkpoint of {tenant.name}"
-            )
+            tenant.save_checkpoint()
 
     def guard(self, tenant: Tenant) -> None:
         """Read a database's security object again, and install or remove its guard."""

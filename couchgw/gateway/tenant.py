@@ -277,14 +277,7 @@ class Tenant:
         self.claims.stop()
         self.shared.backlog.drop(self.intake)
         if self.error is None:
-            try:
-                yield self.checkpoint.save()
-            except Exception as e:
-                log.warn(
-                    "cannot save the checkpoint of {db}: {error}",
-                    db=self.name,
-                    error=describe_error(e),
-                )
+            yield self.save_checkpoint()
 
     @inlineCallbacks
     def let_go(self, save: bool = True) -> Any:
@@ -302,14 +295,17 @@ class Tenant:
         if active:
             yield DeferredList(active)
         if save and self.error is None:
-            try:
-                yield self.checkpoint.save()
-            except Exception as e:
-                log.warn(
-                    "cannot save the checkpoint of {db}: {error}",
-                    db=self.name,
-                    error=describe_error(e),
-                )
+            yield self.save_checkpoint()
+
+    @inlineCallbacks
+    def save_checkpoint(self) -> Any:
+        """Save the checkpoint where it moved; a failure is logged (the next save tries again)."""
+        try:
+            yield self.checkpoint.save()
+        except Exception as e:
+            log.warn(
+                "cannot save the checkpoint of {db}: {error}", db=self.name, error=describe_error(e)
+            )
 
     def busy(self) -> bool:
         """Whether anything of the database is under way here."""

@@ -169,14 +169,7 @@ class API:
         Every message's status changes as they happen; with C{Last-Event-ID} (or C{?since=}),
         first those since that event.
         """
-        last = request.getHeader(b"last-event-id")
-        args = request.args  # type: ignore[attr-defined]
-        if last is None:
-            last = (args.get(b"since") or [None])[0]
-        watch = (args.get(b"gateway") or [b""])[0] in (b"1", b"true")
-        return self._subscribe(
-            request, None, None, last.decode("utf-8", "replace") if last else None, watch
-        )
+        return self._subscribe(request, None, None, *_since(request))
 
     @app.route("/messages/<doc_id>/events", methods=["GET"])
     def message_events(self, request: IRequest, doc_id: str) -> Any:
@@ -186,14 +179,7 @@ class API:
     @app.route("/db/<db>/events", methods=["GET"])
     def database_events(self, request: IRequest, db: str) -> Any:
         """Every message's status changes in one database of those served."""
-        last = request.getHeader(b"last-event-id")
-        args = request.args  # type: ignore[attr-defined]
-        if last is None:
-            last = (args.get(b"since") or [None])[0]
-        watch = (args.get(b"gateway") or [b""])[0] in (b"1", b"true")
-        return self._subscribe(
-            request, db, None, last.decode("utf-8", "replace") if last else None, watch
-        )
+        return self._subscribe(request, db, None, *_since(request))
 
     @app.route("/db/<db>/messages/<doc_id>/events", methods=["GET"])
     def database_message_events(self, request: IRequest, db: str, doc_id: str) -> Any:
@@ -422,3 +408,16 @@ def _static(request: IRequest, name: str) -> bytes:
     request.setHeader(b"Content-Type", STATIC[name])
     request.setHeader(b"Cache-Control", b"no-cache")
     return _file(name)
+
+
+def _since(request: IRequest) -> tuple[str | None, bool]:
+    """
+    Where a stream of every message's changes begins (C{Last-Event-ID}, or C{?since=}; None:
+    from now), and whether it brings the gateway's state too (C{?gateway=1}).
+    """
+    last = request.getHeader(b"last-event-id")
+    args = request.args  # type: ignore[attr-defined]
+    if last is None:
+        last = (args.get(b"since") or [None])[0]
+    watch = (args.get(b"gateway") or [b""])[0] in (b"1", b"true")
+    return (last.decode("utf-8", "replace") if last else None), watch
