@@ -4,6 +4,7 @@ the CPU each process spent per message and what CouchDB's own counters say per m
 
     .venv/bin/python bench/profile.py --couch http://admin:admin@127.0.0.1:15984
     .venv/bin/python bench/profile.py --couch URL --messages 5000 -- --guards on
+    .venv/bin/python bench/profile.py --couch URL --fleet       # the database as one of many
     .venv/bin/python bench/profile.py --couch URL --requests /tmp/couchdb/node1/var/log/couchdb.log
     .venv/bin/python bench/profile.py --couch URL --cprofile /tmp/couchgw.prof
 
@@ -96,6 +97,12 @@ def request_kinds(log: Path, start: int, db: str) -> Counter[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--couch", required=True, help="the server's URL, an admin's in it")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="serve the database as one of many (couchgw --databases NAME): the feed read in "
+        "turns, the design documents when needed",
+    )
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--requests", type=Path, help="the server's log file: count requests")
     parser.add_argument("--cprofile", type=Path, help="run couchgw under cProfile, stats here")
@@ -122,9 +129,10 @@ def profile(options: argparse.Namespace, couch: str, server: int, made: Leftover
         db = made.database(f"{couch}/{name}")
         write_backlog(db, options.messages, target="null")
         (folder / "routes.toml").write_text(null_route(f"http://127.0.0.1:{demo_port}/json"))
+        served = (couch, "--databases", name) if options.fleet else (db,)
         gateway = processes.gateway(
-            folder, db, demo_port, free_port(), "--routes", str(folder / "routes.toml"),
-            *options.gateway,
+            folder, served[0], demo_port, free_port(), *served[1:],
+            "--routes", str(folder / "routes.toml"), *options.gateway,
         )  # fmt: skip
         if options.cprofile is not None:
             profiled = [f"--profile={options.cprofile}", "--profiler=cprofile", "--savestats"]

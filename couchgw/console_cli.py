@@ -59,7 +59,8 @@ def _read(db: Client, selection: console.Selection, position: Any, limit: int) -
         if e.code == 404:
             raise Failed(
                 f"{db.url} has no _design/{console.DDOC} (a gateway of this version writes it as "
-                "it starts; so does couchgw designdocs push)"
+                "it starts, or, serving many databases, when the database first needs it; so "
+                "does couchgw designdocs push)"
             ) from None
         raise
 

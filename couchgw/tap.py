@@ -68,7 +68,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         embedded.setServiceParent(top)
         couch = embedded.url if patterns else f"{embedded.url}/messages"
 
-    pool = connection_pool(reactor)
+    # many databases: a feed each (at most --max-feeds), and their looks and writes beside
+    pool = connection_pool(reactor, 20 + (options["max-feeds"] if patterns else 0))
     PoolCloser(pool).setServiceParent(top)
     to_couch: IAgent = agent(reactor, pool, options.get("ca"))
     if embedded is not None:  # only once the server on its port is the child it started

@@ -465,3 +465,33 @@ class Batches(SynchronousTestCase):
         d = writer.write({"_id": "d", "_rev": "1-d"})
         sent[2][1].callback([])  # not one result per document: an error, never a hang
         self.failureResultOf(d, ServerError)
+
+    def test_a_lingering_write_waits_for_others_of_its_turn(self) -> None:
+        from twisted.internet.task import Clock
+
+        from couchgw.couch.batch import BulkWriter
+
+        sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
+
+        class Couch:
+            def bulk_docs(self, docs: list[Doc]) -> Deferred[list[Doc]]:
+                sent.append((docs, Deferred()))
+                return sent[-1][1]
+
+        clock = Clock()
+        writer = BulkWriter(Couch(), concurrency=1, linger=(clock, 0.01))  # type: ignore[arg-type]
+        a, b = (writer.write({"_id": i, "_rev": f"1-{i}"}) for i in "ab")
+        self.assertEqual(sent, [])  # nothing in flight, yet a waits
+        clock.advance(0.005)
+        c = writer.write({"_id": "c", "_rev": "1-c"})
+        clock.advance(0.005)
+        self.assertEqual([[d["_id"] for d in docs] for docs, _ in sent], [["a", "b", "c"]])
+        d = writer.write({"_id": "d", "_rev": "1-d"})  # one in flight: d goes when it ends
+        clock.advance(1)
+        self.assertEqual(len(sent), 1)
+        sent[0][1].callback([{"ok": True, "id": i, "rev": f"2-{i}"} for i in "abc"])
+        self.assertEqual([self.successResultOf(x)["rev"] for x in (a, b, c)], ["2-a", "2-b", "2-c"])
+        self.assertEqual([d["_id"] for d in sent[1][0]], ["d"])
+        sent[1][1].callback([{"ok": True, "id": "d", "rev": "2-d"}])
+        self.assertEqual(self.successResultOf(d)["rev"], "2-d")
+        self.assertEqual(clock.getDelayedCalls(), [])

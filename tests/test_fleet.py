@@ -21,6 +21,7 @@ from couchgw.couch.client import Database
 from couchgw.gateway import Gateway, Policy
 from couchgw.gateway.fleet import COORDINATION, FleetSettings
 from couchgw.targets.soap import SoapTarget
+from couchgw.timing import iso
 from tests.servers import couch_url, is_pouchdb
 from tests.test_gateway import GatewayTestCase
 
@@ -179,14 +180,64 @@ class Serving(FleetTestCase):
             self.assertEqual(docs[0]["status"], "forwarded")
             ddoc = yield db.get("_design/couchgw")
             self.assertIn("views", ddoc)
-            checkpoint = yield self.wait_for(
-                lambda db=db: db.get("_local/couchgw-checkpoint"), 30, "a checkpoint"
-            )
-            self.assertIsNotNone(checkpoint.get("seq"))
         # the gateways' own database: announcements, nothing of any tenant
         found = yield self.server.json("GET", "_all_docs")
         ids = [row["id"] for row in found["rows"]]
         self.assertTrue(ids and all(i.startswith("_design/couchgw-gateway:") for i in ids), ids)
+        yield gateway.stopService()  # (a checkpoint is saved 30 s after a read, or at the stop)
+        for db in dbs:
+            checkpoint = yield db.get("_local/couchgw-checkpoint")
+            self.assertIsNotNone(checkpoint.get("seq"))
+
+
+class DesignWhenNeeded(FleetTestCase):
+    @inlineCallbacks
+    def test_design_documents_come_when_a_database_needs_them(self) -> Any:
+        """
+        Where the feed needs no filter of couchgw's (a server with selectors), messages drain
+        without couchgw's design documents; the first scheduled message, or a console listing,
+        writes them.
+        """
+        from couchgw.couch.errors import NotFound
+        from couchgw.tap import _served
+        from couchgw.web.api import API
+        from couchgw.web.events import Hubs
+        from tests.test_console import call, served
+
+        self.start_demo()
+        later, listed = self.database("later"), self.database("listed")
+        for db in (later, listed):
+            yield self.write(db, [activate(f"{db.name}-{i}") for i in range(5)])
+        gateway = self.fleet()
+        yield self.ready(gateway)
+        for db in (later, listed):
+            yield self.finished(db, [f"{db.name}-{i}" for i in range(5)])
+
+        @inlineCallbacks
+        def designed(db: Database) -> Any:
+            try:
+                yield db.get("_design/couchgw")
+            except NotFound:
+                return False
+            return True
+
+        present = yield designed(later)
+        self.assertEqual(present, is_pouchdb())  # (PouchDB Server: the feed's filter is there)
+        at = iso(reactor.seconds() + 1.0)  # type: ignore[attr-defined]
+        yield later.put({**activate("scheduled"), "not_before": at})
+        docs = yield self.finished(later, ["scheduled"])
+        self.assertEqual(docs[0]["status"], "forwarded")
+        present = yield designed(later)
+        self.assertTrue(present)
+        hubs = Hubs(_served(gateway, self.server), reactor, heartbeat=1.0)
+        hubs.startService()
+        self.addCleanup(hubs.stopService)
+        base = served(self, API(gateway, hubs, reactor))
+        code, page = yield call("GET", f"{base}/db/{listed.name}/messages?status=forwarded")
+        self.assertEqual(code, 200, page)
+        self.assertEqual(len(page["messages"]), 5)
+        present = yield designed(listed)
+        self.assertTrue(present)
 
 
 class Fair(FleetTestCase):

@@ -146,6 +146,43 @@ class AutoDecision(SynchronousTestCase):
         self.assertEqual(self.wanted({}, None)[0], True)
 
 
+class SharedFacts(SynchronousTestCase):
+    """The server's facts that decide every database's guard: read once a minute, for all."""
+
+    def test_one_read_of_the_session_for_many_databases(self) -> None:
+        from twisted.internet.task import Clock
+
+        from couchgw.gateway.guards import ServerFacts
+
+        asked: list[bytes] = []
+
+        class Counting(_Couch):
+            def render_GET(self, request: Request) -> bytes:
+                asked.append(request.path)
+                return super().render_GET(request)
+
+        couch = Counting({"admins": {"roles": ["_admin"]}, "members": {"roles": ["_admin"]}}, [])
+        agent = RequestTraversalAgent(couch)
+        db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
+        clock = Clock()
+        facts = ServerFacts(clock, ttl=60.0)
+
+        def decide() -> Any:
+            d = Guards(db, {}, "auto", loaded=lambda: False, facts=facts)._wanted()
+            agent.flush()
+            return self.successResultOf(d)
+
+        first = [Guards(db, {}, "auto", loaded=lambda: False, facts=facts)._wanted() for _ in "ab"]
+        agent.flush()  # two databases at once: one read between them
+        self.assertEqual({self.successResultOf(d)[0] for d in first}, {False})
+        self.assertEqual(decide(), (False, "only admins may write to the database"))
+        self.assertEqual(asked.count(b"/_session"), 1)
+        self.assertEqual(asked.count(b"/db/_security"), 3)  # (each database's own, each time)
+        clock.advance(60)
+        decide()
+        self.assertEqual(asked.count(b"/_session"), 2)
+
+
 class _Server(Resource):
     """A server's welcome, its nodes and their configuration, as CouchDB answers them."""
 

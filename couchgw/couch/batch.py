@@ -4,8 +4,12 @@ Document writes gathered into C{_bulk_docs} requests.
 A write goes out at once when fewer than C{concurrency} requests are in flight; otherwise it
 waits for one of them to end and goes with every other write that waited meanwhile.  So a lone
 write costs no delay, and under load the batch grows with what is waiting: fewer, larger
-requests.  Each document gets its own outcome (a conflict on one does not fail the others),
-raised as the same typed errors a single PUT would raise.
+requests.  With a C{linger}, a write waits that long (0: the end of the reactor's turn) for
+others to go with it, even when no request is in flight: where writes come a few at a time
+(many databases, each with little to do), each database's come together.
+
+Each document gets its own outcome (a conflict on one does not fail the others), raised as the
+same typed errors a single PUT would raise.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from couchgw.couch.client import Database, Doc
@@ -20,10 +25,22 @@ from couchgw.couch.errors import BULK_STATUS, ServerError, error_for
 
 
 class BulkWriter:
-    def __init__(self, db: Database, concurrency: int = 2, max_batch: int = 500) -> None:
+    """
+    @param linger: seconds a write waits for others (None: none), on C{clock}.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        concurrency: int = 2,
+        max_batch: int = 500,
+        linger: tuple[IReactorTime, float] | None = None,
+    ) -> None:
         self.db = db
         self.concurrency = concurrency
         self.max_batch = max_batch
+        self.linger = linger
+        self._lingering: IDelayedCall | None = None
         self.in_flight = 0
         #: Requests sent and documents they carried (for status and tests).
         self.requests = 0
@@ -34,8 +51,16 @@ class BulkWriter:
         """Write C{doc} (on its C{_rev}); a Deferred with C{{"ok", "id", "rev"}}."""
         done: Deferred[Doc] = Deferred()
         self._waiting.append((doc, done))
-        self._send()
+        if self.linger is None:
+            self._send()
+        elif self._lingering is None and self.in_flight < self.concurrency:
+            clock, seconds = self.linger
+            self._lingering = clock.callLater(seconds, self._lingered)
         return done
+
+    def _lingered(self) -> None:
+        self._lingering = None
+        self._send()
 
     def _send(self) -> None:
         while self._waiting and self.in_flight < self.concurrency:

@@ -27,8 +27,9 @@ ONCE = 0.05
 #: Seconds between two reads of a database's changes, at least; while its messages are handled.
 REREAD = 0.3
 REREAD_BUSY = 2.0
-#: Seconds between two saves of a database's checkpoint, at least (a gateway that dies reads
-#: the changes since again: each is looked at, harmlessly).
+#: Seconds between two saves of a database's checkpoint, at least, and from its first read to
+#: its first save (a gateway that dies reads the changes since again: each is looked at,
+#: harmlessly; one that stops or lets a database go saves its checkpoint then).
 SAVE_EVERY = 30.0
 #: Beats between two turns of the feeds, on a server that does not say which databases change.
 TURN = 5
@@ -98,6 +99,7 @@ class Feeds:
         if now - self._guarded.get(name, now) >= self.announce:
             self.guard(tenant)  # (its security object may have changed meanwhile)
         self.awake[name] = tenant
+        self._saved_at.setdefault(name, now)  # (the first save too comes SAVE_EVERY on)
         if self._says_updates():
             tenant.follow(plan=False, once=ONCE, read=lambda: self._read(tenant))
         else:

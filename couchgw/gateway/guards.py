@@ -22,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from couchgw.couch import design, engines
 from couchgw.couch.client import Database, Doc
@@ -59,10 +61,52 @@ def unbound_writers(security: Mapping[str, Any]) -> list[str]:
     ]
 
 
+class ServerFacts:
+    """
+    What decides the guards of every database of one server: whether it runs without
+    authentication (its anonymous session) and which engines its nodes run.  Read at most every
+    C{ttl} seconds, whatever the number of databases (a read under way is shared).
+    """
+
+    def __init__(self, clock: IReactorTime, ttl: float = 60.0) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self._known: dict[str, tuple[float, Any]] = {}
+        self._reading: dict[str, list[Deferred[Any]]] = {}
+
+    def session(self, db: Database) -> Deferred[Doc]:
+        """The server's answer to C{GET /_session} without credentials."""
+        return self._read("session", lambda: _anonymous_session(db))
+
+    def engines(self, db: Database) -> Deferred[engines.Engines]:
+        return self._read("engines", lambda: engines.read(db))
+
+    def _read(self, what: str, read: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        known = self._known.get(what)
+        if known is not None and self.clock.seconds() < known[0]:
+            return succeed(known[1])
+        waiting: Deferred[Any] = Deferred()
+        reading = self._reading.get(what)
+        if reading is not None:
+            reading.append(waiting)
+        else:
+            self._reading[what] = [waiting]
+            read().addBoth(self._answered, what)  # (it may answer at once)
+        return waiting
+
+    def _answered(self, answer: Any, what: str) -> None:
+        if not isinstance(answer, Failure):
+            self._known[what] = (self.clock.seconds() + self.ttl, answer)
+        for waiting in self._reading.pop(what):
+            waiting.callback(answer)  # (a failure is each one's own)
+
+
 class Guards:
     """
     @param mode: C{auto}, C{on} or C{off} (see the module).
     @param loaded: whether every route has loaded (the door then checks routes too).
+    @param facts: the server's facts, shared with the other databases served (None: read them
+        at each look).
     """
 
     def __init__(
@@ -72,6 +116,7 @@ class Guards:
         mode: str,
         *,
         loaded: Callable[[], bool],
+        facts: ServerFacts | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"guards must be one of {', '.join(MODES)}, not {mode!r}")
@@ -79,6 +124,7 @@ class Guards:
         self.targets = targets
         self.mode = mode
         self._loaded = loaded
+        self._facts = facts
         #: Whether the guard is installed as far as this gateway knows (None: not known yet).
         self.installed: bool | None = None
         #: Why it is, or is not.
@@ -112,7 +158,9 @@ class Guards:
         wanted, reason = yield self._wanted()
         language, engine, engine_reason = None, None, ""
         if wanted:
-            server = yield engines.read(self.db)
+            server = yield (
+                engines.read(self.db) if self._facts is None else self._facts.engines(self.db)
+            )
             language = "erlang" if server.erlang else "javascript"
             engine = "erlang" if server.erlang else server.javascript or "javascript"
             engine_reason = server.why
@@ -154,9 +202,9 @@ class Guards:
         if self.mode == "off":
             return False, "--guards off"
         try:
-            session = yield self.db.anonymous().json("GET", "/_session")
-        except Unauthorized:
-            session = {}  # CouchDB asks every request for credentials (require_valid_user)
+            session = yield (
+                _anonymous_session(self.db) if self._facts is None else self._facts.session(self.db)
+            )
         except Exception as e:
             return True, f"CouchDB's session cannot be read ({describe_error(e)})"
         roles = (session.get("userCtx") or {}).get("roles") or []
@@ -198,6 +246,15 @@ class Guards:
             return
         yield self.db.json("DELETE", door.DOOR_ID, params={"rev": current["_rev"]})
         log.info("design document {id} removed", id=door.DOOR_ID)
+
+
+@inlineCallbacks
+def _anonymous_session(db: Database) -> Any:
+    try:
+        session = yield db.anonymous().json("GET", "/_session")
+    except Unauthorized:
+        session = {}  # CouchDB asks every request for credentials (require_valid_user)
+    return session
 
 
 def _runs(engine: str | None) -> str:

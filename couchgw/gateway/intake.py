@@ -40,6 +40,7 @@ class Intake:
     @param room_for: how many more messages of a route may go now (None: no bound).
     @param running: whether the gateway runs.
     @param working: whether the gateway runs and CouchDB answers (no sweep otherwise).
+    @param designed: the design documents written where they were not yet.
     @param recover: called when the C{due} view is missing.
     @param gone: called when the feed finds no database.
     """
@@ -58,6 +59,7 @@ class Intake:
         room_for: Callable[[str], int | None],
         running: Callable[[], bool],
         working: Callable[[], bool],
+        designed: Callable[[], Deferred[Any]],
         recover: Callable[[], Deferred[Any]],
         gone: Callable[[], None],
         max_inflight: int,
@@ -88,6 +90,7 @@ class Intake:
             self,
             room_for=room_for,
             working=working,
+            designed=designed,
             recover=recover,
         )
 

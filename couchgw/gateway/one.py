@@ -104,7 +104,10 @@ class OneDatabase:
             if not running():
                 return
             self.tenant.error = None
-        self.tenant.follow()
+        # when the first retry or scheduled message comes due: none is where no gateway followed
+        # the database before (its first sweep, one interval on, looks all the same), and
+        # asking would make CouchDB index a whole backlog while the gateway drains it
+        self.tenant.follow(plan=self.tenant.followed_before())
         self._following = True
         if first:
             self.shared.routes.load()

@@ -27,7 +27,8 @@ from couchgw.couch.client import Database
 from couchgw.gateway.announcements import gateway_id
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.dispatch import Dispatch
-from couchgw.gateway.fleet import Fleet, FleetSettings
+from couchgw.gateway.fleet import LINGER, Fleet, FleetSettings
+from couchgw.gateway.guards import ServerFacts
 from couchgw.gateway.one import OneDatabase
 from couchgw.gateway.outcomes import Policy
 from couchgw.gateway.routing import Routes
@@ -137,6 +138,7 @@ class Gateway(Service):
             self.metrics,
             callbacks,
             self._running,
+            facts=ServerFacts(clock) if fleet is not None else None,
         )
         settings = Settings(
             self.id,
@@ -147,6 +149,8 @@ class Gateway(Service):
             heartbeat=heartbeat,
             guards=guards,
             writes=1 if fleet is not None else 2,
+            linger=LINGER if fleet is not None else None,
+            design_when_needed=fleet is not None,
         )
         self.one: OneDatabase | None = None
         self.fleet: Fleet | None = None

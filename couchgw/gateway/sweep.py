@@ -66,6 +66,8 @@ class Sweep:
     @param intake: the database's intake (what the sweep finds is submitted there).
     @param room_for: how many more messages of a route may go now (None: no bound).
     @param working: whether the gateway runs and CouchDB answers (no sweep otherwise).
+    @param designed: the design documents written where they were not yet (before the
+        C{due} view is read).
     @param recover: called when the C{due} view is missing.
     """
 
@@ -75,6 +77,7 @@ class Sweep:
         *,
         room_for: Callable[[str], int | None],
         working: Callable[[], bool],
+        designed: Callable[[], Deferred[Any]],
         recover: Callable[[], Deferred[Any]],
     ) -> None:
         self.intake = intake
@@ -82,6 +85,7 @@ class Sweep:
         self.clock = intake.clock
         self._room_for = room_for
         self._working = working
+        self._designed = designed
         self._recover = recover
         self._again = False
         #: Whether a periodic sweep ran (L{every}).
@@ -148,6 +152,7 @@ class Sweep:
             expiry = self.intake.backlog.expire(self.clock.seconds())
             if expiry is not None:
                 self.wake_at(expiry)
+            yield self._designed()
             yield self._take_over()
             yield self._due()
             done = True
@@ -218,6 +223,7 @@ class Sweep:
         in milliseconds; by default any time: one due already wakes it at once) is due.  One
         timer, for the earliest.
         """
+        yield self._designed()
         self._query = self.db.view(
             design.DDOC,
             "due",

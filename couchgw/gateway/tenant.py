@@ -21,14 +21,14 @@ from twisted.logger import Logger
 
 from couchgw.couch import design
 from couchgw.couch.batch import BulkWriter
-from couchgw.couch.client import Database, Doc
+from couchgw.couch.client import Database, Doc, supports_selector
 from couchgw.couch.errors import NotFound
 from couchgw.errors import describe_error
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.checkpoint import SavedCheckpoint
 from couchgw.gateway.claims import Claims, copies
 from couchgw.gateway.dispatch import Dispatch
-from couchgw.gateway.guards import Guards
+from couchgw.gateway.guards import Guards, ServerFacts
 from couchgw.gateway.handling import Handling
 from couchgw.gateway.intake import Intake
 from couchgw.gateway.routing import Routes
@@ -53,6 +53,9 @@ class Shared:
     running: Callable[[], bool]
     #: Messages brought to a final status here, by status (all databases).
     finished: Counter[str] = field(default_factory=Counter)
+    #: What decides the guards of every database of the server (None: read by each at each
+    #: look; one database served).
+    facts: ServerFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ class Settings:
     #: Requests of gathered writes in flight at once, per database (many databases served: one
     #: each, so that a database's writes go together).
     writes: int = 2
+    #: Seconds a claim or outcome waits for others of its database to go with it (None: none).
+    linger: float | None = None
+    #: Whether a database's design documents wait until it needs them (its first sweep, a
+    #: message rejected in place, a listing of the console) where its feed does without them:
+    #: many databases served, most of which never need them.
+    design_when_needed: bool = False
 
 
 class Tenant:
@@ -92,6 +101,9 @@ class Tenant:
         self.clock = clock
         self.shared = shared
         self._gone = gone
+        self._design_when_needed = settings.design_when_needed
+        #: Whether the design documents were pushed since the database was last opened.
+        self._pushed = False
         #: Why the database cannot be worked now (None: it can).
         self.error: str | None = "not looked at yet"
         #: Whether it was let go (L{let_go}): nothing of it wakes again.
@@ -104,9 +116,19 @@ class Tenant:
         self.update_seq: Any = None
         self._documents = 0
         #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
-        self.writer = BulkWriter(db, concurrency=settings.writes)
+        self.writer = BulkWriter(
+            db,
+            concurrency=settings.writes,
+            linger=None if settings.linger is None else (clock, settings.linger),
+        )
         self.checkpoint = SavedCheckpoint(db, clock, settings.gateway)
-        self.guards = Guards(db, shared.targets, settings.guards, loaded=shared.routes.all_loaded)
+        self.guards = Guards(
+            db,
+            shared.targets,
+            settings.guards,
+            loaded=shared.routes.all_loaded,
+            facts=shared.facts,
+        )
         self.claims = Claims(
             db,
             clock,
@@ -143,10 +165,11 @@ class Tenant:
             shared.backlog,
             name=self.name,
             handle=self.handling.handle,
-            reject=self.handling.reject_unreadable,
+            reject=self._reject_unreadable,
             room_for=shared.dispatch.room,
             running=shared.running,
             working=self.working,
+            designed=self.designed,
             recover=self._recover,
             gone=lambda: self._gone(self),
             max_inflight=settings.max_inflight,
@@ -165,7 +188,8 @@ class Tenant:
     def prepare(self, create: bool, welcome: Doc | None = None) -> Any:
         """
         Get the database ready to be followed: created (with C{create}), its guard as its
-        security object says, its design documents pushed, its checkpoint read.
+        security object says, its design documents pushed (unless they wait until needed), its
+        checkpoint read.
 
         @param welcome: the server's welcome, if it was read already.
         """
@@ -174,12 +198,20 @@ class Tenant:
             created = yield self.db.create()
             if created:
                 log.info("created database {db}", db=self.db.url)
+        self._pushed = False
         reading = self.checkpoint.read()  # (meanwhile)
         try:
             # the guard first: the design document may lose a validate function of before
             yield self.guards.refresh()
-            yield design.push(self.db)
+            # (a server without selectors filters the feed with them)
+            if not self._design_when_needed or not supports_selector(self._welcome):
+                yield self.designed()
             info = yield self.db.info()  # (after: it counts couchgw's design documents)
+            guard = 1 if self.guards.installed else 0
+            if not self._pushed and int(info.get("doc_count") or 0) - guard <= len(design.DOCS):
+                # (whether it holds documents besides couchgw's is known once they are there)
+                yield self.designed()
+                info = yield self.db.info()
         finally:
             saved = yield reading
         self.claims.copies = copies(info)
@@ -238,6 +270,18 @@ class Tenant:
         )
 
     @inlineCallbacks
+    def designed(self) -> Any:
+        """Push the design documents, once after each opening of the database."""
+        if not self._pushed:
+            yield design.push(self.db)
+            self._pushed = True
+
+    @inlineCallbacks
+    def _reject_unreadable(self, doc_id: str, rev: str | None, why: str) -> Any:
+        yield self.designed()  # (its update handler rejects it)
+        yield self.handling.reject_unreadable(doc_id, rev, why)
+
+    @inlineCallbacks
     def _recover(self) -> Any:
         """The C{due} view is missing: the database was deleted, or our design document."""
         try:
@@ -247,6 +291,7 @@ class Tenant:
             return
         log.warn("design documents missing in {db}; writing them again", db=self.db.url)
         yield design.push(self.db)
+        self._pushed = True
 
     @inlineCallbacks
     def stop(self, grace: float, deadline: Callable[..., Deferred[Any]]) -> Any:

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from couchgw import console, message
+from couchgw.couch import design
 from couchgw.couch.client import Database
 from couchgw.couch.errors import Conflict, NotFound
 from couchgw.message import Doc
@@ -50,9 +51,7 @@ class Messages:
             "next": following,
         }
         if count and selection.q is None:
-            counts = yield self.db.view(
-                console.DDOC, console.VIEW, timeout=600, **console.count_params(selection)
-            )
+            counts = yield self._view(console.count_params(selection))
             answer["total"] = console.counted(counts)
         return answer
 
@@ -63,13 +62,23 @@ class Messages:
             answer = yield self.db.json("GET", "_all_docs", params=params)
             return console.ids_page(answer, selection, limit, console.SCANNED)
         # the index is brought up to date as it is read: a while, the first time on a large one
-        answer = yield self.db.view(
-            console.DDOC,
-            console.VIEW,
-            timeout=600,
-            **console.view_params(selection, position, limit),
-        )
+        answer = yield self._view(console.view_params(selection, position, limit))
         return console.view_page(answer, limit)
+
+    @inlineCallbacks
+    def _view(self, params: dict[str, Any]) -> Any:
+        """
+        The console's index; where it is missing (a gateway serving many databases writes the
+        design documents of one when it first needs them), written first.
+        """
+        try:
+            answer = yield self.db.view(console.DDOC, console.VIEW, timeout=600, **params)
+        except NotFound as e:
+            if console.DDOC not in str(e):
+                raise
+            yield design.push(self.db)
+            answer = yield self.db.view(console.DDOC, console.VIEW, timeout=600, **params)
+        return answer
 
     @inlineCallbacks
     def one(self, doc_id: str) -> Any:
