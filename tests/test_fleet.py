@@ -223,6 +223,9 @@ class DesignWhenNeeded(FleetTestCase):
 
         present = yield designed(later)
         self.assertEqual(present, is_pouchdb())  # (PouchDB Server: the feed's filter is there)
+        # saved before its messages were claimed (a gateway taking it over sweeps it for claims)
+        checkpoint = yield later.get("_local/couchgw-checkpoint")
+        self.assertIsNotNone(checkpoint.get("seq"))
         at = iso(reactor.seconds() + 1.0)  # type: ignore[attr-defined]
         yield later.put({**activate("scheduled"), "not_before": at})
         docs = yield self.finished(later, ["scheduled"])

@@ -338,7 +338,14 @@ class Fleet:
                 yield tenant.intake.sweep()
             elif tenant.holds_documents():
                 # never followed: its feed from its start brings its messages (no view to
-                # build, no sweep)
+                # build, no sweep); its checkpoint is saved first, so that a gateway that takes
+                # it over sweeps it for the claims of this one
+                try:
+                    yield tenant.begin_checkpoint(at_start=True)
+                except Exception as e:
+                    why = f"its checkpoint cannot be saved ({describe_error(e)})"
+                    self._hold_off(tenant, FAILED_AGAIN, why)
+                    return
                 self.wake(tenant)
                 return
             else:

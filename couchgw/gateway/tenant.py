@@ -231,15 +231,19 @@ class Tenant:
         return self._documents > 0
 
     @inlineCallbacks
-    def begin_checkpoint(self) -> Any:
+    def begin_checkpoint(self, at_start: bool = False) -> Any:
         """
         A database never followed begins its checkpoint at the sequence read when it was
-        opened: its sweep, which comes after, finds whatever was written before.
+        opened (its sweep, which comes after, finds whatever was written before), or, with
+        C{at_start}, at its start (its feed brings what was written before).  Saved before
+        anything of it is claimed: a gateway that takes it over knows that claims may be there
+        (it sweeps it).
         """
         if self.checkpoint.resumed or (self._saved or {}).get("seq") is not None:
             return
-        self.checkpoint.resume({**(self._saved or {}), "seq": self.update_seq})
+        self.checkpoint.resume({**(self._saved or {}), "seq": 0 if at_start else self.update_seq})
         yield self.checkpoint.save(force=True)
+        self._saved = {**(self._saved or {}), "seq": self.checkpoint.current.seq}
 
     def follow(
         self,

@@ -60,8 +60,8 @@ def cross_site(request: IRequest) -> str | None:
 def unavailable(request: IRequest, error: CouchError) -> bytes:
     if isinstance(error, NotFound) and console.DDOC in str(error):
         reason = (
-            f"the database has no _design/{console.DDOC} yet (the gateway writes it as it "
-            "starts; couchgw designdocs push writes it too)"
+            f"the database has no _design/{console.DDOC} (the gateway writes it as it starts, "
+            "or when a listing first needs it; couchgw designdocs push writes it too)"
         )
     else:
         reason = describe_error(error)
