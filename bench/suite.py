@@ -30,7 +30,7 @@ too, each figure on one server after the other, in the same run. On each server 
    on a cluster, gateway i talking to node i), duplicate calls and claims lost to another gateway;
 8. many databases: `--databases` (1,000) databases of N / that many messages each, written
    first, then one couchgw serving them all (`--databases PATTERN`): messages per second, and
-   that over (2)'s drain of N in one database.
+   that over (2)'s drain of N in one database; and the CPU each process spent per message.
 
 Each figure that has a target is a ratio or a distribution measured in the same run, so that it
 holds on a noisy machine; the absolute numbers are printed beside it.
@@ -602,9 +602,11 @@ def many_databases(run: Run, figures: dict[str, Any], messages: int, databases: 
     in_parallel(names, lambda db: write_backlog(db, each, target="null"), threads=8)
     pattern = f"many*-{run.suffix}"
     gateway = run.gateway(run.couch, "--databases", pattern, routes=run.null_route())
+    before = run.cpu()
     drained = drain(gateway, each * databases, progress=False)
     rate = each * databases / drained["seconds"]
     figures[f"many databases: {databases} x {each} (messages/s)"] = rate
+    run.cpu_per_message(figures, "many databases", before, drained, each * databases)
     if "drain (messages/s)" in figures:
         figures["many databases: drain / drain of one database (2)"] = (
             rate / figures["drain (messages/s)"]
