@@ -185,13 +185,14 @@ class Guards:
         ):
             if wanted:
                 log.info(
-                    "guards on: {why}; the guard in {runs}: {engine_why}",
+                    "guards on: {why}; the guard in {runs}: {engine_why} (database {db})",
                     why=reason,
                     runs=_runs(engine),
                     engine_why=engine_reason,
+                    db=self.db.name,
                 )
             else:
-                log.info("guards off: {why}", why=reason)
+                log.info("guards off: {why} (database {db})", why=reason, db=self.db.name)
         self.installed, self.reason = wanted, reason
         self.language, self.engine, self.engine_reason = language, engine, engine_reason
 
