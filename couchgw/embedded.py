@@ -171,9 +171,11 @@ class EmbeddedCouch(Service):
                     self.url + "/", timeout=2, persistent=False, reactor=self._reactor
                 )
                 welcome = yield response.json()
+            except CancelledError:
+                raise  # (the service stops, or a new child is checked)
             except Exception:
                 welcome = None
-            if child is not self._child:
+            if child is not self._child or not self.running:
                 return
             vendor = welcome.get("vendor") if isinstance(welcome, dict) else None
             if isinstance(vendor, dict) and vendor.get("couchgw") == self.token:
@@ -189,6 +191,11 @@ class EmbeddedCouch(Service):
                     "--embedded-port for another port)"
                 )
                 log.error("{why}", why=self.stranger)
+                waiting, self._verified = self._verified, []
+                for waiter in waiting:  # (they would wait in vain while it holds the port)
+                    waiter.errback(ConnectError(string=self.stranger))
+                if child is not self._child or not self.running:
+                    return  # (what they went on to do stopped the service)
             yield deferLater(self._reactor, 0.2, lambda: None)
 
     def agent(self, agent: IAgent, wait: float = 5.0) -> IAgent:
@@ -198,6 +205,8 @@ class EmbeddedCouch(Service):
     def _when_verified(self, wait: float) -> Deferred[None]:
         if self.verified:
             return succeed(None)
+        if self.stranger is not None:
+            return fail(ConnectError(string=self.stranger))
         waiter: Deferred[None] = Deferred()
         self._verified.append(waiter)
         waiter.addTimeout(wait, self._reactor)
