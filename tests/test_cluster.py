@@ -433,6 +433,17 @@ class Races(GatewayTestCase):
         self.assertEqual(writes, ["POST", "POST"])  # the claim, the outcome: one request each
 
 
+class _BulkCouch:
+    """A database whose C{_bulk_docs} requests are kept, each answered by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
+
+    def bulk_docs(self, docs: list[Doc]) -> Deferred[list[Doc]]:
+        self.sent.append((docs, Deferred()))
+        return self.sent[-1][1]
+
+
 class Batches(SynchronousTestCase):
     """Writes gathered into _bulk_docs while a request is in flight."""
 
@@ -440,14 +451,9 @@ class Batches(SynchronousTestCase):
         from couchgw.couch.batch import BulkWriter
         from couchgw.couch.errors import Conflict, ServerError
 
-        sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
-
-        class Couch:
-            def bulk_docs(self, docs: list[Doc]) -> Deferred[list[Doc]]:
-                sent.append((docs, Deferred()))
-                return sent[-1][1]
-
-        writer = BulkWriter(Couch(), concurrency=1)  # type: ignore[arg-type]
+        couch = _BulkCouch()
+        sent = couch.sent
+        writer = BulkWriter(couch, concurrency=1)  # type: ignore[arg-type]
         a, b, c = (writer.write({"_id": i, "_rev": f"1-{i}"}) for i in "abc")
         self.assertEqual([[d["_id"] for d in docs] for docs, _ in sent], [["a"]])  # a at once
         sent[0][1].callback([{"ok": True, "id": "a", "rev": "2-a"}])
@@ -471,15 +477,10 @@ class Batches(SynchronousTestCase):
 
         from couchgw.couch.batch import BulkWriter
 
-        sent: list[tuple[list[Doc], Deferred[list[Doc]]]] = []
-
-        class Couch:
-            def bulk_docs(self, docs: list[Doc]) -> Deferred[list[Doc]]:
-                sent.append((docs, Deferred()))
-                return sent[-1][1]
-
+        couch = _BulkCouch()
+        sent = couch.sent
         clock = Clock()
-        writer = BulkWriter(Couch(), concurrency=1, linger=(clock, 0.01))  # type: ignore[arg-type]
+        writer = BulkWriter(couch, concurrency=1, linger=(clock, 0.01))  # type: ignore[arg-type]
         a, b = (writer.write({"_id": i, "_rev": f"1-{i}"}) for i in "ab")
         self.assertEqual(sent, [])  # nothing in flight, yet a waits
         clock.advance(0.005)

@@ -294,8 +294,8 @@ class Tenant:
             self._gone(self)
             return
         log.warn("design documents missing in {db}; writing them again", db=self.db.url)
-        yield design.push(self.db)
-        self._pushed = True
+        self._pushed = False
+        yield self.designed()
 
     @inlineCallbacks
     def stop(self, grace: float, deadline: Callable[..., Deferred[Any]]) -> Any:
