@@ -128,7 +128,7 @@ def guarded_bulk_posts(run: Run, docs: int, batch: int = 500) -> tuple[float, fl
     """
     db = run.database("guarded")
     language = "erlang" if run.engines().erlang else "javascript"
-    for ddoc in [*design.load().values(), door.design_doc(None, language)]:
+    for ddoc in [*design.load().values(), *door.design_docs(None, language)]:
         assert http("PUT", f"{db}/{ddoc['_id']}", ddoc)[0] == 201
     written: list[Doc] = []
     started = time.monotonic()

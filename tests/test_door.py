@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -99,13 +99,13 @@ def targets() -> dict[str, ITarget]:
 
 
 def decisions(
-    admin: str, users: dict[str, str], guard: dict[str, Any], cases: list[tuple[int, Case]]
+    admin: str, users: dict[str, str], guard: list[dict[str, Any]], cases: list[tuple[int, Case]]
 ) -> dict[int, str | None]:
     """
-    Each case written by its user into a database guarded by C{guard}: None where the write
-    passed, else the reason of CouchDB's 403.
+    Each case written by its user into a database guarded by C{guard} (its design documents):
+    None where the write passed, else the reason of CouchDB's 403.
     """
-    name = f"door-{guard['language']}-{uuid.uuid4().hex[:8]}"
+    name = f"door-{guard[-1]['language']}-{uuid.uuid4().hex[:8]}"
     db = f"{admin}/{name}"
     assert http("PUT", db)[0] in (201, 202)
     try:
@@ -116,7 +116,8 @@ def decisions(
             "members": {"names": [named, ops], "roles": ["client", "couchgw"]},
         }
         assert http("PUT", f"{db}/_security", security)[0] == 200
-        assert http("PUT", f"{db}/{guard['_id']}", guard)[0] == 201
+        for ddoc in guard:
+            assert http("PUT", f"{db}/{ddoc['_id']}", ddoc)[0] == 201
         revs = _before(db, cases)
         found: dict[int, str | None] = {}
         for i, case in cases:  # one at a time: PouchDB Server hands the validate function of a
@@ -165,7 +166,7 @@ def test_the_guard_decides_every_case(
     numbered = list(enumerate(CASES))
     found: dict[int, str | None] = {}
     for loaded in (True, False):
-        guard = door.design_doc(targets if loaded else None, language)
+        guard = door.design_docs(targets if loaded else None, language)
         found.update(
             decisions(admin, users, guard, [(i, c) for i, c in numbered if c.loaded == loaded])
         )
@@ -175,6 +176,51 @@ def test_the_guard_decides_every_case(
         if found[i] != case.refused
     ]
     assert not wrong, f"{len(wrong)} of {len(CASES)} cases decided otherwise:\n" + "\n".join(wrong)
+
+
+class _Pinged:
+    """A route with one operation, C{ping}."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"default_operation": None, "operations": {"ping": [{"name": "text"}]}}
+
+
+def test_the_erlang_guard_is_made_from_its_facts(server: tuple[str, dict[str, str]]) -> None:
+    """
+    Without its facts (_design/couchgw-guard: deleted, say) the Erlang guard refuses a client's
+    write with the reason, passes couchgw's, and keeps nothing: once they are back, it decides.
+    """
+    admin, users = server
+    if "erlang" not in _languages(admin):
+        pytest.skip("the server does not enable the Erlang query server")
+    route = f"route-{uuid.uuid4().hex[:8]}"  # a door no node has made a guard of yet
+    facts, gate = door.design_docs({route: cast(ITarget, _Pinged())}, "erlang")
+    name = f"door-facts-{uuid.uuid4().hex[:8]}"
+    db = f"{admin}/{name}"
+    assert http("PUT", db)[0] in (201, 202)
+    try:
+        security = {"admins": {"roles": ["couchgw"]}, "members": {"roles": ["client"]}}
+        assert http("PUT", f"{db}/_security", security)[0] == 200
+        assert http("PUT", f"{db}/{gate['_id']}", gate)[0] == 201
+        message = {"type": "message", "target": route, "operation": "ping"}
+        client = f"{users['client']}/{name}"
+        status, body = http("POST", client, message)
+        assert (status, body.get("reason")) == (
+            403,
+            "couchgw's guard cannot be made from _design/couchgw-guard in this database (see "
+            "CouchDB's log); couchgw writes it again",
+        )
+        outcome = {**message, "status": "done", "result": "pong"}
+        assert http("PUT", f"{users['gateway']}/{name}/m1", outcome)[0] == 201
+        assert http("PUT", f"{db}/{facts['_id']}", facts)[0] == 201
+        assert http("POST", client, message)[0] == 201
+        status, body = http("POST", client, {**message, "operation": "explode"})
+        assert (status, body.get("reason")) == (
+            403,
+            f'route "{route}" has no operation "explode" (it has: ping)',
+        )
+    finally:
+        http("DELETE", db)
 
 
 def python_refuses(doc: dict[str, Any], targets: dict[str, ITarget]) -> str | None:
@@ -244,25 +290,39 @@ def _guarded_by(
     assert http("PUT", f"{db}/_security", security)[0] == 200
     (tmp_path / user).mkdir()
     couch = f"{users[user]}/{name}"
-    gateway = Twistd(tmp_path / user, "--couch", couch, "--target", demo_wsdl(), "--guards", "on")
+    gateway = Twistd(
+        tmp_path / user,
+        *("--couch", couch, "--target", demo_wsdl(), "--guards", "on", "--announce", "1"),
+    )
     try:
         gateway.wait_ready()
 
         def guarded() -> Any:
             state = http("GET", f"{gateway.api}/status")[1]["guards"]
             installed = http("GET", f"{db}/{door.DOOR_ID}")[1]
-            with_routes = "activate" in json.dumps(installed)
+            erlang = door.engine_of(installed) == "erlang"
+            said = http("GET", f"{db}/{door.FACTS_ID}")[1] if erlang else installed
+            with_routes = "activate" in json.dumps(said)
             return with_routes and state["installed"] and (state, installed)
+
+        def refused() -> None:
+            status, body = http(
+                "POST", f"{users['client']}/{name}", {"type": "message", "operation": "explode"}
+            )
+            assert (status, body["reason"]) == (
+                403,
+                f'route "default" has no operation "explode" {HAS}',
+            )
 
         state, installed = wait_until(guarded, 30, "the guard with the routes")
         assert door.engine_of(installed) == state["language"]
-        status, body = http(
-            "POST", f"{users['client']}/{name}", {"type": "message", "operation": "explode"}
-        )
-        assert (status, body["reason"]) == (
-            403,
-            f'route "default" has no operation "explode" {HAS}',
-        )
+        refused()
+        if state["language"] == "erlang":  # a database admin deletes what the guard is made of
+            facts = http("GET", f"{db}/{door.FACTS_ID}")[1]
+            deleted = http("DELETE", f"{db}/{door.FACTS_ID}?rev={facts['_rev']}")
+            assert deleted[0] == 200, deleted
+            wait_until(lambda: guarded() and True, 30, "the guard's facts written again")
+            refused()
     finally:
         gateway.terminate()
         http("DELETE", db)

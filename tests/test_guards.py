@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from treq.client import HTTPClient
@@ -16,6 +16,7 @@ from couchgw.couch import engines
 from couchgw.couch.client import Database
 from couchgw.gateway.guards import Guards, unbound_writers
 from couchgw.targets import door
+from couchgw.targets.interfaces import ITarget
 
 
 def test_admin_only_binds_no_one() -> None:
@@ -48,13 +49,44 @@ def test_a_database_without_members_is_public() -> None:
 def test_the_door_before_the_routes_load_checks_couchgw_fields_alone() -> None:
     assert door.facts(None)["routes"] is None
     for language, other in zip(door.ENGINES, reversed(door.ENGINES), strict=True):
-        early = door.design_doc(None, language)
+        *_, early = door.design_docs(None, language)
         assert door.engine_of(early) == language
         assert door.is_current(early) and door.is_current(early, language)
         assert not door.is_current(early, other)
     assert not door.is_current({"validate_doc_update": "function () { /* before */ }"})
     with pytest.raises(ValueError, match="the guard is written in javascript or erlang, not 'lua'"):
-        door.design_doc(None, "lua")
+        door.design_docs(None, "lua")
+
+
+class _Offering:
+    """A route offering C{count} operations of three arguments each."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def describe(self) -> dict[str, Any]:
+        params = [{"name": f"p{i}", "required": True} for i in range(3)]
+        operations = {f"operation{i}": params for i in range(self.count)}
+        return {"default_operation": None, "operations": operations}
+
+
+def test_the_erlang_door_stays_small_whatever_the_routes() -> None:
+    """
+    CouchDB hashes a validate function's whole design document at each write: the Erlang door
+    holds its entry alone, the routes and checks in a document of their own, written first.
+    """
+    few = door.design_docs({"default": cast(ITarget, _Offering(1))}, "erlang")
+    many = door.design_docs({f"r{i}": cast(ITarget, _Offering(40)) for i in range(20)}, "erlang")
+    for facts, gate in (few, many):
+        assert (facts["_id"], gate["_id"]) == (door.FACTS_ID, door.DOOR_ID)
+        assert facts["couchgw"]["door_id"] == gate["couchgw"]["door_id"]
+        assert "validate_doc_update" not in facts and "routes" not in gate["couchgw"]
+        assert door.is_current(gate, "erlang")
+    assert few[1]["couchgw"]["door_id"] != many[1]["couchgw"]["door_id"]
+    assert len(json.dumps(many[1])) == len(json.dumps(few[1])) < 2500
+    assert len(json.dumps(many[0])) > 20 * len(json.dumps(few[0]["couchgw"]["routes"]))
+    before = {**few[1], "couchgw": {**few[1]["couchgw"], "version": door.VERSION - 1}}
+    assert not door.is_current(before)
 
 
 def test_erlang_where_every_node_enables_it() -> None:

@@ -227,26 +227,35 @@ class Guards:
         The door in C{language}, with the routes once all loaded; until then, one that keeps
         what it says.
         """
-        try:
-            current: Doc | None = yield self.db.get(door.DOOR_ID)
-        except NotFound:
-            current = None
+        current = yield self._current(door.DOOR_ID)
         if self._loaded():
-            wanted = door.design_doc(self.targets, language)
+            wanted = door.design_docs(self.targets, language)
         elif current is not None and door.is_current(current, language):
             return  # it says at least what this gateway would, for now
         else:
-            wanted = door.design_doc(None, language)
-        yield design.write_changed(self.db, wanted, current)
+            wanted = door.design_docs(None, language)
+        for doc in wanted:  # the door last: what it reads is there before it
+            found = current if doc["_id"] == door.DOOR_ID else (yield self._current(doc["_id"]))
+            yield design.write_changed(self.db, doc, found)
 
     @inlineCallbacks
     def _remove(self) -> Any:
-        try:
-            current = yield self.db.get(door.DOOR_ID)
-        except NotFound:
+        current = yield self._current(door.DOOR_ID)
+        if current is None:
             return
         yield self.db.json("DELETE", door.DOOR_ID, params={"rev": current["_rev"]})
         log.info("design document {id} removed", id=door.DOOR_ID)
+        facts = yield self._current(door.FACTS_ID) if door.engine_of(current) == "erlang" else None
+        if facts is not None:
+            yield self.db.json("DELETE", door.FACTS_ID, params={"rev": facts["_rev"]})
+
+    @inlineCallbacks
+    def _current(self, doc_id: str) -> Any:
+        try:
+            found: Doc = yield self.db.get(doc_id)
+        except NotFound:
+            return None
+        return found
 
 
 @inlineCallbacks

@@ -2,14 +2,12 @@
 %% "couchgw") and admins write the fields couchgw owns; a client's new message is refused when
 %% its route, its operation or its argument names do not fit what the route offers, or its
 %% priority, times or trace context are not ones couchgw takes. The same checks as the guard in
-%% JavaScript (door.js), decision for decision and word for word. Facts: the design document's
-%% field "couchgw" (door.py's facts).
+%% JavaScript (door.js), decision for decision and word for word. Facts: the field "couchgw" of
+%% _design/couchgw-guard (door.py's facts).
 %%
 %% One fun after another, each bound to its name; Guard is the check, of a write and the facts.
-%% door.py's LOADER makes them once on each node (each fun sees only the funs before it that it
-%% names), and erl_eval interprets them: each fun binds few variables (erl_eval's cost grows
-%% with their square), and none binds a name of a fun it uses (a bound name is matched, not
-%% bound again).
+%% door.py's LOADER compiles them once on each node, in this order, as the body of one function
+%% (so no fun binds the name of a fun before it: that would be a match, not a new variable).
 Get = fun(Key, Props) ->
     case lists:keyfind(Key, 1, Props) of
         {_, Found} -> Found;

@@ -30,74 +30,93 @@ from couchgw.targets.interfaces import ITarget
 
 DOOR_ID = "_design/couchgw-routes"
 #: Marks the guard of this version: a door written by another version is written again.
-VERSION = 5
+VERSION = 6
 #: The languages the guard is written in.
 ENGINES = ("javascript", "erlang")
 
-#: The guard's validate function in Erlang.  CouchDB's native query server reads (scans,
-#: parses, lints, evaluates) a design function again for every write, so this one is a short
-#: expression that answers the guard already made for this door (a persistent term, under the
-#: door's id), and makes it (L{LOADER}) only the first time on each node.  A persistent term is
-#: not copied by the query server's garbage collection after each write, as a process's own
-#: memory is; there is one for each door (its checks and its routes) until the node restarts.
-ENTRY = """%% couchgw --guards, version VERSION. See couchgw.loader
-case persistent_term:get({couchgw_guard, <<"DOOR">>}, undefined) of
-    undefined ->
-        Loader = couch_util:get_nested_json_value(DDoc, [<<"couchgw">>, <<"loader">>]),
-        {ok, Load} = erl_eval:eval_str(Loader),
-        Load(DDoc);
+#: Where the Erlang guard's checks and facts are kept: a design document of their own, which no
+#: validate function reads at each write.
+FACTS_ID = "_design/couchgw-guard"
+
+#: The guard's validate function in Erlang.  CouchDB's native query server reads (scans, parses,
+#: evaluates) a design function again for every write, and hashes its whole design document, so
+#: the door holds only this short expression (no comment: it is read at every write too), which
+#: answers the guard already made for this door (a persistent term, under the door's id), and
+#: the few lines (L{BOOT}) that make it the first time on each node.
+ENTRY = """case persistent_term:get(<<"couchgw-guard-DOOR">>, 0) of
+    0 ->
+        Boot = couch_util:get_nested_json_value(DDoc, [<<"couchgw">>, <<"boot">>]),
+        {ok, Made} = erl_eval:eval_str(Boot),
+        Made(DDoc);
     Guard -> Guard
 end."""
 
-#: Makes the guard of a door: the checks of C{door.erl} (the facts' C{checks}), each fun in
-#: turn, evaluated with the funs before it that it names bound and nothing else (erl_eval keeps
-#: every variable bound where a fun is made, and pays for each at every call), once for each
-#: version of the checks; and a fun of a write alone that checks it with this door's facts.
-LOADER = """fun({DDocProps}) ->
-    {_, {Facts}} = lists:keyfind(<<"couchgw">>, 1, DDocProps),
-    {_, ChecksId} = lists:keyfind(<<"checks_id">>, 1, Facts),
-    {_, DoorId} = lists:keyfind(<<"door_id">>, 1, Facts),
-    Keep = fun(Key, Made) ->
-        case persistent_term:get({couchgw_guard, Key}, undefined) of
-            undefined -> persistent_term:put({couchgw_guard, Key}, Made), Made;
-            Kept -> Kept  % another process made it first: replacing a term costs a collection
-        end
-    end,
-    Evaluate = fun(Text, Bindings) ->
-        {ok, Tokens, _} = erl_scan:string(Text),
-        {ok, [Form]} = erl_parse:parse_exprs(Tokens),
-        element(2, erl_eval:expr(Form, Bindings))
-    end,
-    Split = fun
-        Cut([], [], Done) -> lists:reverse(Done);
-        Cut([{dot, _} = Dot | More], Acc, Done) ->
-            Cut(More, [], [lists:reverse([Dot | Acc]) | Done]);
-        Cut([Token | More], Acc, Done) -> Cut(More, [Token | Acc], Done)
-    end,
-    Define = fun(Expression, Funs) ->
-        Named = lists:usort([Name || {var, _, Name} <- Expression]),
-        Bindings = lists:foldl(fun(Used, Bound) ->
-            case maps:find(Used, Funs) of
-                {ok, Fun} -> erl_eval:add_binding(Used, Fun, Bound);
-                error -> Bound
+#: Makes the guard of a door from the database's L{FACTS_ID} (named by the writer's context),
+#: with its loader.  Where that cannot be done (the document deleted, say), the write is refused
+#: with the reason, unless couchgw or a server admin makes it; nothing is kept, so that the next
+#: write tries again.
+BOOT = """fun(Door) ->
+    DoorId = couch_util:get_nested_json_value(Door, [<<"couchgw">>, <<"door_id">>]),
+    fun(Doc, Old, {UserProps} = User, Sec) ->
+        Guard = try
+            Db = couch_util:get_value(<<"db">>, UserProps),
+            {ok, FactsDoc} = ddoc_cache:open_doc(Db, <<"_design/couchgw-guard">>),
+            Facts = couch_doc:to_json_obj(FactsDoc, []),
+            Loader = couch_util:get_nested_json_value(Facts, [<<"couchgw">>, <<"loader">>]),
+            {ok, Load} = erl_eval:eval_str(Loader),
+            Load(Facts, DoorId)
+        catch Class:Reason ->
+            couch_log:error("couchgw's guard cannot be made: ~p:~p", [Class, Reason]),
+            Roles = couch_util:get_value(<<"roles">>, UserProps, []),
+            fun(_, _, _, _) ->
+                lists:member(<<"_admin">>, Roles) orelse lists:member(<<"couchgw">>, Roles)
+                    orelse throw({[{<<"forbidden">>, <<"couchgw's guard cannot be made from ",
+                        "_design/couchgw-guard in this database (see CouchDB's log); couchgw ",
+                        "writes it again">>}]}),
+                1
             end
-        end, erl_eval:new_bindings(), Named),
-        {ok, [{match, _, {var, _, Defined}, _} = Form]} = erl_parse:parse_exprs(Expression),
-        {value, Made, _} = erl_eval:expr(Form, Bindings),
-        maps:put(Defined, Made, Funs)
+        end,
+        Guard(Doc, Old, User, Sec)
+    end
+end.
+"""
+
+#: Makes the guard of a door from its facts: the checks of C{door.erl} (the facts' C{checks})
+#: compiled once on each node into a module of their own, named after their version; and a
+#: fun of a write alone that checks it with the door's facts, kept as a persistent term (one for
+#: each door: its checks and its routes, until the node restarts).  A persistent term is not
+#: copied by the query server's garbage collection after each write, as a process's own memory
+#: is.  Facts written for another door (the door being written anew) are used, not kept.
+LOADER = """fun({FactsDocProps}, DoorId) ->
+    {_, {Facts}} = lists:keyfind(<<"couchgw">>, 1, FactsDocProps),
+    {_, ChecksId} = lists:keyfind(<<"checks_id">>, 1, Facts),
+    Module = binary_to_atom(<<"couchgw_guard_", ChecksId/binary>>),
+    Compile = fun() ->
+        {_, Source} = lists:keyfind(<<"checks">>, 1, Facts),
+        {ok, Tokens, _} = erl_scan:string(binary_to_list(Source)),
+        {ok, Head, _} = erl_scan:string("door(CouchgwFacts) -> "),
+        {ok, Tail, _} = erl_scan:string("fun(CouchgwDoc, CouchgwOld, CouchgwUser, CouchgwSec) -> "
+            "Guard(CouchgwDoc, CouchgwOld, CouchgwUser, CouchgwSec, CouchgwFacts) end."),
+        Body = [case Token of {dot, At} -> {',', At}; _ -> Token end || Token <- Tokens],
+        {ok, Door} = erl_parse:parse_form(Head ++ Body ++ Tail),
+        Forms = [{attribute, 1, module, Module}, {attribute, 1, export, [{door, 1}]}, Door],
+        {ok, Module, Binary} = compile:forms(Forms, [binary, return_errors]),
+        {module, Module} = code:load_binary(Module, "couchgw_guard", Binary)
     end,
-    Check = case persistent_term:get({couchgw_guard, ChecksId}, undefined) of
-        undefined ->
-            {_, Source} = lists:keyfind(<<"checks">>, 1, Facts),
-            {ok, Tokens, _} = erl_scan:string(binary_to_list(Source)),
-            Keep(ChecksId, maps:get('Guard', lists:foldl(Define, #{}, Split(Tokens, [], []))));
-        Checks -> Checks
-    end,
-    Bound = erl_eval:add_binding('Check', Check, erl_eval:add_binding('Facts', Facts,
-        erl_eval:new_bindings())),
-    Keep(DoorId, Evaluate("fun(Doc, Old, User, Sec) -> Check(Doc, Old, User, Sec, Facts) end.",
-        Bound))
-end."""
+    code:is_loaded(Module) =:= false andalso global:trans({{couchgw_guard, Module}, self()},
+        fun() -> code:is_loaded(Module) =:= false andalso Compile() end, [node()]),
+    Guard = Module:door(Facts),
+    Key = <<"couchgw-guard-", DoorId/binary>>,
+    case lists:keyfind(<<"door_id">>, 1, Facts) of
+        {_, DoorId} ->
+            case persistent_term:get(Key, undefined) of
+                undefined -> persistent_term:put(Key, Guard), Guard;
+                Kept -> Kept  % another process made it first: replacing a term costs a collection
+            end;
+        _ -> Guard
+    end
+end.
+"""
 
 
 def routes_of(targets: Mapping[str, ITarget]) -> dict[str, Any]:
@@ -149,33 +168,38 @@ def facts(targets: Mapping[str, ITarget] | None) -> dict[str, Any]:
     }
 
 
-def design_doc(targets: Mapping[str, ITarget] | None, engine: str = "javascript") -> Doc:
+def design_docs(targets: Mapping[str, ITarget] | None, engine: str = "javascript") -> list[Doc]:
     """
-    The door for these routes (None: not loaded yet: the check of couchgw's fields, priorities,
-    times and trace contexts alone), in the language of C{engine}.
+    The guard for these routes (None: not loaded yet: the check of couchgw's fields, priorities,
+    times and trace contexts alone), in the language of C{engine}: the documents to write, in
+    order, the door (L{DOOR_ID}) last.  In Erlang, the door's checks and facts come first, in a
+    design document of their own (L{FACTS_ID}).
     """
     known = facts(targets)
     if engine == "javascript":
         # the facts are read once, when CouchDB compiles the function
         text = json.dumps(_compact(known))
         function = _source("door.js").replace("FACTS_JSON", text, 1)
-        return {"_id": DOOR_ID, "language": "javascript", "validate_doc_update": function}
+        return [{"_id": DOOR_ID, "language": "javascript", "validate_doc_update": function}]
     if engine == "erlang":
         # Erlang's patterns end at the very end with \z ($ would pass a final newline)
         known["traceparent"] = "^" + TRACEPARENT.pattern.replace("\\Z", "\\z")
         checks = _source("door.erl")
         made = hashlib.sha256(f"{LOADER}\n{checks}".encode()).hexdigest()
         # (erl_eval:eval_str reads up to a full stop and a newline)
-        known.update(checks=checks, loader=f"{LOADER}\n", checks_id=f"{VERSION}-{made[:16]}")
-        door = hashlib.sha256(_compact(known).encode()).hexdigest()
-        known["door_id"] = f"{VERSION}-{door[:16]}"
-        entry = ENTRY.replace("VERSION", str(VERSION)).replace("DOOR", known["door_id"])
-        return {
-            "_id": DOOR_ID,
-            "language": "erlang",
-            "validate_doc_update": entry,
-            "couchgw": known,
-        }
+        known.update(checks=checks, loader=LOADER, checks_id=f"{VERSION}-{made[:16]}")
+        door_id = f"{VERSION}-{hashlib.sha256(_compact(known).encode()).hexdigest()[:16]}"
+        known["door_id"] = door_id
+        entry = ENTRY.replace("DOOR", door_id)
+        return [
+            {"_id": FACTS_ID, "couchgw": known},
+            {
+                "_id": DOOR_ID,
+                "language": "erlang",
+                "validate_doc_update": entry,
+                "couchgw": {"version": VERSION, "door_id": door_id, "boot": BOOT},
+            },
+        ]
     raise ValueError(f"the guard is written in {' or '.join(ENGINES)}, not {engine!r}")
 
 
@@ -185,7 +209,13 @@ def is_current(doc: Mapping[str, Any], engine: str | None = None) -> bool:
     the language of C{engine} (None: in either).
     """
     function = doc.get("validate_doc_update")
-    if not isinstance(function, str) or f"version {VERSION}." not in function:
+    if not isinstance(function, str):
+        return False
+    if engine_of(doc) == "erlang":
+        written = doc.get("couchgw")
+        if not isinstance(written, Mapping) or written.get("version") != VERSION:
+            return False
+    elif f"version {VERSION}." not in function:
         return False
     return engine is None or engine_of(doc) == engine
 
