@@ -207,7 +207,7 @@ class Tenant:
             if not self._design_when_needed or not supports_selector(self._welcome):
                 yield self.designed()
             info = yield self.db.info()  # (after: it counts couchgw's design documents)
-            guard = 1 if self.guards.installed else 0
+            guard = self.guards.documents()
             if not self._pushed and int(info.get("doc_count") or 0) - guard <= len(design.DOCS):
                 # (whether it holds documents besides couchgw's is known once they are there)
                 yield self.designed()
@@ -216,7 +216,7 @@ class Tenant:
             saved = yield reading
         self.claims.copies = copies(info)
         self.update_seq = info.get("update_seq")
-        ours = len(design.DOCS) + (1 if self.guards.installed else 0)
+        ours = len(design.DOCS) + self.guards.documents()
         self._documents = int(info.get("doc_count") or 0) - ours
         self._saved = saved
         self.checkpoint.resumed = False
