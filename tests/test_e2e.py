@@ -21,7 +21,16 @@ import jsonschema
 import pytest
 
 from couchgw.embedded import find_executable
-from tests.servers import ROOT, free_port, http, new_db_url, start_demo, stop, wait_until
+from tests.servers import (
+    COUCH_ENV,
+    ROOT,
+    free_port,
+    http,
+    new_db_url,
+    start_demo,
+    stop,
+    wait_until,
+)
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 TERMINAL = {"forwarded", "failed", "rejected", "cancelled"}
@@ -159,6 +168,55 @@ def test_burst_of_slow_calls(tmp_path: Path, gateways: Any) -> None:
         )
         assert set(calls) == set(ids)
         assert max(calls.values()) == 1
+    finally:
+        stop(demo)
+
+
+def test_a_backlog_is_read_in_turns(tmp_path: Path, gateways: Any) -> None:
+    """
+    While messages wait for their route, the feed of a CouchDB database is read in turns (its
+    state says so), then followed for ever again once none waits; each message is called once,
+    one written meanwhile too.  PouchDB Server's is followed for ever throughout.
+    """
+    wsdl, demo = start_demo(tmp_path / "demo.log", delay=0.1)
+    try:
+        db = new_db_url("turns")
+        gateway = gateways("--couch", db, "--target", wsdl, "--threads", "5")
+        gateway.wait_ready()
+        ids = [f"turn-{i:03d}" for i in range(100)]
+        docs = [
+            {"_id": i, "type": "message", "operation": "activate", "args": {"network": i}}
+            for i in ids
+        ]
+        docs = [{**doc, "args": {**doc["args"], "count": 1}} for doc in docs]
+        assert http("POST", f"{db}/_bulk_docs", {"docs": docs})[0] == 201
+        states: list[str] = []
+
+        def state() -> str:
+            states.append(http("GET", f"{gateway.api}/status")[1]["feed"]["state"])
+            return states[-1]
+
+        wait_until(lambda: state() != "connected" or len(states) > 40, 30, "the backlog read")
+        late = {**docs[0], "_id": "turn-late", "args": {"network": "turn-late", "count": 1}}
+        assert http("POST", db, late)[0] == 201
+        ids.append("turn-late")
+
+        def drained() -> bool:
+            state()
+            _, body = http("POST", f"{db}/_all_docs?include_docs=true", {"keys": ids})
+            return all((row.get("doc") or {}).get("status") in TERMINAL for row in body["rows"])
+
+        wait_until(drained, 60, f"{len(ids)} messages to finish")
+        wait_until(lambda: state() == "connected", 30, "the feed followed for ever again")
+        turns = "read in turns" in states
+        assert turns == bool(os.environ.get(COUCH_ENV)), sorted(set(states))
+        assert set(states) <= {"connected", "read in turns"}, sorted(set(states))
+        calls = Counter(
+            line.split("network=")[1].split()[0]
+            for line in (tmp_path / "demo.log").read_text().splitlines()
+            if "activate network=turn-" in line
+        )
+        assert set(calls) == set(ids) and max(calls.values()) == 1, calls
     finally:
         stop(demo)
 

@@ -23,6 +23,10 @@ from twisted.python.failure import Failure
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import BULK_STATUS, ServerError, error_for
 
+#: Seconds a write waits for others where it lingers: a database's claims and outcomes, while
+#: they come a few at a time (one of many databases) or while its feed is read in turns.
+LINGER = 0.01
+
 
 class BulkWriter:
     """

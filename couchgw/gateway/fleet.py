@@ -49,9 +49,6 @@ SECURITY = {
 REFUSED_AGAIN = 300.0
 #: Seconds before a database that could not be looked at (an error) is looked at again.
 FAILED_AGAIN = 30.0
-#: Seconds a claim or an outcome waits for others of its database to go in the same request
-#: (each database has a few at a time: without it, the first would go alone).
-LINGER = 0.01
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,9 @@ class Intake:
         self.max_bytes = max_bytes
         self.heartbeat = heartbeat
         self.feed: ChangesFeed | None = None
+        #: Called when messages of the database wait for their routes, or C{max_inflight} are
+        #: being handled, while its feed is followed for ever (None: the feed goes on).
+        self.on_backlog: Callable[[], None] | None = None
         #: Where the last feed of the database ended (None: none was read yet).
         self._read_to: Any = None
         #: Documents being handled, by id: each Deferred fires when its handling ends.
@@ -231,10 +234,20 @@ class Intake:
             return
         room = self.backlog.room
         waiting, share = room.of(self.name), room.home_share()
-        if len(self.active) >= self.max_inflight or waiting >= share:
+        full = len(self.active) >= self.max_inflight
+        if full or waiting >= share:
             self.feed.pause()
         elif self.feed.paused and len(self.active) < self.max_inflight and waiting < share // 2:
             self.feed.resume()
+        if (full or waiting) and self.feed.once is None and self.on_backlog is not None:
+            self.on_backlog()
+
+    def backlogged(self) -> bool:
+        """
+        Whether messages wait for their routes, or at least half of C{max_inflight} are
+        being handled.
+        """
+        return self.waiting() > 0 or len(self.active) >= max(1, self.max_inflight // 2)
 
     def has_room(self) -> bool:
         return self.running() and len(self.active) < self.max_inflight

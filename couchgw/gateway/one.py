@@ -3,6 +3,14 @@ A gateway that serves one database (C{--couch} names it): the database created i
 missing, followed for ever, swept every C{--sweep} seconds, its guard read again every
 C{--announce} seconds; the gateways that share it announce themselves in it and split its
 messages between them (L{couchgw.gateway.members}).
+
+Under a backlog (messages wait for room on their routes, or C{--max-inflight} are being
+handled) the gateway has work at hand, and what the feed brings is mostly its own claims and
+outcomes, each of which CouchDB reads and looks at: then (on CouchDB) the feed is read in turns,
+L{TURN} seconds apart, so that the writes of a message made meanwhile are looked at once,
+together, and the claims and outcomes wait L{LINGER} for others to go in the same
+C{_bulk_docs}.  Once none waits and fewer than half of C{--max-inflight} are being handled, the
+feed is followed for ever again, and each write goes at once.
 """
 
 from __future__ import annotations
@@ -10,11 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from couchgw.couch import design
+from couchgw.couch.batch import LINGER
 from couchgw.couch.client import Database
 from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
@@ -23,6 +32,13 @@ from couchgw.gateway.tenant import Settings, Shared, Tenant
 from couchgw.timing import Backoff, deadline
 
 log = Logger(namespace="couchgw.gateway")
+
+#: Seconds between two reads of the changes while messages wait for their routes.
+TURN = 2.0
+#: Seconds without a change after which a read in turns ends.
+ONCE = 0.05
+#: The states of a feed that follows the database as it should.
+FOLLOWED = ("connected", "read in turns")
 
 
 class OneDatabase:
@@ -64,6 +80,10 @@ class OneDatabase:
         self._loops: list[LoopingCall] = []
         self._starting: Deferred[None] | None = None
         self._following = False
+        #: The next read in turns (None: the feed is followed for ever, or a read is under way).
+        self._turn: IDelayedCall | None = None
+        #: Whether the changes are read in turns.
+        self.in_turns = False
 
     @property
     def error(self) -> str | None:
@@ -109,6 +129,8 @@ class OneDatabase:
         # asking would make CouchDB index a whole backlog while the gateway drains it
         self.tenant.follow(plan=self.tenant.followed_before())
         self._following = True
+        if self.tenant.reads_once():
+            self.tenant.intake.on_backlog = self._take_turns
         if first:
             self.shared.routes.load()
             # the feed brings every new message; the sweep's first look, for what came due
@@ -126,9 +148,46 @@ class OneDatabase:
             return
         log.warn("database {db} is gone; creating it again", db=self.db.url)
         self._following = False
+        self._follow_for_ever(follow=False)
         tenant.intake.unfollow()
         tenant.error = f"database {self.db.url} is missing"
         self._begin(first=False)
+
+    # -- reading in turns ----------------------------------------------------------------------
+
+    def _take_turns(self) -> None:
+        """A backlog: the feed followed for ever is read in turns."""
+        if not self._following or self.in_turns:
+            return
+        self.in_turns = True
+        self.tenant.writer.linger = (self.clock, LINGER)
+        self.tenant.intake.unfollow()
+        self._read()
+
+    def _read(self) -> None:
+        """Read what changed since, once."""
+        self._turn = None
+        if self._following and self.in_turns and self.shared.running():
+            self.tenant.follow(plan=False, once=ONCE, read=self._read_ended)
+
+    def _read_ended(self) -> None:
+        """A read in turns ended: the next in a turn while the backlog lasts, else for ever."""
+        if not self._following or not self.in_turns or not self.shared.running():
+            return
+        if self.tenant.intake.backlogged():
+            self._turn = self.clock.callLater(TURN, self._read)
+        else:
+            self._follow_for_ever()
+
+    def _follow_for_ever(self, follow: bool = True) -> None:
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
+        if self.in_turns:
+            self.in_turns = False
+            self.tenant.writer.linger = None
+            if follow:
+                self.tenant.follow(plan=False)
 
     def _guard(self) -> Deferred[Any] | None:
         """Install or remove the guard as the mode and the security object say (when working)."""
@@ -152,6 +211,7 @@ class OneDatabase:
         leaving = self.members.leave()  # the others take this gateway's messages over meanwhile
         if self._starting is not None:
             self._starting.cancel()
+        self._follow_for_ever(follow=False)
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -170,11 +230,18 @@ class OneDatabase:
             problems.append(f"CouchDB at {self.db.url} refuses the credentials: {self.db.refused}")
         else:
             problems += self.members.problems()
-        feed = describe_feed(self.tenant.intake.feed)
-        if feed["state"] != "connected":
+        feed = self._feed()
+        if feed["state"] not in FOLLOWED:
             error = feed["last_error"]
             problems.append(f"changes feed {feed['state']}" + (f": {error}" if error else ""))
         return problems
+
+    def _feed(self) -> dict[str, Any]:
+        """The feed's state (between two reads in turns: C{read in turns})."""
+        described = describe_feed(self.tenant.intake.feed)
+        if self.in_turns and self.tenant.intake.feed is None:
+            described["state"] = "read in turns"
+        return described
 
     def feed_lag(self, most: int = 10000) -> Deferred[int | None]:
         """Changes of the database after the last one the feed read (None without a feed)."""
@@ -198,7 +265,7 @@ class OneDatabase:
             "finished_here": dict(tenant.handling.counts),
             "in_flight": len(tenant.intake.active),
             "calls": len(tenant.claims.held),
-            "feed": describe_feed(tenant.intake.feed),
+            "feed": self._feed(),
             "checkpoint": tenant.describe()["checkpoint"],
             "members": self.members.describe(),
             "guards": tenant.guards.describe(),
@@ -211,7 +278,7 @@ class OneDatabase:
         return {
             "active": len(tenant.intake.active),
             "feed_reconnects": feed.reconnects if feed else 0,
-            "feed_connected": feed is not None and feed.state == "connected",
+            "feed_connected": self._feed()["state"] in FOLLOWED,
             "checkpoint_age": tenant.checkpoint.age(),
             "claims": dict(tenant.claims.answers),
             "gateways": len(self.members.others) + 1,

@@ -23,11 +23,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from couchgw.couch.batch import LINGER
 from couchgw.couch.client import Database
 from couchgw.gateway.announcements import gateway_id
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.dispatch import Dispatch
-from couchgw.gateway.fleet import LINGER, Fleet, FleetSettings
+from couchgw.gateway.fleet import Fleet, FleetSettings
 from couchgw.gateway.guards import ServerFacts
 from couchgw.gateway.one import OneDatabase
 from couchgw.gateway.outcomes import Policy

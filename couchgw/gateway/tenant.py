@@ -222,6 +222,10 @@ class Tenant:
         self.checkpoint.resumed = False
         self.error = None
 
+    def reads_once(self) -> bool:
+        """Whether the server ends a feed read once (CouchDB; known once prepared)."""
+        return self._welcome is not None and supports_selector(self._welcome)
+
     def followed_before(self) -> bool:
         """Whether a gateway followed the database before (its checkpoint was saved)."""
         return (self._saved or {}).get("seq") is not None
