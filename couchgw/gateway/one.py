@@ -33,7 +33,7 @@ from couchgw.timing import Backoff, deadline
 
 log = Logger(namespace="couchgw.gateway")
 
-#: Seconds between two reads of the changes while messages wait for their routes.
+#: Seconds between two reads of the changes under a backlog.
 TURN = 2.0
 #: Seconds without a change after which a read in turns ends.
 ONCE = 0.05
