@@ -8,13 +8,14 @@ from typing import Any, cast
 import pytest
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from couchgw.couch import engines
 from couchgw.couch.client import Database
-from couchgw.gateway.guards import Guards, unbound_writers
+from couchgw.gateway.guards import Guards, ServerFacts, unbound_writers
 from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
 
@@ -154,7 +155,8 @@ class AutoDecision(SynchronousTestCase):
     def wanted(self, security: dict[str, Any], anonymous_roles: list[str] | None) -> Any:
         agent = RequestTraversalAgent(_Couch(security, anonymous_roles))
         db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
-        d = Guards(db, {}, "auto", loaded=lambda: False)._wanted()
+        facts = ServerFacts(Clock(), ttl=0.0)
+        d = Guards(db, {}, "auto", loaded=lambda: False, facts=facts)._wanted()
         agent.flush()
         return self.successResultOf(d)
 
@@ -184,10 +186,6 @@ class SharedFacts(SynchronousTestCase):
     """The server's facts that decide every database's guard: read once a minute, for all."""
 
     def test_one_read_of_the_session_for_many_databases(self) -> None:
-        from twisted.internet.task import Clock
-
-        from couchgw.gateway.guards import ServerFacts
-
         asked: list[bytes] = []
 
         class Counting(_Couch):

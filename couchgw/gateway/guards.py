@@ -65,7 +65,8 @@ class ServerFacts:
     """
     What decides the guards of every database of one server: whether it runs without
     authentication (its anonymous session) and which engines its nodes run.  Read at most every
-    C{ttl} seconds, whatever the number of databases (a read under way is shared).
+    C{ttl} seconds, whatever the number of databases (a read under way is shared); with a
+    C{ttl} of 0, at each ask (one database served: its guard follows the server at each look).
     """
 
     def __init__(self, clock: IReactorTime, ttl: float = 60.0) -> None:
@@ -105,8 +106,7 @@ class Guards:
     """
     @param mode: C{auto}, C{on} or C{off} (see the module).
     @param loaded: whether every route has loaded (the door then checks routes too).
-    @param facts: the server's facts, shared with the other databases served (None: read them
-        at each look).
+    @param facts: the server's facts (shared with the other databases served).
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class Guards:
         mode: str,
         *,
         loaded: Callable[[], bool],
-        facts: ServerFacts | None = None,
+        facts: ServerFacts,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"guards must be one of {', '.join(MODES)}, not {mode!r}")
@@ -164,9 +164,7 @@ class Guards:
         wanted, reason = yield self._wanted()
         language, engine, engine_reason = None, None, ""
         if wanted:
-            server = yield (
-                engines.read(self.db) if self._facts is None else self._facts.engines(self.db)
-            )
+            server = yield self._facts.engines(self.db)
             language = "erlang" if server.erlang else "javascript"
             engine = "erlang" if server.erlang else server.javascript or "javascript"
             engine_reason = server.why
@@ -209,9 +207,7 @@ class Guards:
         if self.mode == "off":
             return False, "--guards off"
         try:
-            session = yield (
-                _anonymous_session(self.db) if self._facts is None else self._facts.session(self.db)
-            )
+            session = yield self._facts.session(self.db)
         except Exception as e:
             return True, f"CouchDB's session cannot be read ({describe_error(e)})"
         roles = (session.get("userCtx") or {}).get("roles") or []

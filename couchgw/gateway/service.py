@@ -139,7 +139,7 @@ class Gateway(Service):
             self.metrics,
             callbacks,
             self._running,
-            facts=ServerFacts(clock) if fleet is not None else None,
+            facts=ServerFacts(clock, ttl=60.0 if fleet is not None else 0.0),
         )
         settings = Settings(
             self.id,

@@ -51,11 +51,10 @@ class Shared:
     metrics: Metrics
     callbacks: Callbacks | None
     running: Callable[[], bool]
+    #: What decides the guards of every database of the server.
+    facts: ServerFacts
     #: Messages brought to a final status here, by status (all databases).
     finished: Counter[str] = field(default_factory=Counter)
-    #: What decides the guards of every database of the server (None: read by each at each
-    #: look; one database served).
-    facts: ServerFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,8 @@ class Tenant:
             if not self._design_when_needed or not supports_selector(self._welcome):
                 yield self.designed()
             info = yield self.db.info()  # (after: it counts couchgw's design documents)
-            guard = self.guards.documents()
-            if not self._pushed and int(info.get("doc_count") or 0) - guard <= len(design.DOCS):
+            ours = len(design.DOCS) + self.guards.documents()
+            if not self._pushed and int(info.get("doc_count") or 0) <= ours:
                 # (whether it holds documents besides couchgw's is known once they are there)
                 yield self.designed()
                 info = yield self.db.info()
@@ -216,7 +215,6 @@ class Tenant:
             saved = yield reading
         self.claims.copies = copies(info)
         self.update_seq = info.get("update_seq")
-        ours = len(design.DOCS) + self.guards.documents()
         self._documents = int(info.get("doc_count") or 0) - ours
         self._saved = saved
         self.checkpoint.resumed = False
