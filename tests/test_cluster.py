@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, _SynchronousProducer
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
@@ -288,29 +287,13 @@ class CountingAgent:
 class ClusterLike(Database):
     """
     A database that behaves as a 3-copy cluster racing through other nodes: it reports
-    three nodes and C{cluster.n = 3}, and a claim write (C{w}) goes in as a replicated revision
+    C{cluster.n = 3}, and a claim write (C{w}) goes in as a replicated revision
     (C{new_edits: false}), so that two claims on the same parent both get in, as on a cluster
     whose nodes each took one; it answers 202.
     """
 
     def info(self) -> Deferred[Doc]:
         return super().info().addCallback(lambda info: {**info, "cluster": {"n": 3}})
-
-    def probe(self) -> Database:
-        return self
-
-    def json(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Deferred[Any]:
-        if path == "/_membership":
-            nodes = [f"couchdb@node{i}" for i in range(3)]
-            return succeed({"all_nodes": nodes, "cluster_nodes": nodes})
-        return super().json(method, path, body, params, timeout)
 
     @inlineCallbacks
     def write(self, doc: Doc, **params: Any) -> Any:

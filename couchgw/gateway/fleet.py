@@ -333,21 +333,20 @@ class Fleet:
         try:
             if tenant.followed_before():
                 yield tenant.intake.sweep()
-            else:
-                # never followed: its feed from its start brings its messages; its checkpoint
-                # is saved first, so that a gateway that takes it over sweeps it for the claims
-                # of this one
+            elif tenant.holds_documents():
+                # never followed: its feed from its start brings its messages (no view to
+                # build, no sweep); its checkpoint is saved first, so that a gateway that takes
+                # it over sweeps it for the claims of this one
                 try:
-                    yield tenant.begin_checkpoint()
-                except NotFound:
-                    self._gone(tenant.name)
-                    return
+                    yield tenant.begin_checkpoint(at_start=True)
                 except Exception as e:
                     why = f"its checkpoint cannot be saved ({describe_error(e)})"
                     self._hold_off(tenant, FAILED_AGAIN, why)
                     return
                 self.wake(tenant)
                 return
+            else:
+                yield tenant.begin_checkpoint()
         except Exception as e:
             log.warn("cannot look at {db}: {error}", db=tenant.name, error=describe_error(e))
         if self.tenants.get(tenant.name) is not tenant:

@@ -22,14 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from couchgw.couch import design
+from couchgw.couch import design, engines
 from couchgw.couch.client import Database, Doc
-from couchgw.couch.errors import Conflict, NotFound
+from couchgw.couch.errors import Conflict, NotFound, Unauthorized
 from couchgw.errors import describe_error
-from couchgw.gateway.facts import ServerFacts
 from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
 
@@ -58,6 +59,47 @@ def unbound_writers(security: Mapping[str, Any]) -> list[str]:
     return [n for n in names if n not in admin_names] + [
         f"role {r}" for r in roles if r not in admin_roles
     ]
+
+
+class ServerFacts:
+    """
+    What decides the guards of every database of one server: whether it runs without
+    authentication (its anonymous session) and which engines its nodes run.  Read at most every
+    C{ttl} seconds, whatever the number of databases (a read under way is shared); with a
+    C{ttl} of 0, at each ask (one database served: its guard follows the server at each look).
+    """
+
+    def __init__(self, clock: IReactorTime, ttl: float = 60.0) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self._known: dict[str, tuple[float, Any]] = {}
+        self._reading: dict[str, list[Deferred[Any]]] = {}
+
+    def session(self, db: Database) -> Deferred[Doc]:
+        """The server's answer to C{GET /_session} without credentials."""
+        return self._read("session", lambda: _anonymous_session(db))
+
+    def engines(self, db: Database) -> Deferred[engines.Engines]:
+        return self._read("engines", lambda: engines.read(db))
+
+    def _read(self, what: str, read: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        known = self._known.get(what)
+        if known is not None and self.clock.seconds() < known[0]:
+            return succeed(known[1])
+        waiting: Deferred[Any] = Deferred()
+        reading = self._reading.get(what)
+        if reading is not None:
+            reading.append(waiting)
+        else:
+            self._reading[what] = [waiting]
+            read().addBoth(self._answered, what)  # (it may answer at once)
+        return waiting
+
+    def _answered(self, answer: Any, what: str) -> None:
+        if not isinstance(answer, Failure):
+            self._known[what] = (self.clock.seconds() + self.ttl, answer)
+        for waiting in self._reading.pop(what):
+            waiting.callback(answer)  # (a failure is each one's own)
 
 
 class Guards:
@@ -103,6 +145,12 @@ class Guards:
             "engine": self.engine,
             "engine_why": self.engine_reason,
         }
+
+    def documents(self) -> int:
+        """How many design documents the guard installed (none where it is not installed)."""
+        if not self.installed or self.language is None:
+            return 0
+        return len(door.DOCUMENTS[self.language])
 
     def refresh(self) -> Deferred[Any]:
         """
@@ -210,6 +258,15 @@ class Guards:
         except NotFound:
             return None
         return found
+
+
+@inlineCallbacks
+def _anonymous_session(db: Database) -> Any:
+    try:
+        session = yield db.anonymous().json("GET", "/_session")
+    except Unauthorized:
+        session = {}  # CouchDB asks every request for credentials (require_valid_user)
+    return session
 
 
 def _runs(engine: str | None) -> str:

@@ -110,6 +110,10 @@ class Tenant:
         #: The server's welcome and the checkpoint read when the database was last opened.
         self._welcome: Doc | None = None
         self._saved: Doc | None = None
+        #: The database's sequence when it was last opened, and how many documents it held
+        #: besides couchgw's own.
+        self.update_seq: Any = None
+        self._documents = 0
         #: Claims and outcomes go out through it, gathered into C{_bulk_docs} under load.
         self.writer = BulkWriter(
             db,
@@ -201,11 +205,17 @@ class Tenant:
             # (a server without selectors filters the feed with them)
             if not self._design_when_needed or not supports_selector(self._welcome):
                 yield self.designed()
-            nodes = yield self.shared.facts.nodes(self.db)
-            # (on a server of one node, each document is kept once whatever the database says)
-            self.claims.copies = 1 if nodes == 1 else copies((yield self.db.info()))
+            info = yield self.db.info()  # (after: it counts couchgw's design documents)
+            ours = len(design.DOCS) + self.guards.documents()
+            if not self._pushed and int(info.get("doc_count") or 0) <= ours:
+                # (whether it holds documents besides couchgw's is known once they are there)
+                yield self.designed()
+                info = yield self.db.info()
         finally:
             saved = yield reading
+        self.claims.copies = copies(info)
+        self.update_seq = info.get("update_seq")
+        self._documents = int(info.get("doc_count") or 0) - ours
         self._saved = saved
         self.checkpoint.resumed = False
         self.error = None
@@ -218,16 +228,22 @@ class Tenant:
         """Whether a gateway followed the database before (its checkpoint was saved)."""
         return (self._saved or {}).get("seq") is not None
 
+    def holds_documents(self) -> bool:
+        """Whether the database held documents besides couchgw's when it was opened."""
+        return self._documents > 0
+
     @inlineCallbacks
-    def begin_checkpoint(self) -> Any:
+    def begin_checkpoint(self, at_start: bool = False) -> Any:
         """
-        A database never followed begins its checkpoint at its start (its feed brings what was
-        written before: no view to build, no sweep).  Saved before anything of it is claimed: a
-        gateway that takes it over knows that claims may be there (it sweeps it).
+        A database never followed begins its checkpoint at the sequence read when it was
+        opened (its sweep, which comes after, finds whatever was written before), or, with
+        C{at_start}, at its start (its feed brings what was written before).  Saved before
+        anything of it is claimed: a gateway that takes it over knows that claims may be there
+        (it sweeps it).
         """
         if self.checkpoint.resumed or (self._saved or {}).get("seq") is not None:
             return
-        self.checkpoint.resume({**(self._saved or {}), "seq": 0})
+        self.checkpoint.resume({**(self._saved or {}), "seq": 0 if at_start else self.update_seq})
         yield self.checkpoint.save(force=True)
         self._saved = {**(self._saved or {}), "seq": self.checkpoint.current.seq}
 

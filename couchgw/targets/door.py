@@ -37,6 +37,8 @@ ENGINES = ("javascript", "erlang")
 #: Where the Erlang guard's checks and facts are kept: a design document of their own, which no
 #: validate function reads at each write.
 FACTS_ID = "_design/couchgw-guard"
+#: The design documents of the guard in each language, in the order they are written.
+DOCUMENTS = {"javascript": (DOOR_ID,), "erlang": (FACTS_ID, DOOR_ID)}
 
 #: The guard's validate function in Erlang.  CouchDB's native query server reads (scans, parses,
 #: evaluates) a design function again for every write, and hashes its whole design document, so
