@@ -1,7 +1,7 @@
 """
-What each kind of request a served database costs CouchDB: its CPU (of the server's processes,
-read from /proc: run it on the server's machine) per database, over many small databases, each
-request made once in each, eight at a time.
+What each kind of request a served database costs CouchDB: the CPU of the server's process and
+its children (read from /proc: run it on the server's machine) per database, over many small
+databases, each request made once in each, eight at a time.
 
     .venv/bin/python bench/requests.py --couch http://admin:admin@127.0.0.1:15984
     .venv/bin/python bench/requests.py --couch URL --databases 300 --q 1
@@ -12,31 +12,22 @@ The databases it makes are deleted at the end, also when it fails or is interrup
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.leftovers import Leftovers  # noqa: E402
+from bench.suite import listening_pid, process_tree_cpu  # noqa: E402
 from bench.tenants import in_parallel  # noqa: E402
 from couchgw.couch.design import NEW_SELECTOR  # noqa: E402
 from tests.servers import http  # noqa: E402
-
-
-def server_cpu() -> float:
-    """Seconds of CPU the machine's CouchDB processes (beam.smp) spent so far."""
-    pids = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True).stdout
-    total = 0.0
-    for pid in pids.split():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / 100
-    return total
 
 
 def main() -> None:
@@ -46,6 +37,9 @@ def main() -> None:
     parser.add_argument("--q", type=int, default=None, help="shards of each database")
     options = parser.parse_args()
     couch = options.couch.rstrip("/")
+    server = listening_pid(urlsplit(couch).port or 5984)
+    if server is None:
+        parser.error("the server must run on this machine (its CPU is read from /proc)")
     made = Leftovers()
     suffix = uuid.uuid4().hex[:8]
     names = [f"{couch}/requests{i:04d}-{suffix}" for i in range(options.databases)]
@@ -84,9 +78,9 @@ def main() -> None:
         print(f"{options.databases} databases, q = {options.q or 'the server default'}")
         for round_ in range(2):
             for label, request in kinds:
-                before, started = server_cpu(), time.monotonic()
+                before, started = process_tree_cpu(server), time.monotonic()
                 in_parallel(names, lambda db, r=request, n=round_: r(db, n), threads=8)
-                cpu = (server_cpu() - before) / len(names) * 1000
+                cpu = (process_tree_cpu(server) - before) / len(names) * 1000
                 wall = (time.monotonic() - started) / len(names) * 1000
                 print(f"{label:45} {cpu:6.2f} ms of CPU per database  ({wall:5.2f} ms wall)")
     finally:
