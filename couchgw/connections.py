@@ -1,6 +1,7 @@
 """
 HTTP connections out of couchgw (to CouchDB, HTTP targets, callbacks): kept-alive pools, agents
-that verify HTTPS, and credentials taken out of URLs so that they never reach a log.
+that verify HTTPS, request bodies sent at once, and credentials taken out of URLs so that they
+never reach a log.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import (
     URI,
@@ -29,7 +31,7 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 USER_ENV = "COUCHGW_COUCH_USER"
@@ -98,6 +100,28 @@ def connection_pool(reactor: Any, size: int = 20) -> HTTPConnectionPool:
     pool.maxPersistentPerHost = size
     pool._factory = _QuietFactory  # type: ignore[attr-defined]
     return pool
+
+
+@implementer(IBodyProducer)
+class Body:
+    """A request body that is all there at once (written as the request goes out)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class PoolCloser(Service):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import inlineCallbacks
 
 from couchgw import checks
@@ -282,7 +284,7 @@ class BadInput(GatewayTestCase):
     @inlineCallbacks
     def put_raw(self, doc_id: str, body: bytes) -> Any:
         """PUT bytes as they are (the server decides what it keeps); answers the status."""
-        response = yield self.db._http.put(
+        response = yield HTTPClient(self.db._agent).put(
             f"{self.db.url}/{doc_path(doc_id)}",
             data=body,
             headers={"Content-Type": "application/json"},
@@ -295,7 +297,7 @@ class BadInput(GatewayTestCase):
     def raw(self, doc_id: str) -> Any:
         """A document's JSON text, for one too deep to decode."""
         response = yield self.db.request("GET", doc_path(doc_id))
-        body = yield response.content()
+        body = yield treq.content(response)
         return body
 
     @inlineCallbacks

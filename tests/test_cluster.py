@@ -14,8 +14,7 @@ import json
 import uuid
 from typing import Any
 
-from treq.client import HTTPClient
-from treq.testing import RequestTraversalAgent, _SynchronousProducer
+from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
@@ -80,8 +79,7 @@ class ClaimDecision(SynchronousTestCase):
         clock = Clock()
         clock.advance(NOW)
         agent = RequestTraversalAgent(couch)
-        client = HTTPClient(agent, data_to_body_producer=_SynchronousProducer)
-        db = Database("http://couch/db", agent, client=client)
+        db = Database("http://couch/db", agent)
         gateway = Gateway(db, {}, clock, gateway="me", settle=0.5)
         gateway.claims.copies = n
         doc = {"_id": "m", "_rev": "1-a", "type": "message", "operation": "ping"}

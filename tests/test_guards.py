@@ -6,7 +6,6 @@ import json
 from typing import Any, cast
 
 import pytest
-from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -154,7 +153,7 @@ class AutoDecision(SynchronousTestCase):
 
     def wanted(self, security: dict[str, Any], anonymous_roles: list[str] | None) -> Any:
         agent = RequestTraversalAgent(_Couch(security, anonymous_roles))
-        db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
+        db = Database("http://admin:pw@couch/db", agent)
         facts = ServerFacts(Clock(), ttl=0.0)
         d = Guards(db, {}, "auto", loaded=lambda: False, facts=facts)._wanted()
         agent.flush()
@@ -195,7 +194,7 @@ class SharedFacts(SynchronousTestCase):
 
         couch = Counting({"admins": {"roles": ["_admin"]}, "members": {"roles": ["_admin"]}}, [])
         agent = RequestTraversalAgent(couch)
-        db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
+        db = Database("http://admin:pw@couch/db", agent)
         clock = Clock()
         facts = ServerFacts(clock, ttl=60.0)
 
@@ -258,7 +257,7 @@ class EngineReading(SynchronousTestCase):
 
     def read(self, server: _Server) -> engines.Engines:
         agent = RequestTraversalAgent(server)
-        db = Database("http://admin:pw@couch/db", agent, client=HTTPClient(agent))
+        db = Database("http://admin:pw@couch/db", agent)
         d = engines.read(db)
         agent.flush()
         found: engines.Engines = self.successResultOf(d)

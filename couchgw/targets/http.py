@@ -21,10 +21,8 @@ from twisted.internet.defer import (
     Deferred,
     TimeoutError,
     inlineCallbacks,
-    succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.client import (
@@ -33,10 +31,17 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from couchgw.connections import PoolCloser, agent, basic_auth, connection_pool, split_credentials
+from couchgw.connections import (
+    Body,
+    PoolCloser,
+    agent,
+    basic_auth,
+    connection_pool,
+    split_credentials,
+)
 from couchgw.errors import describe_error
 from couchgw.targets.interfaces import (
     OUTAGE_STATUSES,
@@ -122,8 +127,10 @@ class HttpTarget(BaseTarget):
         endpoint = HostnameEndpoint(
             self._reactor, url.hostname or "", port, timeout=min(self.timeout, 10)
         )
+        factory = Factory.forProtocol(Protocol)
+        factory.noisy = False  # (no "Starting factory" line at each try)
         try:
-            protocol = yield endpoint.connect(Factory.forProtocol(Protocol))
+            protocol = yield endpoint.connect(factory)
         except Exception as e:
             self.state = "unavailable"
             self.error = f"{url.hostname}:{port} does not accept connections: {describe_error(e)}"
@@ -177,7 +184,7 @@ class HttpTarget(BaseTarget):
         try:
             # straight through the agent: a target's redirect is its answer (a POST is not sent
             # again elsewhere), and its body is read once, by collect below
-            response = yield self._agent.request(b"POST", url, headers, _Body(body))
+            response = yield self._agent.request(b"POST", url, headers, Body(body))
             chunks: list[bytes] = []
 
             def collect(data: bytes) -> None:
@@ -204,28 +211,6 @@ class HttpTarget(BaseTarget):
                     f"the target answered HTTP {code} with something that is not JSON: {raw[:80]!r}"
                 ) from None
         raise error_for_status(code, f"the target answered HTTP {code}" + _detail(raw))
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """A request body that is all there at once."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _discard(data: bytes) -> None:
