@@ -5,6 +5,7 @@ databases, each request made once in each, eight at a time.
 
     .venv/bin/python bench/requests.py --couch http://admin:admin@127.0.0.1:15984
     .venv/bin/python bench/requests.py --couch URL --databases 300 --q 1
+    .venv/bin/python bench/requests.py --couch URL --databases 1000 --least   # only the least
 
 Then the least a gateway must ask of CouchDB to forward a message, and what that costs per
 message in databases of 10 and in one database of them all: one read of the new messages (the
@@ -33,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.leftovers import Leftovers  # noqa: E402
-from bench.suite import listening_pid, process_tree_cpu  # noqa: E402
+from bench.suite import addressed, listening_pid, process_tree_cpu  # noqa: E402
 from bench.tenants import in_parallel  # noqa: E402
-from couchgw.connections import basic_auth, split_credentials  # noqa: E402
 from couchgw.couch.design import NEW_SELECTOR  # noqa: E402
 from tests.servers import http  # noqa: E402
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--databases", type=int, default=300)
     parser.add_argument("--q", type=int, default=None, help="shards of each database")
     parser.add_argument("--least", action="store_true", help="only the least a gateway asks")
+    parser.add_argument("--page", type=int, default=100, help="its page in one database")
     options = parser.parse_args()
     couch = options.couch.rstrip("/")
     server = listening_pid(urlsplit(couch).port or 5984)
@@ -106,12 +107,8 @@ class KeptAlive:
     """Blocking JSON requests over one kept-alive connection per thread."""
 
     def __init__(self, couch: str) -> None:
-        clean, auth = split_credentials(couch, {})
-        parts = urlsplit(clean)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5984
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth is not None:
-            self.headers["Authorization"] = basic_auth(*auth)
+        self.host, self.port, self.headers = addressed(couch)
+        self.headers["Accept"] = "application/json"
         self.local = threading.local()
 
     def __call__(self, method: str, path: str, body: Any = None, missing: bool = False) -> Any:

@@ -92,6 +92,16 @@ def in_threads(threads: int, work: Any) -> float:
     return time.monotonic() - started
 
 
+def addressed(couch: str) -> tuple[str, int, dict[str, str]]:
+    """A server's host and port, and the headers of a JSON request with its URL's credentials."""
+    clean, auth = split_credentials(couch)
+    parts = urlsplit(clean)
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = basic_auth(*auth)
+    return parts.hostname or "127.0.0.1", parts.port or 5984, headers
+
+
 def single_posts(run: Run, db: str, docs: int, connections: int) -> float:
     """Documents per second written one POST at a time over kept-alive connections."""
     per = docs // connections
@@ -253,12 +263,7 @@ class Run:
             self.pouchdb = processes.couch(folder, port, on_disk=False)
         #: The server's URL, with its credentials (requests take them from it).
         self.couch = couch.rstrip("/")
-        clean, auth = split_credentials(self.couch)
-        parts = urlsplit(clean)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5984
-        self.headers = {"Content-Type": "application/json"}
-        if auth is not None:
-            self.headers["Authorization"] = basic_auth(*auth)
+        self.host, self.port, self.headers = addressed(self.couch)
         self.suffix = uuid.uuid4().hex[:6]
         self.demo = demo
         self.wsdl = f"http://127.0.0.1:{self.demo_port}/?wsdl"
