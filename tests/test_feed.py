@@ -284,3 +284,38 @@ def test_a_feed_read_once_that_fails_is_read_again() -> None:
     feed.start()
     db.requests[-1][2].errback(ConnectionRefusedError("refused"))
     assert_reconnects(db, clock)
+
+
+def test_a_database_read_in_turns_is_followed_all_along() -> None:
+    """
+    Between reads in turns, while a read makes its first connection, and while the feed
+    followed for ever again makes its first: C{read in turns} (no problem); a feed that failed
+    says so, and a new feed of a database connecting for the first time is C{connecting}.
+    """
+    from types import SimpleNamespace
+
+    from couchgw.gateway.one import OneDatabase
+
+    def state(feed: ChangesFeed | None, in_turns: bool, resumed: ChangesFeed | None = None) -> str:
+        one = SimpleNamespace(
+            tenant=SimpleNamespace(intake=SimpleNamespace(feed=feed)),
+            in_turns=in_turns,
+            _resumed=resumed,
+        )
+        return str(OneDatabase._feed(one)["state"])  # type: ignore[arg-type]
+
+    read, db, clock, _ = make_feed(once=1.0)
+    assert state(None, in_turns=True) == "read in turns"
+    read.start()
+    assert state(read, in_turns=True) == "read in turns"
+    db.requests[-1][2].errback(Failure(ConnectionRefusedError("refused")))
+    assert state(read, in_turns=True) == "waiting"
+    clock.advance(1.01)
+    assert read.state == "connecting" and state(read, in_turns=True) == "connecting"
+
+    again, db, clock, _ = make_feed()
+    again.start()
+    assert state(again, in_turns=False, resumed=again) == "read in turns"
+    assert state(again, in_turns=False) == "connecting"
+    connect(db)
+    assert state(again, in_turns=False, resumed=again) == "connected"

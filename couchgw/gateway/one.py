@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from couchgw.couch import design
 from couchgw.couch.batch import LINGER
 from couchgw.couch.client import Database
+from couchgw.couch.feed import ChangesFeed
 from couchgw.couch.feed import describe as describe_feed
 from couchgw.errors import describe_error, log_error
 from couchgw.gateway.members import Members
@@ -84,6 +85,8 @@ class OneDatabase:
         self._turn: IDelayedCall | None = None
         #: Whether the changes are read in turns.
         self.in_turns = False
+        #: The feed followed for ever again after reads in turns (until it is replaced).
+        self._resumed: ChangesFeed | None = None
 
     @property
     def error(self) -> str | None:
@@ -188,6 +191,7 @@ class OneDatabase:
             self.tenant.writer.linger = None
             if follow:
                 self.tenant.follow(plan=False)
+                self._resumed = self.tenant.intake.feed
 
     def _guard(self) -> Deferred[Any] | None:
         """Install or remove the guard as the mode and the security object say (when working)."""
@@ -237,9 +241,15 @@ class OneDatabase:
         return problems
 
     def _feed(self) -> dict[str, Any]:
-        """The feed's state (between two reads in turns: C{read in turns})."""
-        described = describe_feed(self.tenant.intake.feed)
-        if self.in_turns and self.tenant.intake.feed is None:
+        """
+        The feed's state: C{read in turns} between two reads in turns, and while a read in turns
+        or the feed followed for ever again after them makes its first connection (no problem:
+        the database was followed all along; a read that fails says so).
+        """
+        feed = self.tenant.intake.feed
+        described = describe_feed(feed)
+        first = feed is not None and feed.state == "connecting" and not feed.reconnects
+        if (self.in_turns and (feed is None or first)) or (first and feed is self._resumed):
             described["state"] = "read in turns"
         return described
 
