@@ -62,8 +62,9 @@ from bench.backlog import drain, write_backlog  # noqa: E402
 from bench.leftovers import Leftovers  # noqa: E402
 from bench.tenants import in_parallel  # noqa: E402
 from couchgw.connections import basic_auth, split_credentials  # noqa: E402
-from couchgw.couch import design  # noqa: E402
+from couchgw.couch import capacity, design  # noqa: E402
 from couchgw.couch.client import Doc  # noqa: E402
+from couchgw.couch.engines import node_names, node_path  # noqa: E402
 from couchgw.targets import door  # noqa: E402
 from tests.servers import engines_of, free_port, http  # noqa: E402
 
@@ -274,6 +275,8 @@ class Run:
         #: The databases made, deleted when the run stops (L{stop}).
         self.made = Leftovers()
         self._engines: Any = None
+        #: Each node's C{max_dbs_open} before L{keep_open} raised it (None: not set).
+        self._limits: dict[str, Any] = {}
 
     def database(self, name: str, server: str | None = None) -> str:
         """A new database (named for this run, so that an external server keeps others apart)."""
@@ -289,6 +292,38 @@ class Run:
         """What runs the guard here: C{erlang}, C{spidermonkey}, C{quickjs} or C{javascript}."""
         server = self.engines()
         return "erlang" if server.erlang else server.javascript or "javascript"
+
+    def keep_open(self, databases: int) -> int | None:
+        """
+        Raise each node's C{[couchdb] max_dbs_open} where the files of C{databases} databases
+        would not all stay open (L{couchgw.couch.capacity}; operations.md advises it), until the
+        run stops.  The limit the run has (None: not Apache CouchDB).
+        """
+        if self.pouchdb is not None:
+            return None
+        nodes = node_names(http("GET", f"{self.couch}/_membership")[1])
+        _, cluster = http("GET", f"{self.couch}{node_path(nodes[0])}/_config/cluster")
+        limits = {}
+        for node in nodes:
+            status, value = http("GET", self._limit_url(node))
+            limits[node] = value if status == 200 else None
+        files = capacity.OpenFiles(
+            min(int(v or capacity.MAX_DBS_OPEN) for v in limits.values()),
+            nodes[0],
+            q=int(cluster.get("q", capacity.Q)),
+            n=int(cluster.get("n", capacity.N)),
+            nodes=len(nodes),
+        )
+        enough = files.enough(databases)
+        if files.advice(databases) is None:
+            return files.most
+        for node, before in limits.items():
+            self._limits.setdefault(node, before)
+            http("PUT", self._limit_url(node), str(enough))
+        return enough
+
+    def _limit_url(self, node: str) -> str:
+        return f"{self.couch}{node_path(node)}/_config/couchdb/max_dbs_open"
 
     def path(self, db: str) -> str:
         return urlsplit(db).path
@@ -359,6 +394,9 @@ class Run:
         self.stop_gateways()
         if self.pouchdb is None:  # (PouchDB Server's are in its memory, gone as it stops)
             self.made.remove()
+        for node, before in self._limits.items():  # (as it was before L{keep_open})
+            http("DELETE" if before is None else "PUT", self._limit_url(node), before)
+        self._limits.clear()
         if self.pouchdb is not None:
             self.pouchdb.stop()
 
@@ -705,6 +743,10 @@ def measure(run: Run, figures: dict[str, Any], options: argparse.Namespace, bega
             (options.messages, options.databases),
         )
     )
+    if 8 in options.only and not options.as_configured:  # (the whole run: (8) against (2))
+        limit = run.keep_open(options.databases)
+        if limit is not None:
+            figures["the server's max_dbs_open (set for the run)"] = limit
     for title, step, args in steps:
         if int(title.split(".")[0]) not in options.only:
             continue
@@ -737,6 +779,12 @@ def main() -> int:
         "--cluster",
         help="the nodes of a CouchDB cluster, comma-separated URLs with an admin's credentials: "
         "(7) is measured there too (with --couch), gateway i talking to node i",
+    )
+    parser.add_argument(
+        "--as-configured",
+        action="store_true",
+        help="leave the server's max_dbs_open as it is (else raised for the run where the "
+        "databases of (8) would not stay open, as operations.md advises)",
     )
     options = parser.parse_args()
     with Leftovers():  # SIGTERM ends the run as Ctrl-C does: each run's databases are deleted

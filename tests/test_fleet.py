@@ -22,7 +22,7 @@ from couchgw.gateway import Gateway, Policy
 from couchgw.gateway.fleet import COORDINATION, FleetSettings
 from couchgw.targets.soap import SoapTarget
 from couchgw.timing import iso
-from tests.servers import couch_url, is_pouchdb
+from tests.servers import couch_url, http, is_pouchdb
 from tests.test_gateway import GatewayTestCase
 
 
@@ -142,6 +142,16 @@ class Serving(FleetTestCase):
         self.assertEqual(status["finished_here"], {"forwarded": 7})
         hidden = yield gateway.status(names=False)
         self.assertNotIn(before.name, str(hidden))
+        # whether the server keeps the databases' files open: read where an admin may
+        yield self.wait_for(lambda: fleet.open_files.files is not None, 30, "the server's limit")
+        open_files = (yield gateway.status())["databases"]["open_files"]
+        if is_pouchdb():
+            self.assertIsNone(open_files)
+        else:
+            node = http("GET", f"{couch_url()}/_membership")[1]["all_nodes"][0]
+            status, limit = http("GET", f"{couch_url()}/_node/{node}/_config/couchdb/max_dbs_open")
+            self.assertEqual(open_files["max_dbs_open"], int(limit) if status == 200 else 500)
+            self.assertEqual(open_files["advice"], None)
 
     @inlineCallbacks
     def test_more_databases_than_feeds_take_turns(self) -> Any:

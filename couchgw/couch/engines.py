@@ -98,6 +98,18 @@ def _at_least(release: str | None, major: int) -> bool:
         return False
 
 
+def node_names(membership: Mapping[str, Any]) -> list[str]:
+    """The nodes a server names in its answer to C{GET /_membership}."""
+    return sorted(
+        {str(n) for key in ("all_nodes", "cluster_nodes") for n in membership.get(key) or []}
+    )
+
+
+def node_path(name: str) -> str:
+    """A node's own API (C{/_node/<name>})."""
+    return f"/_node/{quote(name, safe='@')}"
+
+
 @inlineCallbacks
 def read(db: Database) -> Any:
     """The L{Engines} of C{db}'s server (a L{Deferred}); never fails: JavaScript when unsure."""
@@ -119,14 +131,12 @@ def read(db: Database) -> Any:
         )
     except Exception as e:
         return Engines(False, None, f"the server's nodes cannot be read ({describe_error(e)})")
-    names = sorted(
-        {str(n) for key in ("all_nodes", "cluster_nodes") for n in membership.get(key) or []}
-    )
+    names = node_names(membership)
     nodes: dict[str, Mapping[str, Any] | str] = {}
     otp: dict[str, str | None] = {}
     engines: set[str] = set()
     for name in names:
-        node = f"/_node/{quote(name, safe='@')}"
+        node = node_path(name)
         try:
             section = yield db.json("GET", f"{node}/_config/native_query_servers")
         except Exception as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from couchgw.couch.capacity import OpenFilesWatch
 from couchgw.couch.client import Database
 from couchgw.couch.feed import describe as describe_feed
 from couchgw.gateway.discovery import Discovery
@@ -24,6 +25,7 @@ class Fleet(Protocol):
     tenants: dict[str, Tenant]
     coordination: Database
     discovery: Discovery
+    open_files: OpenFilesWatch
     feeds: Feeds
     members: Members
     shared: Shared
@@ -54,6 +56,7 @@ def status(fleet: Fleet, names: bool) -> dict[str, Any]:
             "waiting_for_a_feed": len(fleet.feeds.waiting),
             "to_look_at": fleet.to_look_at(),
             "not_served": len(fleet.held_off),
+            "open_files": fleet.open_files.describe(),
         },
         "busiest": [
             {**({"database": t.name} if names else {}), **t.describe()} for t in busiest if t.busy()

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from couchgw.couch.capacity import OpenFilesWatch
 from couchgw.couch.client import Database, Doc
 from couchgw.couch.errors import Forbidden, NotFound, Unauthorized
 from couchgw.errors import describe_error, log_error
@@ -124,6 +125,10 @@ class Fleet:
             updated=self._updated,
             heartbeat=tenant_settings.heartbeat,
         )
+        #: Whether the server keeps the files of the databases used open.
+        self.open_files = OpenFilesWatch(
+            self.coordination, clock, lambda: len(self.members.others) + 1
+        )
         #: The databases this gateway serves (owned, and looked at or being looked at).
         self.tenants: dict[str, Tenant] = {}
         #: Which of them have their changes read, and when.
@@ -184,6 +189,7 @@ class Fleet:
         if not running():
             return
         self.error = None
+        self.open_files.start()
         log.info(
             "serving the databases {patterns} of {server}: {n} found",
             patterns=", ".join(self.settings.patterns),
@@ -211,6 +217,7 @@ class Fleet:
         if self._starting is not None:
             self._starting.cancel()
         self.discovery.stop()
+        self.open_files.stop()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.feeds.stop()
@@ -380,6 +387,7 @@ class Fleet:
 
     def wake(self, tenant: Tenant) -> None:
         """Read what changed in a database (L{Feeds.wake})."""
+        self.open_files.used(tenant.name)
         self.feeds.wake(tenant)
 
     def routes_loaded(self) -> None:
