@@ -307,15 +307,9 @@ class Run:
         for node in nodes:
             status, value = http("GET", self._limit_url(node))
             limits[node] = value if status == 200 else None
-        files = capacity.OpenFiles(
-            min(int(v or capacity.MAX_DBS_OPEN) for v in limits.values()),
-            nodes[0],
-            q=int(cluster.get("q", capacity.Q)),
-            n=int(cluster.get("n", capacity.N)),
-            nodes=len(nodes),
-        )
+        files = capacity.decide(limits, cluster)
         enough = files.enough(databases)
-        if files.advice(databases) is None:
+        if enough <= files.most:
             return files.most
         for node, before in limits.items():
             self._limits.setdefault(node, before)

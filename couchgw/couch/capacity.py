@@ -17,7 +17,7 @@ would fit them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,22 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
+def decide(limits: Mapping[str, Any], cluster: Mapping[str, Any]) -> OpenFiles:
+    """
+    The L{OpenFiles} of a server from each node's C{max_dbs_open} (None where not set) and its
+    C{[cluster]} section.
+    """
+    most = {name: _int(value, MAX_DBS_OPEN) for name, value in limits.items()}
+    node = min(most, key=lambda name: (most[name], name))
+    return OpenFiles(
+        most[node],
+        node,
+        q=_int(cluster.get("q"), Q),
+        n=_int(cluster.get("n"), N),
+        nodes=len(most),
+    )
+
+
 @inlineCallbacks
 def read(db: Database) -> Any:
     """
@@ -106,23 +122,17 @@ def read(db: Database) -> Any:
         if not names:
             return "the server names no nodes (GET /_membership)"
         cluster = yield db.json("GET", f"{node_path(names[0])}/_config/cluster")
-        limits: dict[str, int] = {}
+        limits: dict[str, Any] = {}
         for name in names:
             try:
-                value = yield db.json("GET", f"{node_path(name)}/_config/couchdb/max_dbs_open")
+                limits[name] = yield db.json(
+                    "GET", f"{node_path(name)}/_config/couchdb/max_dbs_open"
+                )
             except NotFound:  # (not set: the default)
-                value = MAX_DBS_OPEN
-            limits[name] = _int(value, MAX_DBS_OPEN)
+                limits[name] = None
     except Exception as e:
         return f"the server's configuration cannot be read ({describe_error(e)})"
-    node = min(limits, key=lambda name: (limits[name], name))
-    return OpenFiles(
-        limits[node],
-        node,
-        q=_int(cluster.get("q"), Q),
-        n=_int(cluster.get("n"), N),
-        nodes=len(names),
-    )
+    return decide(limits, cluster)
 
 
 class OpenFilesWatch:
