@@ -78,6 +78,7 @@ class Discovery:
         self.names: set[str] = set()
         #: Whether the server says which databases are updated (C{/_db_updates}).
         self.says_updates = False
+        self._probed = False
         self.feed: ChangesFeed | None = None
         self._poll: LoopingCall | None = None
         #: Why the databases cannot be listed (None: they can).
@@ -93,10 +94,14 @@ class Discovery:
 
     @inlineCallbacks
     def start(self, welcome: dict[str, Any]) -> Any:
-        """List the databases there are; then follow what changes (or look again and again)."""
-        yield self.look()
-        if supports_selector(welcome):  # Apache CouchDB 2 and later: if it lets this user
-            try:
+        """
+        Whether the server says which databases change, first (each database found is read as
+        it allows); then follow what changes, and list the databases there are (one created
+        meanwhile is found either way); or list them, and look again and again.
+        """
+        if supports_selector(welcome) and not self._probed:  # Apache CouchDB 2 and later
+            self._probed = True
+            try:  # (if it lets this user)
                 yield self.server.json(
                     "GET", "/_db_updates", params={"feed": "normal", "limit": 0, "timeout": 1}
                 )
@@ -108,7 +113,7 @@ class Discovery:
                     error=describe_error(e),
                     poll=POLL,
                 )
-        if self.says_updates:
+        if self.says_updates and self.feed is None:
             self.feed = ChangesFeed(
                 self.server,
                 self._update,
@@ -119,7 +124,8 @@ class Discovery:
                 path="/_db_updates",
             )
             self.feed.start()
-        else:
+        yield self.look()
+        if not self.says_updates:
             self._poll = LoopingCall(self._look_again)
             self._poll.clock = self.clock
             self._poll.start(POLL, now=False)
