@@ -187,7 +187,9 @@ class Reader:
     """Reads suds' schema objects into L{Complex}, L{Field} and L{Simple} (each type once)."""
 
     def __init__(self) -> None:
-        self._types: dict[int, Simple | Complex] = {}
+        #: Each suds type read, by its id, held with its model (a type read once and let go, as
+        #: an attribute's own is, would leave its id to another).
+        self._types: dict[int, tuple[Any, Simple | Complex]] = {}
 
     def field(self, node: Any, name: str | None = None, optional: bool = False) -> Field:
         """The field of a suds element, attribute or message part."""
@@ -235,23 +237,23 @@ class Reader:
         """The model of a resolved suds type (built-in, simple or complex)."""
         known = self._types.get(id(sx))
         if known is not None:
-            return known
+            return known[1]
         if isinstance(sx, XBuiltin):
             model: Simple | Complex = (
                 ANY if sx.name == "anyType" else Simple(str(sx.name), str(sx.name))
             )
-            self._types[id(sx)] = model
+            self._types[id(sx)] = (sx, model)
             return model
         if isinstance(sx, sxbasic.Simple):
             simple = Simple("anySimpleType", str(sx.name or ""))
-            self._types[id(sx)] = simple
+            self._types[id(sx)] = (sx, simple)
             self._simple(sx, simple)
             simple.name = simple.name or simple.base  # an anonymous type is named by its base
             return simple
         if isinstance(sx, (sxbasic.Complex, sxbasic.Element)):
             name = str(sx.name) if isinstance(sx, sxbasic.Complex) and sx.name else None
             complex_ = Complex(name)
-            self._types[id(sx)] = complex_
+            self._types[id(sx)] = (sx, complex_)
             self._content(sx, complex_, optional=False, many=False, choice=None)
             self._array(complex_)
             return complex_
