@@ -5,6 +5,7 @@ the CPU each process spent per message and what CouchDB's own counters say per m
     .venv/bin/python bench/profile.py --couch http://admin:admin@127.0.0.1:15984
     .venv/bin/python bench/profile.py --couch URL --messages 5000 -- --guards on
     .venv/bin/python bench/profile.py --couch URL --fleet       # the database as one of many
+    .venv/bin/python bench/profile.py --couch URL --databases 1000   # many databases of a few
     .venv/bin/python bench/profile.py --couch URL --requests /tmp/couchdb/node1/var/log/couchdb.log
     .venv/bin/python bench/profile.py --couch URL --cprofile /tmp/couchgw.prof
 
@@ -17,7 +18,9 @@ server logs each request during the drain (its log level raised to `info` meanwh
 are counted by kind.  With `--cprofile FILE`, couchgw runs under cProfile (slower: its CPU
 figure is then not the plain one) and the functions it spent most time in are printed.
 Arguments after `--` go to couchgw.  The database it makes is deleted at the end, also when it
-fails or is interrupted.
+fails or is interrupted.  With `--databases N`, the messages are spread over N databases
+(figure (8) of `bench/suite.py`), served together (couchgw `--databases PATTERN`); the requests
+counted are those to all of them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +46,7 @@ from bench import processes  # noqa: E402
 from bench.backlog import drain, write_backlog  # noqa: E402
 from bench.leftovers import Leftovers  # noqa: E402
 from bench.suite import listening_pid, null_route, process_tree_cpu  # noqa: E402
+from bench.tenants import in_parallel  # noqa: E402
 from tests.servers import free_port, http  # noqa: E402
 
 #: A request in CouchDB's log: method, path (without the query), status.
@@ -67,7 +72,7 @@ def own_cpu(pid: int) -> float:
 def kind_of(method: str, path: str, db: str) -> str | None:
     """What a request to the database C{db} was for (None: another database's, or the server's)."""
     parts = path.strip("/").split("/")
-    if parts[0] != db:
+    if parts[0] != db and not fnmatch(parts[0], f"{db}-*"):
         return None
     rest = "/".join(parts[1:])
     if rest == "_changes":
@@ -104,6 +109,9 @@ def main() -> int:
         "turns, the design documents when needed",
     )
     parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument(
+        "--databases", type=int, default=None, help="spread the messages over N databases"
+    )
     parser.add_argument("--requests", type=Path, help="the server's log file: count requests")
     parser.add_argument("--cprofile", type=Path, help="run couchgw under cProfile, stats here")
     parser.add_argument("gateway", nargs="*", help="couchgw's own options (after --)")
@@ -126,10 +134,17 @@ def profile(options: argparse.Namespace, couch: str, server: int, made: Leftover
     name = f"profile-{uuid.uuid4().hex[:6]}"
     gateway = None
     try:
-        db = made.database(f"{couch}/{name}")
-        write_backlog(db, options.messages, target="null")
+        if options.databases:
+            each = max(1, options.messages // options.databases)
+            options.messages = each * options.databases
+            names = [made.database(f"{couch}/{name}-{i:05d}") for i in range(options.databases)]
+            in_parallel(names, lambda db: write_backlog(db, each, target="null"), threads=8)
+            served: tuple[str, ...] = (couch, "--databases", f"{name}-*")
+        else:
+            db = made.database(f"{couch}/{name}")
+            write_backlog(db, options.messages, target="null")
+            served = (couch, "--databases", name) if options.fleet else (db,)
         (folder / "routes.toml").write_text(null_route(f"http://127.0.0.1:{demo_port}/json"))
-        served = (couch, "--databases", name) if options.fleet else (db,)
         gateway = processes.gateway(
             folder, served[0], demo_port, free_port(), *served[1:],
             "--routes", str(folder / "routes.toml"), *options.gateway,

@@ -14,7 +14,8 @@ from twisted.web.server import Request
 
 from couchgw.couch import engines
 from couchgw.couch.client import Database
-from couchgw.gateway.guards import Guards, ServerFacts, unbound_writers
+from couchgw.gateway.facts import ServerFacts
+from couchgw.gateway.guards import Guards, unbound_writers
 from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -26,6 +27,8 @@ log = Logger()
 
 #: The gateway's own design document.
 DDOC = "couchgw"
+#: Where the ids of couchgw's design documents begin: C{_design/couchgw}, C{_design/couchgw-*}.
+PREFIX = f"_design/{DDOC}"
 #: A Mango selector of new messages and cancelled scheduled ones (the equivalent of
 #: C{_design/couchgw}'s C{new} filter).
 NEW_SELECTOR = {
@@ -93,18 +96,65 @@ def load() -> dict[str, Doc]:
     }
 
 
+def ours(doc_id: str) -> bool:
+    """Whether a document is one of couchgw's design documents (its own or its guard's)."""
+    return doc_id == PREFIX or doc_id.startswith(PREFIX + "-")
+
+
+@dataclass(frozen=True)
+class Found:
+    """What L{read_ours} found in a database."""
+
+    #: couchgw's design documents there, by id.
+    docs: dict[str, Doc]
+    #: How many documents it holds besides them (design documents too, deleted ones not).
+    others: int
+    #: Its sequence (None where the server does not say).
+    update_seq: Any
+
+
 @inlineCallbacks
-def push(db: Database, docs: dict[str, Doc] | None = None) -> Any:
+def read_ours(db: Database) -> Any:
+    """
+    couchgw's design documents in a database, how many documents it holds besides them and its
+    sequence: one request (C{_all_docs} over the ids couchgw's design documents begin with).
+
+    @return: a L{Deferred} firing with a L{Found}.
+    """
+    answer = yield db.json(
+        "GET",
+        "_all_docs",
+        params={
+            "startkey": PREFIX,
+            "endkey": PREFIX + "-\ufff0",
+            "include_docs": True,
+            "update_seq": True,
+        },
+    )
+    docs = {
+        str(row["id"]): row["doc"]
+        for row in answer.get("rows") or []
+        if ours(str(row.get("id"))) and isinstance(row.get("doc"), dict)
+    }
+    total = int(answer.get("total_rows") or 0)
+    return Found(docs, max(0, total - len(docs)), answer.get("update_seq"))
+
+
+@inlineCallbacks
+def push(db: Database, docs: dict[str, Doc] | None = None, found: Found | None = None) -> Any:
     """
     Write each design document that is missing or differs from the database's copy: one read
-    of them all, one write of those that changed (one that another gateway wrote meanwhile is
-    left as it wrote it).
+    of them all (none where they were just read: C{found}), one write of those that changed
+    (one that another gateway wrote meanwhile is left as it wrote it).
 
     @return: a L{Deferred} firing with the ids written.
     """
     wanted = DOCS if docs is None else docs
-    found = yield db.all_docs(list(wanted), include_docs=True)
-    current = {row["key"]: row.get("doc") for row in found.get("rows", []) if "key" in row}
+    if found is not None and all(ours(doc_id) for doc_id in wanted):
+        current = found.docs
+    else:
+        listed = yield db.all_docs(list(wanted), include_docs=True)
+        current = {row["key"]: row.get("doc") for row in listed.get("rows", []) if "key" in row}
     changed = []
     for doc_id, doc in wanted.items():
         copy = current.get(doc_id)

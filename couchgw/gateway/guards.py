@@ -22,15 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from couchgw.couch import design, engines
+from couchgw.couch import design
 from couchgw.couch.client import Database, Doc
-from couchgw.couch.errors import Conflict, NotFound, Unauthorized
+from couchgw.couch.errors import Conflict, NotFound
 from couchgw.errors import describe_error
+from couchgw.gateway.facts import ServerFacts
 from couchgw.targets import door
 from couchgw.targets.interfaces import ITarget
 
@@ -59,47 +58,6 @@ def unbound_writers(security: Mapping[str, Any]) -> list[str]:
     return [n for n in names if n not in admin_names] + [
         f"role {r}" for r in roles if r not in admin_roles
     ]
-
-
-class ServerFacts:
-    """
-    What decides the guards of every database of one server: whether it runs without
-    authentication (its anonymous session) and which engines its nodes run.  Read at most every
-    C{ttl} seconds, whatever the number of databases (a read under way is shared); with a
-    C{ttl} of 0, at each ask (one database served: its guard follows the server at each look).
-    """
-
-    def __init__(self, clock: IReactorTime, ttl: float = 60.0) -> None:
-        self.clock = clock
-        self.ttl = ttl
-        self._known: dict[str, tuple[float, Any]] = {}
-        self._reading: dict[str, list[Deferred[Any]]] = {}
-
-    def session(self, db: Database) -> Deferred[Doc]:
-        """The server's answer to C{GET /_session} without credentials."""
-        return self._read("session", lambda: _anonymous_session(db))
-
-    def engines(self, db: Database) -> Deferred[engines.Engines]:
-        return self._read("engines", lambda: engines.read(db))
-
-    def _read(self, what: str, read: Callable[[], Deferred[Any]]) -> Deferred[Any]:
-        known = self._known.get(what)
-        if known is not None and self.clock.seconds() < known[0]:
-            return succeed(known[1])
-        waiting: Deferred[Any] = Deferred()
-        reading = self._reading.get(what)
-        if reading is not None:
-            reading.append(waiting)
-        else:
-            self._reading[what] = [waiting]
-            read().addBoth(self._answered, what)  # (it may answer at once)
-        return waiting
-
-    def _answered(self, answer: Any, what: str) -> None:
-        if not isinstance(answer, Failure):
-            self._known[what] = (self.clock.seconds() + self.ttl, answer)
-        for waiting in self._reading.pop(what):
-            waiting.callback(answer)  # (a failure is each one's own)
 
 
 class Guards:
@@ -152,15 +110,18 @@ class Guards:
             return 0
         return len(door.DOCUMENTS[self.language])
 
-    def refresh(self) -> Deferred[Any]:
+    def refresh(self, found: Mapping[str, Doc] | None = None) -> Deferred[Any]:
         """
         Decide (from the mode and the security object) and install or remove the guard, one
         refresh at a time.
+
+        @param found: the guard's design documents as just read (L{design.read_ours}; those
+            missing are not there), where they were: they are not read again.
         """
-        return self._lock.run(self._refresh)
+        return self._lock.run(self._refresh, found)
 
     @inlineCallbacks
-    def _refresh(self) -> Any:
+    def _refresh(self, found: Mapping[str, Doc] | None) -> Any:
         wanted, reason = yield self._wanted()
         language, engine, engine_reason = None, None, ""
         if wanted:
@@ -170,9 +131,10 @@ class Guards:
             engine_reason = server.why
         for _ in range(3):  # another gateway may write it meanwhile: read it again
             try:
-                yield self._install(language) if language else self._remove()
+                yield self._install(language, found) if language else self._remove(found)
                 break
             except Conflict:
+                found = None
                 continue
         else:
             log.warn(
@@ -224,12 +186,12 @@ class Guards:
         return False, "only admins may write to the database"
 
     @inlineCallbacks
-    def _install(self, language: str) -> Any:
+    def _install(self, language: str, found: Mapping[str, Doc] | None) -> Any:
         """
         The door in C{language}, with the routes once all loaded; until then, one that keeps
         what it says.
         """
-        current = yield self._current(door.DOOR_ID)
+        current = yield self._current(door.DOOR_ID, found)
         if self._loaded():
             wanted = door.design_docs(self.targets, language)
         elif current is not None and door.is_current(current, language):
@@ -237,36 +199,32 @@ class Guards:
         else:
             wanted = door.design_docs(None, language)
         for doc in wanted:  # the door last: what it reads is there before it
-            found = current if doc["_id"] == door.DOOR_ID else (yield self._current(doc["_id"]))
-            yield design.write_changed(self.db, doc, found)
+            there = (
+                current if doc["_id"] == door.DOOR_ID else (yield self._current(doc["_id"], found))
+            )
+            yield design.write_changed(self.db, doc, there)
 
     @inlineCallbacks
-    def _remove(self) -> Any:
-        current = yield self._current(door.DOOR_ID)
+    def _remove(self, found: Mapping[str, Doc] | None) -> Any:
+        current = yield self._current(door.DOOR_ID, found)
         if current is None:
             return
         yield self.db.json("DELETE", door.DOOR_ID, params={"rev": current["_rev"]})
         log.info("design document {id} removed", id=door.DOOR_ID)
-        facts = yield self._current(door.FACTS_ID) if door.engine_of(current) == "erlang" else None
+        erlang = door.engine_of(current) == "erlang"
+        facts = yield self._current(door.FACTS_ID, found) if erlang else None
         if facts is not None:
             yield self.db.json("DELETE", door.FACTS_ID, params={"rev": facts["_rev"]})
 
     @inlineCallbacks
-    def _current(self, doc_id: str) -> Any:
+    def _current(self, doc_id: str, found: Mapping[str, Doc] | None = None) -> Any:
+        if found is not None:
+            return found.get(doc_id)
         try:
-            found: Doc = yield self.db.get(doc_id)
+            doc: Doc = yield self.db.get(doc_id)
         except NotFound:
             return None
-        return found
-
-
-@inlineCallbacks
-def _anonymous_session(db: Database) -> Any:
-    try:
-        session = yield db.anonymous().json("GET", "/_session")
-    except Unauthorized:
-        session = {}  # CouchDB asks every request for credentials (require_valid_user)
-    return session
+        return doc
 
 
 def _runs(engine: str | None) -> str:

@@ -28,8 +28,8 @@ from couchgw.couch.client import Database
 from couchgw.gateway.announcements import gateway_id
 from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.dispatch import Dispatch
+from couchgw.gateway.facts import ServerFacts
 from couchgw.gateway.fleet import Fleet, FleetSettings
-from couchgw.gateway.guards import ServerFacts
 from couchgw.gateway.one import OneDatabase
 from couchgw.gateway.outcomes import Policy
 from couchgw.gateway.routing import Routes

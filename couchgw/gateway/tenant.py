@@ -28,7 +28,8 @@ from couchgw.gateway.callbacks import Callbacks
 from couchgw.gateway.checkpoint import SavedCheckpoint
 from couchgw.gateway.claims import Claims, copies
 from couchgw.gateway.dispatch import Dispatch
-from couchgw.gateway.guards import Guards, ServerFacts
+from couchgw.gateway.facts import ServerFacts
+from couchgw.gateway.guards import Guards
 from couchgw.gateway.handling import Handling
 from couchgw.gateway.intake import Intake
 from couchgw.gateway.routing import Routes
@@ -200,22 +201,20 @@ class Tenant:
         self._pushed = False
         reading = self.checkpoint.read()  # (meanwhile)
         try:
+            found = yield design.read_ours(self.db)
             # the guard first: the design document may lose a validate function of before
-            yield self.guards.refresh()
+            yield self.guards.refresh(found.docs)
             # (a server without selectors filters the feed with them)
             if not self._design_when_needed or not supports_selector(self._welcome):
-                yield self.designed()
-            info = yield self.db.info()  # (after: it counts couchgw's design documents)
-            ours = len(design.DOCS) + self.guards.documents()
-            if not self._pushed and int(info.get("doc_count") or 0) <= ours:
-                # (whether it holds documents besides couchgw's is known once they are there)
-                yield self.designed()
-                info = yield self.db.info()
+                yield self.designed(found)
+            nodes = yield self.shared.facts.nodes(self.db)
+            # (on a server of one node each document is kept once, whatever the database says)
+            info = {} if nodes == 1 and found.update_seq is not None else (yield self.db.info())
         finally:
             saved = yield reading
         self.claims.copies = copies(info)
-        self.update_seq = info.get("update_seq")
-        self._documents = int(info.get("doc_count") or 0) - ours
+        self.update_seq = info.get("update_seq", found.update_seq)
+        self._documents = found.others
         self._saved = saved
         self.checkpoint.resumed = False
         self.error = None
@@ -276,10 +275,13 @@ class Tenant:
         )
 
     @inlineCallbacks
-    def designed(self) -> Any:
-        """Push the design documents, once after each opening of the database."""
+    def designed(self, found: design.Found | None = None) -> Any:
+        """
+        Push the design documents, once after each opening of the database (C{found}: as they
+        were just read there).
+        """
         if not self._pushed:
-            yield design.push(self.db)
+            yield design.push(self.db, found=found)
             self._pushed = True
 
     @inlineCallbacks
