@@ -16,7 +16,7 @@ from typing import Any
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
@@ -284,14 +284,23 @@ class CountingAgent:
 
 class ClusterLike(Database):
     """
-    A database that behaves as a 3-copy cluster racing through other nodes: it reports
-    C{cluster.n = 3}, and a claim write (C{w}) goes in as a replicated revision
+    A database that behaves as a 3-copy cluster racing through other nodes: it reports three
+    nodes and C{cluster.n = 3}, and a claim write (C{w}) goes in as a replicated revision
     (C{new_edits: false}), so that two claims on the same parent both get in, as on a cluster
     whose nodes each took one; it answers 202.
     """
 
     def info(self) -> Deferred[Doc]:
         return super().info().addCallback(lambda info: {**info, "cluster": {"n": 3}})
+
+    def probe(self) -> Database:
+        return self
+
+    def json(self, method: str, path: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if (method, path) == ("GET", "/_membership"):
+            nodes = [f"couchdb@node{i}" for i in range(3)]
+            return succeed({"all_nodes": nodes, "cluster_nodes": nodes})
+        return super().json(method, path, *args, **kwargs)
 
     @inlineCallbacks
     def write(self, doc: Doc, **params: Any) -> Any:

@@ -237,7 +237,9 @@ class DesignWhenNeeded(FleetTestCase):
         # saved before its messages were claimed (a gateway taking it over sweeps it for claims)
         checkpoint = yield later.get("_local/couchgw-checkpoint")
         self.assertIsNotNone(checkpoint.get("seq"))
-        at = iso(reactor.seconds() + 1.0)  # type: ignore[attr-defined]
+        # due after the feed has read it (the server tells of an update within a second, and a
+        # database is read again a while after couchgw wrote to it): then its sweep calls it
+        at = iso(reactor.seconds() + 3.0)  # type: ignore[attr-defined]
         yield later.put({**activate("scheduled"), "not_before": at})
         docs = yield self.finished(later, ["scheduled"])
         self.assertEqual(docs[0]["status"], "forwarded")

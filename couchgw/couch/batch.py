@@ -31,6 +31,7 @@ LINGER = 0.01
 class BulkWriter:
     """
     @param linger: seconds a write waits for others (None: none), on C{clock}.
+    @param clock: what tells when the last request was answered (L{answered_at}).
     """
 
     def __init__(
@@ -39,8 +40,12 @@ class BulkWriter:
         concurrency: int = 2,
         max_batch: int = 500,
         linger: tuple[IReactorTime, float] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.db = db
+        self._clock = clock
+        #: When the server last answered a request of these writes (None: not yet, or no clock).
+        self.answered_at: float | None = None
         self.concurrency = concurrency
         self.max_batch = max_batch
         self.linger = linger
@@ -78,6 +83,8 @@ class BulkWriter:
 
     def _answered(self, answer: Any, batch: list[tuple[Doc, Deferred[Doc]]]) -> None:
         self.in_flight -= 1
+        if self._clock is not None:
+            self.answered_at = self._clock.seconds()
         if not isinstance(answer, list) or len(answer) != len(batch):
             failure = (
                 answer

@@ -4,11 +4,12 @@ Which databases of a fleet have their changes read, and when (L{couchgw.gateway.
 Where the server says which databases change (C{/_db_updates}), a database that changes has its
 feed read once: until it is silent a moment (L{ONCE}); a database written to without a pause
 keeps it open.  Two reads of one database are L{REREAD} seconds apart at least (longer while its
-messages are handled: their own writes are most of what the server tells of), so the updates told
-of meanwhile are read together.  Elsewhere (PouchDB Server) up to C{--max-feeds} feeds stay open
-and the databases beyond take turns (L{TURN}).  Never more than C{--max-feeds} feeds at once: the
-others wait for one.  While a database's feed is open its guard is read again every
-C{--announce} seconds; its checkpoint is saved every L{SAVE_EVERY} seconds at most.
+messages are handled, and until L{ECHO} after couchgw's own writes to it: those are most of what
+the server tells of), so the updates told of meanwhile are read together.  Elsewhere (PouchDB
+Server) up to C{--max-feeds} feeds stay open and the databases beyond take turns (L{TURN}).
+Never more than C{--max-feeds} feeds at once: the others wait for one.  While a database's feed
+is open its guard is read again every C{--announce} seconds; its checkpoint is saved every
+L{SAVE_EVERY} seconds at most, L{SAVES} at once.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ ONCE = 0.05
 #: Seconds between two reads of a database's changes, at least; while its messages are handled.
 REREAD = 0.3
 REREAD_BUSY = 2.0
+#: Seconds after couchgw's own writes to a database within which the server tells of them
+#: (C{/_db_updates} gathers the updates of half a second): a read again waits that long after
+#: them, so that one read looks at all they changed.
+ECHO = 0.6
 #: Seconds between two saves of a database's checkpoint, at least, and from its first read to
 #: its first save (a gateway that dies reads the changes since again: each is looked at,
 #: harmlessly; one that stops or lets a database go saves its checkpoint then).
 SAVE_EVERY = 30.0
 #: Beats between two turns of the feeds, on a server that does not say which databases change.
 TURN = 5
+#: Checkpoint saves under way at once, at most: the databases read in the same moment come due
+#: together, and wait their turn (a connection each, else).
+SAVES = 4
 
 log = Logger(namespace="couchgw.gateway")
 
@@ -69,6 +77,9 @@ class Feeds:
         #: Databases read lately whose checkpoints are to be saved, and when each was saved.
         self._unsaved: dict[str, Tenant] = {}
         self._saved_at: dict[str, float] = {}
+        #: The checkpoints to save, in turn, and how many saves are under way.
+        self._to_save: OrderedDict[str, Tenant] = OrderedDict()
+        self._saving = 0
         #: When each database's changes were last read, and the reads put off.
         self._read_at: dict[str, float] = {}
         self._later: dict[str, IDelayedCall] = {}
@@ -85,14 +96,16 @@ class Feeds:
             self._again.add(name)  # what changed after its feed began: read once more
             return
         read_at = self._read_at.get(name)
-        pause = REREAD_BUSY if tenant.busy() else REREAD
         now = self.clock.seconds()
-        if read_at is not None and now - read_at < pause:
-            if name not in self._later:
-                self._later[name] = self.clock.callLater(
-                    read_at + pause - now, self._wake_later, name
-                )
-            return
+        if read_at is not None:
+            due = read_at + (REREAD_BUSY if tenant.busy() else REREAD)
+            wrote = tenant.writer.answered_at
+            if wrote is not None:
+                due = max(due, wrote + ECHO)
+            if now < due:
+                if name not in self._later:
+                    self._later[name] = self.clock.callLater(due - now, self._wake_later, name)
+                return
         if len(self.awake) >= self.max_feeds:
             self.waiting[name] = None
             return
@@ -174,9 +187,21 @@ class Feeds:
                 self._read(tenant)
 
     def _save(self, tenant: Tenant) -> None:
+        """Save a database's checkpoint: now, or once fewer than L{SAVES} are under way."""
         self._saved_at[tenant.name] = self.clock.seconds()
-        if self._served(tenant.name) is tenant:
-            tenant.save_checkpoint()
+        self._to_save[tenant.name] = tenant
+        self._save_next()
+
+    def _save_next(self) -> None:
+        while self._to_save and self._saving < SAVES:
+            name, tenant = self._to_save.popitem(last=False)
+            if self._served(name) is tenant:
+                self._saving += 1
+                tenant.save_checkpoint().addBoth(self._saved)
+
+    def _saved(self, result: object) -> None:
+        self._saving -= 1
+        self._save_next()
 
     def guard(self, tenant: Tenant) -> None:
         """Read a database's security object again, and install or remove its guard."""
@@ -192,6 +217,7 @@ class Feeds:
         self._guarded.pop(name, None)
         self._unsaved.pop(name, None)
         self._saved_at.pop(name, None)
+        self._to_save.pop(name, None)
         self._read_at.pop(name, None)
         self._again.discard(name)
         later = self._later.pop(name, None)
@@ -208,3 +234,4 @@ class Feeds:
         self._later.clear()
         self.awake.clear()
         self.waiting.clear()
+        self._to_save.clear()

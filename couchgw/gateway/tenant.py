@@ -120,6 +120,7 @@ class Tenant:
             db,
             concurrency=settings.writes,
             linger=None if settings.linger is None else (clock, settings.linger),
+            clock=clock,
         )
         self.checkpoint = SavedCheckpoint(db, clock, settings.gateway)
         self.guards = Guards(
