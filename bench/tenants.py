@@ -387,6 +387,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    kept = False
     try:
         bench.demo.start(wait=True)
         load_before = loadavg()
@@ -399,9 +400,14 @@ def main() -> int:
         return 0
     except KeyboardInterrupt:
         return 1
+    except Exception:
+        kept = True  # (the logs of a run that failed)
+        print(f"the logs of couchgw and the demo are kept in {folder}", file=sys.stderr)
+        raise
     finally:
         bench.clean()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -108,6 +109,18 @@ def _query(params: Mapping[str, Any]) -> str:
     return ("?" + urlencode(items)) if items else ""
 
 
+@lru_cache(maxsize=16)
+def _request_headers(auth: tuple[str, str] | None) -> tuple[Headers, Headers]:
+    """
+    The headers of a request without a body and of one with a JSON body, made once for all the
+    databases asked with the same credentials (the agent copies them to add its own).
+    """
+    headers = {b"Accept": [b"application/json"]}
+    if auth is not None:
+        headers[b"Authorization"] = [basic_auth(*auth).encode("ascii")]
+    return Headers(headers), Headers({**headers, b"Content-Type": [b"application/json"]})
+
+
 class Database:
     """
     One CouchDB database.
@@ -132,13 +145,8 @@ class Database:
         self._auth = credentials or from_url
         self._agent = agent
         self._timeout = timeout
-        #: The headers of a request without a body and of one with a JSON body (the agent
-        #: copies them to add its own).
-        headers = {b"Accept": [b"application/json"]}
-        if self._auth is not None:
-            headers[b"Authorization"] = [basic_auth(*self._auth).encode("ascii")]
-        self._headers = Headers(headers)
-        self._json_headers = Headers({**headers, b"Content-Type": [b"application/json"]})
+        #: The headers of a request without a body and of one with a JSON body.
+        self._headers, self._json_headers = _request_headers(self._auth)
         #: Why CouchDB refuses the credentials (its last 401), until a request succeeds again.
         self.refused: str | None = None
 

@@ -43,15 +43,18 @@ class Checkpoint:
     def __init__(self, seq: Any = None) -> None:
         #: The feed position to resume from: every change up to it has been handled.
         self.seq: Any = seq
-        self._pending: deque[list[Any]] = deque()  # [seq, done], in feed order
+        #: [seq, done], in feed order (made with the first: most of many databases are idle).
+        self._pending: deque[list[Any]] | None = None
 
     def __len__(self) -> int:
         """Changes received and not yet covered by L{seq}."""
-        return len(self._pending)
+        return len(self._pending) if self._pending is not None else 0
 
     def received(self, seq: Any) -> list[Any]:
         """Note a change the feed delivered; answers the token to pass to L{done}."""
         entry = [seq, False]
+        if self._pending is None:
+            self._pending = deque()
         self._pending.append(entry)
         return entry
 
