@@ -1,22 +1,34 @@
 """
 What a look at a database reads in one request (its couchgw design documents, how many others
-it holds, its sequence), and how many nodes the server has: on the real test server.
+it holds, its sequence), and how many nodes the server has: on the real test server; and a look
+on a (fake) cluster whose database changes between two of its reads.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from types import SimpleNamespace
+from typing import Any, cast
 from urllib.parse import quote
 
+from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from couchgw.couch import design
 from couchgw.couch.client import Database
+from couchgw.gateway.dispatch import Dispatch
 from couchgw.gateway.facts import ServerFacts
+from couchgw.gateway.routing import Routes
+from couchgw.gateway.sweep import Owner
+from couchgw.gateway.tenant import Settings, Shared, Tenant
+from couchgw.gateway.waiting import Backlog
+from couchgw.metrics import Metrics
 from couchgw.targets import door
 from tests.servers import couch_url, http, is_pouchdb, new_db_url
 
@@ -82,14 +94,72 @@ class OursRead(TestCase):
 
 class Nodes(TestCase):
     @inlineCallbacks
-    def test_the_nodes_of_the_server_to_an_admin_alone(self) -> Any:
+    def test_the_nodes_of_the_server_as_it_tells_them(self) -> Any:
+        """
+        How many nodes the server has, where it tells (Apache CouchDB: a server admin alone;
+        PouchDB Server: one, to anyone), else None.
+        """
         db = Database(f"{couch_url()}/anything", Agent(reactor))
         facts = ServerFacts(Clock(), ttl=0.0)
-        nodes = yield facts.nodes(db)
-        if is_pouchdb():
-            self.assertIsNone(nodes)
-        else:
-            self.assertEqual(nodes, len(http("GET", f"{couch_url()}/_membership")[1]["all_nodes"]))
-        anyone = yield facts.nodes(db.anonymous())
-        self.assertIsNone(anyone)
+        for asked, url in ((db, couch_url()), (db.anonymous(), db.server_url)):
+            nodes = yield facts.nodes(asked)
+            status, membership = http("GET", f"{url}/_membership")
+            told = len(membership["all_nodes"]) if status == 200 else None
+            self.assertEqual(nodes, told)
+        self.assertEqual(nodes is None, not is_pouchdb())  # (anyone: CouchDB tells no one)
         self.assertIsNone(db.refused)
+
+
+class _Racing(Resource):
+    """
+    A cluster of three nodes where ten messages are written into a new database between a
+    look's read of it (C{_all_docs}: empty) and its information (ten documents).
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        answers: dict[bytes, Any] = {
+            b"/_membership": {"all_nodes": ["a", "b", "c"], "cluster_nodes": ["a", "b", "c"]},
+            b"/_session": {"ok": True, "userCtx": {"name": None, "roles": []}},
+            b"/db/_security": {"admins": {"roles": ["_admin"]}, "members": {"roles": ["_admin"]}},
+            b"/db/_all_docs": {"total_rows": 0, "rows": [], "update_seq": "0-empty"},
+            b"/db": {"doc_count": 10, "update_seq": "10-ten", "cluster": {"n": 3}},
+        }
+        if request.path not in answers:
+            request.setResponseCode(404)
+            return b'{"error": "not_found", "reason": "missing"}'
+        return json.dumps(answers[request.path]).encode()
+
+
+class LookOnACluster(SynchronousTestCase):
+    def test_the_sequence_and_the_count_come_from_one_read(self) -> None:
+        """
+        What the database held and where it was are read together: messages written after the
+        read come after its sequence, and the feed from there brings them (read apart, the
+        later sequence skipped them).
+        """
+        agent = RequestTraversalAgent(_Racing())
+        db = Database("http://admin:pw@couch/db", agent)
+        clock = Clock()
+        routes = SimpleNamespace(all_loaded=lambda: True)
+        dispatch = SimpleNamespace(room=lambda *args: True)
+        shared = Shared(
+            {},
+            cast(Routes, routes),
+            cast(Dispatch, dispatch),
+            cast(Backlog, None),
+            cast(Metrics, None),
+            None,
+            lambda: True,
+            facts=ServerFacts(clock, ttl=0.0),
+        )
+        settings = Settings("gw", design_when_needed=True)
+        tenant = Tenant(db, clock, shared, settings, cast(Owner, None), gone=lambda t: None)
+        d = tenant.prepare(create=False, welcome={"couchdb": "Welcome", "version": "3.5.0"})
+        agent.flush()
+        self.successResultOf(d)
+        self.assertEqual(tenant.claims.copies, 3)
+        self.assertEqual(tenant.update_seq, "0-empty")
+        self.assertFalse(tenant.holds_documents())

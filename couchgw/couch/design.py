@@ -107,7 +107,8 @@ class Found:
 
     #: couchgw's design documents there, by id.
     docs: dict[str, Doc]
-    #: How many documents it holds besides them (design documents too, deleted ones not).
+    #: How many documents it holds besides them (others' design documents count; deleted
+    #: documents do not).
     others: int
     #: Its sequence (None where the server does not say).
     update_seq: Any

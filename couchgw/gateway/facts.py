@@ -76,6 +76,6 @@ def _nodes(db: Database) -> Any:
     try:
         membership = yield db.probe().json("GET", "/_membership")
     except Exception:
-        return None  # (only a server admin may read it; PouchDB Server has none)
+        return None  # (of Apache CouchDB, only a server admin may read it)
     names = {str(n) for key in ("all_nodes", "cluster_nodes") for n in membership.get(key) or []}
     return len(names) or None

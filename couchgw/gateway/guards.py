@@ -104,12 +104,6 @@ class Guards:
             "engine_why": self.engine_reason,
         }
 
-    def documents(self) -> int:
-        """How many design documents the guard installed (none where it is not installed)."""
-        if not self.installed or self.language is None:
-            return 0
-        return len(door.DOCUMENTS[self.language])
-
     def refresh(self, found: Mapping[str, Doc] | None = None) -> Deferred[Any]:
         """
         Decide (from the mode and the security object) and install or remove the guard, one

@@ -209,12 +209,15 @@ class Tenant:
             if not self._design_when_needed or not supports_selector(self._welcome):
                 yield self.designed(found)
             nodes = yield self.shared.facts.nodes(self.db)
-            # (on a server of one node each document is kept once, whatever the database says)
-            info = {} if nodes == 1 and found.update_seq is not None else (yield self.db.info())
+            # how many copies a claim must reach (on a server of one node each document is kept
+            # once, whatever the database says)
+            info = {} if nodes == 1 else (yield self.db.info())
         finally:
             saved = yield reading
         self.claims.copies = copies(info)
-        self.update_seq = info.get("update_seq", found.update_seq)
+        # the count and the sequence of one read: what is written after it comes after that
+        # sequence (0, the start, where the server did not say it)
+        self.update_seq = found.update_seq if found.update_seq is not None else 0
         self._documents = found.others
         self._saved = saved
         self.checkpoint.resumed = False
