@@ -77,5 +77,4 @@ def _nodes(db: Database) -> Any:
         membership = yield db.probe().json("GET", "/_membership")
     except Exception:
         return None  # (of Apache CouchDB, only a server admin may read it)
-    names = {str(n) for key in ("all_nodes", "cluster_nodes") for n in membership.get(key) or []}
-    return len(names) or None
+    return len(engines.node_names(membership)) or None
